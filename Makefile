@@ -1,0 +1,33 @@
+# Makefile: the project's commands. `make check` runs every test, `make demo`
+# the main job; both install and build what they need (tools/setup).
+# Build against your own kernel: make KDIR=/lib/modules/$(uname -r)/build
+KDIR ?=
+RVMX_CACHE ?= /var/cache/rvmx
+RUSTC ?= /usr/bin/rustc
+BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
+
+.PHONY: all module setup check demo clean
+
+all: module
+
+setup:
+	tools/setup
+
+# With no KDIR, build against the project's test kernel (made by setup).
+module:
+ifeq ($(KDIR),)
+	tools/setup
+	$(MAKE) -C $(RVMX_CACHE)/kernel M=$(CURDIR) LLVM=1 RUSTC=$(RUSTC) BINDGEN=$(BINDGEN) modules
+else
+	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
+endif
+
+check:
+	tools/check
+
+demo:
+	tools/demo
+
+clean:
+	rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd modules.order Module.symvers *.rmeta .*.d
+	rm -rf build

@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What this CPU's VMX offers: the capability MSRs, probed once at module
+//! load into a typed `VmxCaps` (SDM Vol. 3D, Appendix A "VMX Capability
+//! Reporting Facility"), and the checks that decide whether rvmx can run.
+
+use crate::hw::{
+    self,
+    msr::{self, rdmsr, Msr},
+};
+use kernel::prelude::*;
+
+/// Allowed settings of one 32-bit VMX control field, from its capability
+/// MSR: bits 31:0 are the *allowed 0-settings* (a 1 there means the control
+/// must be 1) and bits 63:32 the *allowed 1-settings* (a 0 there means the
+/// control must be 0). SDM Vol. 3D §A.3. Only the allowed 1-settings are
+/// kept for now: rvmx does not program VMCS controls yet.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ControlCaps {
+    /// Controls the CPU allows to be 1.
+    pub(crate) may_be_one: u32,
+}
+
+impl ControlCaps {
+    fn from_msr(v: u64) -> Self {
+        // CAST: bits 63:32 are the allowed 1-settings.
+        Self { may_be_one: (v >> 32) as u32 }
+    }
+
+    /// Whether the control at `bit` may be set to 1.
+    pub(crate) fn allows(&self, bit: u32) -> bool {
+        self.may_be_one & bit != 0
+    }
+}
+
+// Bits rvmx looks at, named as in the SDM (Vol. 3C §25.6 and Appendix A).
+const BASIC_TRUE_CTLS: u64 = 1 << 55;
+const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+const PROC_ACTIVATE_SECONDARY: u32 = 1 << 31;
+const PROC2_EPT: u32 = 1 << 1;
+const PROC2_VPID: u32 = 1 << 5;
+const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
+const PROC2_PML: u32 = 1 << 17;
+const EPT_WALK_4: u64 = 1 << 6;
+const EPT_WB: u64 = 1 << 14;
+const EPT_2M_PAGES: u64 = 1 << 16;
+const EPT_INVEPT: u64 = 1 << 20;
+const EPT_AD: u64 = 1 << 21;
+
+/// The VMX capabilities of the CPU, read once from the IA32_VMX_* MSRs.
+///
+/// # Invariants
+///
+/// Built only by `probe()`, after CPUID reported VMX and IA32_FEATURE_CONTROL
+/// allowed VMXON; `proc2`/`ept_vpid` are zero when the CPU lacks them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VmxCaps {
+    /// IA32_VMX_BASIC bits 30:0: the revision identifier that every VMXON
+    /// region and VMCS must start with.
+    pub(crate) revision_id: u32,
+    /// IA32_VMX_BASIC bits 44:32: bytes to allocate for a VMXON region/VMCS.
+    pub(crate) region_size: u32,
+    /// Whether the TRUE_ control MSRs exist (and were used below).
+    pub(crate) true_ctls: bool,
+    pub(crate) pin: ControlCaps,
+    pub(crate) proc: ControlCaps,
+    pub(crate) proc2: ControlCaps,
+    /// IA32_VMX_EPT_VPID_CAP.
+    pub(crate) ept_vpid: u64,
+    /// Bits of CR0/CR4 fixed to 1 (FIXED0) and allowed to be 1 (FIXED1) in
+    /// VMX operation.
+    pub(crate) cr0_fixed0: u64,
+    pub(crate) cr0_fixed1: u64,
+    pub(crate) cr4_fixed0: u64,
+    pub(crate) cr4_fixed1: u64,
+}
+
+/// Why the CPU cannot run rvmx; `probe()` logs the reason and maps it to the
+/// errno the module load fails with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unsupported {
+    /// CPUID.1:ECX.VMX is clear.
+    NoVmx,
+    /// IA32_FEATURE_CONTROL is locked with VMXON outside SMX disabled.
+    DisabledByFirmware,
+    /// IA32_FEATURE_CONTROL is not locked (VMXON would #GP).
+    FeatureControlUnlocked,
+    /// A feature rvmx requires is missing.
+    Missing(&'static str),
+}
+
+impl Unsupported {
+    pub(crate) fn errno(self) -> Error {
+        match self {
+            Unsupported::NoVmx | Unsupported::Missing(_) => ENODEV,
+            Unsupported::DisabledByFirmware | Unsupported::FeatureControlUnlocked => EPERM,
+        }
+    }
+}
+
+/// The IA32_FEATURE_CONTROL rule (SDM Vol. 3C §24.7): VMXON outside SMX
+/// needs bit 0 (lock) and bit 2 (enable outside SMX) both set.
+pub(crate) fn check_feature_control(v: u64) -> Result<(), Unsupported> {
+    if v & msr::FEATURE_CONTROL_LOCKED == 0 {
+        Err(Unsupported::FeatureControlUnlocked)
+    } else if v & msr::FEATURE_CONTROL_VMXON_OUTSIDE_SMX == 0 {
+        Err(Unsupported::DisabledByFirmware)
+    } else {
+        Ok(())
+    }
+}
+
+impl VmxCaps {
+    /// Reads the capability MSRs on the current CPU and checks that rvmx's
+    /// requirements (EPT with 4-level walks and write-back memory, and
+    /// unrestricted guest) are met.
+    pub(crate) fn probe() -> Result<Self, Unsupported> {
+        if !hw::cpu_has_vmx() {
+            return Err(Unsupported::NoVmx);
+        }
+        // SAFETY: IA32_FEATURE_CONTROL exists on every CPU with VMX.
+        check_feature_control(unsafe { rdmsr(msr::IA32_FEATURE_CONTROL) })?;
+
+        // SAFETY (for every read below): the basic, control, CR-fixed and
+        // misc MSRs exist on every CPU with VMX (SDM Vol. 3D §A.1); the TRUE_
+        // ones exist when IA32_VMX_BASIC[55] is set, PROCBASED_CTLS2 when the
+        // primary controls allow "activate secondary controls", and
+        // EPT_VPID_CAP when the secondary controls allow EPT or VPID (§A.10).
+        let read = |m: Msr| unsafe { rdmsr(m) };
+        let basic = read(msr::IA32_VMX_BASIC);
+        let true_ctls = basic & BASIC_TRUE_CTLS != 0;
+        let ctl = |plain: Msr, tru: Msr| ControlCaps::from_msr(read(if true_ctls { tru } else { plain }));
+        let proc = ctl(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS);
+        let proc2 = if proc.allows(PROC_ACTIVATE_SECONDARY) {
+            ControlCaps::from_msr(read(msr::IA32_VMX_PROCBASED_CTLS2))
+        } else {
+            ControlCaps::default()
+        };
+        let ept_vpid = if proc2.allows(PROC2_EPT) || proc2.allows(PROC2_VPID) {
+            read(msr::IA32_VMX_EPT_VPID_CAP)
+        } else {
+            0
+        };
+        // INVARIANT: VMX present and enabled was checked above.
+        let caps = VmxCaps {
+            // CAST: bits 30:0 and 44:32 of IA32_VMX_BASIC.
+            revision_id: (basic & 0x7fff_ffff) as u32,
+            region_size: ((basic >> 32) & 0x1fff) as u32,
+            true_ctls,
+            pin: ctl(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS),
+            proc,
+            proc2,
+            ept_vpid,
+            cr0_fixed0: read(msr::IA32_VMX_CR0_FIXED0),
+            cr0_fixed1: read(msr::IA32_VMX_CR0_FIXED1),
+            cr4_fixed0: read(msr::IA32_VMX_CR4_FIXED0),
+            cr4_fixed1: read(msr::IA32_VMX_CR4_FIXED1),
+        };
+        caps.check_required()?;
+        Ok(caps)
+    }
+
+    fn check_required(&self) -> Result<(), Unsupported> {
+        let need = [
+            (self.proc.allows(PROC_ACTIVATE_SECONDARY), "secondary processor-based controls"),
+            (self.proc2.allows(PROC2_EPT), "EPT"),
+            (self.proc2.allows(PROC2_UNRESTRICTED_GUEST), "unrestricted guest"),
+            (self.ept_vpid & EPT_WALK_4 != 0, "4-level EPT page walks"),
+            (self.ept_vpid & EPT_WB != 0, "write-back EPT paging structures"),
+            (self.ept_vpid & EPT_INVEPT != 0, "INVEPT"),
+            // A VMXON region/VMCS larger than a page would need more than the
+            // single page rvmx allocates for it.
+            (self.region_size as usize <= kernel::page::PAGE_SIZE, "VMCS region of at most 4 KiB"),
+        ];
+        match need.iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(Unsupported::Missing(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs one readable line of what the CPU offers.
+    pub(crate) fn log(&self) {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        pr_info!(
+            "VMX revision {:#x}, VMCS {} bytes, true controls {}; EPT yes (2M pages {}, A/D bits {}), unrestricted guest yes, VPID {}, preemption timer {}, PML {}\n",
+            self.revision_id,
+            self.region_size,
+            yn(self.true_ctls),
+            yn(self.ept_vpid & EPT_2M_PAGES != 0),
+            yn(self.ept_vpid & EPT_AD != 0),
+            yn(self.proc2.allows(PROC2_VPID)),
+            yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
+            yn(self.proc2.allows(PROC2_PML)),
+        );
+    }
+}

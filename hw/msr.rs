@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Model-specific registers: the indices rvmx reads and a typed RDMSR.
+
+use core::arch::asm;
+
+/// An MSR index. A newtype so that only the architectural indices below,
+/// whose existence the caller has checked, reach `rdmsr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Msr(pub(crate) u32);
+
+/// IA32_FEATURE_CONTROL: firmware's lock and the "VMXON outside SMX" enable.
+pub(crate) const IA32_FEATURE_CONTROL: Msr = Msr(0x3a);
+/// Feature-control bit 0: the MSR is locked until reset.
+pub(crate) const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
+/// Feature-control bit 2: VMXON allowed outside SMX operation.
+pub(crate) const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
+
+// The VMX capability MSRs (SDM Vol. 3D, Appendix A).
+pub(crate) const IA32_VMX_BASIC: Msr = Msr(0x480);
+pub(crate) const IA32_VMX_PINBASED_CTLS: Msr = Msr(0x481);
+pub(crate) const IA32_VMX_PROCBASED_CTLS: Msr = Msr(0x482);
+pub(crate) const IA32_VMX_CR0_FIXED0: Msr = Msr(0x486);
+pub(crate) const IA32_VMX_CR0_FIXED1: Msr = Msr(0x487);
+pub(crate) const IA32_VMX_CR4_FIXED0: Msr = Msr(0x488);
+pub(crate) const IA32_VMX_CR4_FIXED1: Msr = Msr(0x489);
+pub(crate) const IA32_VMX_PROCBASED_CTLS2: Msr = Msr(0x48b);
+pub(crate) const IA32_VMX_EPT_VPID_CAP: Msr = Msr(0x48c);
+pub(crate) const IA32_VMX_TRUE_PINBASED_CTLS: Msr = Msr(0x48d);
+pub(crate) const IA32_VMX_TRUE_PROCBASED_CTLS: Msr = Msr(0x48e);
+
+/// Reads an MSR on the current CPU.
+///
+/// # Safety
+///
+/// The MSR must exist on this CPU (RDMSR of an unimplemented index raises
+/// #GP in ring 0). For the VMX capability MSRs that means CPUID.1:ECX.VMX is
+/// set and, for the conditional ones, the bit of IA32_VMX_BASIC or of the
+/// controls that announces them (see `caps.rs`).
+pub(crate) unsafe fn rdmsr(msr: Msr) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees the MSR exists; RDMSR only reads.
+    unsafe {
+        asm!("rdmsr", in("ecx") msr.0, out("eax") lo, out("edx") hi,
+             options(nomem, nostack, preserves_flags));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VMX instructions, each wrapped so that its outcome is a `Result`.
+//!
+//! A VMX instruction reports failure in RFLAGS (SDM Vol. 3C §31.2,
+//! "Conventions"): CF=1 is *VMfailInvalid* (no current VMCS to hold an error
+//! number), ZF=1 is *VMfailValid* (the VM-instruction error field says why).
+//! The flags are read in the same `asm!` block as the instruction, so nothing
+//! can clobber them in between. An instruction may also *fault* (#UD outside
+//! VMX operation, #GP for a bad operand): the exception-table entry turns the
+//! fault into `VmxError::Fault` instead of an oops, as KVM's vmx_ops.h does.
+
+use core::arch::asm;
+
+/// How a VMX instruction failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmxError {
+    /// CF=1: VMfailInvalid.
+    FailInvalid,
+    /// ZF=1: VMfailValid; the error number is in the VMCS (SDM §31.4).
+    FailValid,
+    /// The instruction raised #UD or #GP and the exception table caught it.
+    Fault,
+}
+
+/// Emits an `__ex_table` entry that resumes at `$to` if the instruction at
+/// `$from` faults (EX_TYPE_DEFAULT = 1, arch/x86/include/asm/asm.h).
+macro_rules! ex_table {
+    ($from:literal, $to:literal) => {
+        concat!(
+            ".pushsection __ex_table, \"a\"\n",
+            ".balign 4\n",
+            ".long ", $from, " - .\n",
+            ".long ", $to, " - .\n",
+            ".long 1\n",
+            ".popsection\n"
+        )
+    };
+}
+
+/// Turns the (CF, ZF, faulted) triple captured after a VMX instruction into
+/// a result (CF and ZF mean nothing after a fault).
+fn outcome(cf: u8, zf: u8, fault: u32) -> Result<(), VmxError> {
+    if fault != 0 {
+        Err(VmxError::Fault)
+    } else if cf != 0 {
+        Err(VmxError::FailInvalid)
+    } else if zf != 0 {
+        Err(VmxError::FailValid)
+    } else {
+        Ok(())
+    }
+}
+
+/// VMXON: enters VMX root operation on this CPU, with the 4 KiB VMXON region
+/// at physical address `region`.
+///
+/// # Safety
+///
+/// `region` must be the physical address of a 4 KiB-aligned page that holds
+/// the VMCS revision identifier in its first 4 bytes and is owned for as long
+/// as this CPU stays in VMX operation; CR4.VMXE must be set and the caller
+/// must not be preempted between this call and recording the result.
+pub(crate) unsafe fn vmxon(region: u64) -> Result<(), VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: the caller provides a valid VMXON region; a fault (e.g. #GP from
+    // IA32_FEATURE_CONTROL or fixed CR bits) is caught by the extable entry.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: vmxon qword ptr [{r}]",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            r = in(reg) &region,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    outcome(cf, zf, fault)
+}
+
+/// VMXOFF: leaves VMX operation on this CPU. Safe to call when not in VMX
+/// operation: the #UD is caught and reported as `VmxError::Fault`, which is
+/// what the emergency (NMI) path relies on.
+pub(crate) fn vmxoff() -> Result<(), VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: VMXOFF touches no memory of ours; outside VMX operation it
+    // raises #UD, which the exception-table entry turns into `fault = 1`.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: vmxoff",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    outcome(cf, zf, fault)
+}

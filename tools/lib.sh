@@ -1,0 +1,9 @@
+# tools/lib.sh: settings shared by the scripts in tools/ (sourced, not run).
+RVMX_CACHE=${RVMX_CACHE:-/var/cache/rvmx}
+mkdir -p "$RVMX_CACHE"
+# The kernel wants Debian's rustc (it ships rust-src); rustup's comes first on PATH.
+RUSTC=${RUSTC:-/usr/bin/rustc}
+BINDGEN=${BINDGEN:-$RVMX_CACHE/bindgen/bin/bindgen}
+KMAKE_FLAGS="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
+log() { echo "rvmx: $*" >&2; }
+die() { echo "rvmx: error: $*" >&2; exit 1; }
