@@ -13,18 +13,20 @@ use kernel::prelude::*;
 /// Allowed settings of one 32-bit VMX control field, from its capability
 /// MSR: bits 31:0 are the *allowed 0-settings* (a 1 there means the control
 /// must be 1) and bits 63:32 the *allowed 1-settings* (a 0 there means the
-/// control must be 0). SDM Vol. 3D §A.3. Only the allowed 1-settings are
-/// kept for now: rvmx does not program VMCS controls yet.
+/// control must be 0). SDM Vol. 3D §A.3. `vmcs::controls::adjust` uses
+/// them to compute every control field.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ControlCaps {
+    /// Controls the CPU forces to 1.
+    pub(crate) must_be_one: u32,
     /// Controls the CPU allows to be 1.
     pub(crate) may_be_one: u32,
 }
 
 impl ControlCaps {
     fn from_msr(v: u64) -> Self {
-        // CAST: bits 63:32 are the allowed 1-settings.
-        Self { may_be_one: (v >> 32) as u32 }
+        // CAST: the two halves of the MSR are the two 32-bit masks.
+        Self { must_be_one: v as u32, may_be_one: (v >> 32) as u32 }
     }
 
     /// Whether the control at `bit` may be set to 1.
@@ -46,6 +48,8 @@ const EPT_WB: u64 = 1 << 14;
 const EPT_2M_PAGES: u64 = 1 << 16;
 const EPT_INVEPT: u64 = 1 << 20;
 const EPT_AD: u64 = 1 << 21;
+/// IA32_VMX_EPT_VPID_CAP bit 25: INVEPT single-context is supported.
+pub(crate) const EPT_INVEPT_SINGLE: u64 = 1 << 25;
 
 /// The VMX capabilities of the CPU, read once from the IA32_VMX_* MSRs.
 ///
@@ -65,6 +69,8 @@ pub(crate) struct VmxCaps {
     pub(crate) pin: ControlCaps,
     pub(crate) proc: ControlCaps,
     pub(crate) proc2: ControlCaps,
+    pub(crate) exit: ControlCaps,
+    pub(crate) entry: ControlCaps,
     /// IA32_VMX_EPT_VPID_CAP.
     pub(crate) ept_vpid: u64,
     /// Bits of CR0/CR4 fixed to 1 (FIXED0) and allowed to be 1 (FIXED1) in
@@ -150,6 +156,8 @@ impl VmxCaps {
             pin: ctl(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS),
             proc,
             proc2,
+            exit: ctl(msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS),
+            entry: ctl(msr::IA32_VMX_ENTRY_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS),
             ept_vpid,
             cr0_fixed0: read(msr::IA32_VMX_CR0_FIXED0),
             cr0_fixed1: read(msr::IA32_VMX_CR0_FIXED1),
@@ -168,6 +176,7 @@ impl VmxCaps {
             (self.ept_vpid & EPT_WALK_4 != 0, "4-level EPT page walks"),
             (self.ept_vpid & EPT_WB != 0, "write-back EPT paging structures"),
             (self.ept_vpid & EPT_INVEPT != 0, "INVEPT"),
+            (self.ept_vpid & EPT_INVEPT_SINGLE != 0, "single-context INVEPT"),
             // A VMXON region/VMCS larger than a page would need more than the
             // single page rvmx allocates for it.
             (self.region_size as usize <= kernel::page::PAGE_SIZE, "VMCS region of at most 4 KiB"),
@@ -193,4 +202,12 @@ impl VmxCaps {
             yn(self.proc2.allows(PROC2_PML)),
         );
     }
+}
+
+/// EOPNOTSUPP ("operation not supported"), which 6.12's `kernel::error`
+/// does not name: what rvmx answers when this CPU lacks something a request
+/// needs.
+pub(crate) fn eopnotsupp() -> Error {
+    // CAST: errno values are small positive integers.
+    Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }

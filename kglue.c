@@ -7,6 +7,7 @@
  * bindgen does not see.  Each function here is a thin, policy-free wrapper;
  * every decision about VMX is made in Rust (vmxon.rs, dev.rs).
  */
+#include <linux/anon_inodes.h>
 #include <linux/cpuhotplug.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -17,10 +18,17 @@
 #include <linux/smp.h>
 #include <asm/reboot.h>
 #include <asm/special_insns.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/uaccess.h>
+#include <asm/apic.h>
+#include <asm/desc.h>
+#include <asm/fpu/api.h>
 #include <asm/io.h>
 #include <asm/tlbflush.h>
 
 #include "kglue.h"
+#include "uapi/rvmx.h"
 
 /* ---- /dev/rvmx ---------------------------------------------------------- */
 
@@ -181,7 +189,226 @@ void rvmx_glue_guards_unregister(void)
 	unregister_module_notifier(&rvmx_module_nb);
 }
 
-void rvmx_glue_on_each_cpu(void (*fn)(void *))
+void rvmx_glue_on_each_cpu(void (*fn)(void *), void *info)
 {
-	on_each_cpu(fn, NULL, 1);
+	on_each_cpu(fn, info, 1);
+}
+
+/* ---- Pages with a kernel address (run page, EPT tables, XSAVE area) ----- */
+
+void *rvmx_glue_alloc_zeroed_page(void)
+{
+	return (void *)get_zeroed_page(GFP_KERNEL_ACCOUNT);
+}
+
+void rvmx_glue_free_page(void *addr)
+{
+	free_page((unsigned long)addr);
+}
+
+u64 rvmx_glue_virt_to_phys(void *addr)
+{
+	return virt_to_phys(addr);
+}
+
+/* ---- Preemption, interrupts, scheduling, the FPU ------------------------- */
+
+void rvmx_glue_preempt_disable(void)
+{
+	preempt_disable();
+}
+
+void rvmx_glue_preempt_enable(void)
+{
+	preempt_enable();
+}
+
+void rvmx_glue_irq_disable(void)
+{
+	local_irq_disable();
+}
+
+void rvmx_glue_irq_enable(void)
+{
+	local_irq_enable();
+}
+
+bool rvmx_glue_need_resched(void)
+{
+	return need_resched();
+}
+
+void rvmx_glue_cond_resched(void)
+{
+	cond_resched();
+}
+
+bool rvmx_glue_signal_pending(void)
+{
+	return signal_pending(current);
+}
+
+/*
+ * Give the FPU registers to the guest: the launcher's FPU state is saved
+ * to its task (and restored on return to user mode), preemption is off
+ * until rvmx_glue_fpu_end().
+ */
+void rvmx_glue_fpu_begin(void)
+{
+	kernel_fpu_begin();
+}
+
+void rvmx_glue_fpu_end(void)
+{
+	kernel_fpu_end();
+}
+
+/*
+ * After a VM exit the CPU has set the GDT limit to 0xffff and the TR limit
+ * to 0x67; put Linux's back, as KVM does when it leaves guest context.
+ */
+void rvmx_glue_restore_host_descriptor_limits(void)
+{
+	load_fixmap_gdt(raw_smp_processor_id());
+	invalidate_tss_limit();
+}
+
+/* Re-raise an NMI that arrived while the guest ran, for the host's handler. */
+void rvmx_glue_self_nmi(void)
+{
+	__apic_send_IPI_self(NMI_VECTOR);
+}
+
+/* ---- The VM's process and its memory ------------------------------------ */
+
+struct mm_struct *rvmx_glue_mm_grab_current(void)
+{
+	mmgrab(current->mm);
+	return current->mm;
+}
+
+bool rvmx_glue_mm_is_current(struct mm_struct *mm)
+{
+	return current->mm == mm;
+}
+
+void rvmx_glue_mm_drop(struct mm_struct *mm)
+{
+	mmdrop(mm);
+}
+
+bool rvmx_glue_access_ok(u64 uaddr, u64 size)
+{
+	return access_ok((void __user *)(unsigned long)uaddr, size);
+}
+
+/*
+ * Pin one page of the current process at uaddr (for write unless
+ * read-only). Returns 0 and the page, or a negative errno.
+ */
+int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page)
+{
+	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
+	int r = pin_user_pages_fast(uaddr, 1, gup, page);
+
+	if (r == 1)
+		return 0;
+	return r < 0 ? r : -EFAULT;
+}
+
+void rvmx_glue_unpin_user_page(struct page *page, bool dirty)
+{
+	unpin_user_pages_dirty_lock(&page, 1, dirty);
+}
+
+/* copy_from_user, for reading guest memory through the launcher's mapping. */
+int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len)
+{
+	return copy_from_user(dst, (const void __user *)(unsigned long)uaddr, len) ? -EFAULT : 0;
+}
+
+int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len)
+{
+	return copy_to_user((void __user *)(unsigned long)uaddr, src, len) ? -EFAULT : 0;
+}
+
+/* ---- VM and vCPU file descriptors ---------------------------------------- */
+
+static long rvmx_vm_fop_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
+{
+	return rvmx_vm_ioctl(f->private_data, cmd, arg);
+}
+
+static int rvmx_vm_fop_release(struct inode *inode, struct file *f)
+{
+	rvmx_vm_release(f->private_data);
+	return 0;
+}
+
+static const struct file_operations rvmx_vm_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = rvmx_vm_fop_ioctl,
+	.release = rvmx_vm_fop_release,
+	.llseek = noop_llseek,
+};
+
+static long rvmx_vcpu_fop_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
+{
+	return rvmx_vcpu_ioctl(f->private_data, cmd, arg);
+}
+
+static int rvmx_vcpu_fop_release(struct inode *inode, struct file *f)
+{
+	rvmx_vcpu_release(f->private_data);
+	return 0;
+}
+
+/*
+ * The vCPU mapping: page N of the file is rvmx_vcpu_page(vcpu, N), for N
+ * below RVMX_VCPU_MMAP_PAGES. vm_insert_page() takes a reference on each
+ * page, so the mapping stays valid after the vCPU is freed.
+ */
+static int rvmx_vcpu_fop_mmap(struct file *f, struct vm_area_struct *vma)
+{
+	unsigned long npages = vma_pages(vma), i;
+	int r;
+
+	if (vma->vm_pgoff >= RVMX_VCPU_MMAP_PAGES ||
+	    npages > RVMX_VCPU_MMAP_PAGES - vma->vm_pgoff)
+		return -EINVAL;
+	for (i = 0; i < npages; i++) {
+		r = vm_insert_page(vma, vma->vm_start + i * PAGE_SIZE,
+				   rvmx_vcpu_page(f->private_data, vma->vm_pgoff + i));
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static const struct file_operations rvmx_vcpu_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = rvmx_vcpu_fop_ioctl,
+	.mmap = rvmx_vcpu_fop_mmap,
+	.release = rvmx_vcpu_fop_release,
+	.llseek = noop_llseek,
+};
+
+int rvmx_glue_vm_fd(void *vm)
+{
+	return anon_inode_getfd("rvmx-vm", &rvmx_vm_fops, vm, O_RDWR | O_CLOEXEC);
+}
+
+int rvmx_glue_vcpu_fd(void *vcpu)
+{
+	return anon_inode_getfd("rvmx-vcpu", &rvmx_vcpu_fops, vcpu, O_RDWR | O_CLOEXEC);
+}
+
+void *rvmx_glue_phys_to_virt(u64 pa)
+{
+	return phys_to_virt(pa);
+}
+
+struct page *rvmx_glue_virt_to_page(void *addr)
+{
+	return virt_to_page(addr);
 }

@@ -26,12 +26,45 @@ unsigned int rvmx_glue_raw_cpu_id(void);
 u64 rvmx_glue_page_to_phys(struct page *page);
 int rvmx_glue_cpuhp_setup(void);
 void rvmx_glue_cpuhp_remove(int state);
-void rvmx_glue_on_each_cpu(void (*fn)(void *));
+void rvmx_glue_on_each_cpu(void (*fn)(void *), void *info);
 bool rvmx_glue_kvm_loaded(void);
 int rvmx_glue_guards_register(void);
 void rvmx_glue_guards_unregister(void);
 
-/* C → Rust (dev.rs, vmxon.rs). */
+void *rvmx_glue_alloc_zeroed_page(void);
+void rvmx_glue_free_page(void *addr);
+u64 rvmx_glue_virt_to_phys(void *addr);
+void *rvmx_glue_phys_to_virt(u64 pa);
+struct page *rvmx_glue_virt_to_page(void *addr);
+void rvmx_glue_preempt_disable(void);
+void rvmx_glue_preempt_enable(void);
+void rvmx_glue_irq_disable(void);
+void rvmx_glue_irq_enable(void);
+bool rvmx_glue_need_resched(void);
+void rvmx_glue_cond_resched(void);
+bool rvmx_glue_signal_pending(void);
+void rvmx_glue_fpu_begin(void);
+void rvmx_glue_fpu_end(void);
+void rvmx_glue_restore_host_descriptor_limits(void);
+void rvmx_glue_self_nmi(void);
+struct mm_struct;
+struct mm_struct *rvmx_glue_mm_grab_current(void);
+bool rvmx_glue_mm_is_current(struct mm_struct *mm);
+void rvmx_glue_mm_drop(struct mm_struct *mm);
+bool rvmx_glue_access_ok(u64 uaddr, u64 size);
+int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page);
+void rvmx_glue_unpin_user_page(struct page *page, bool dirty);
+int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
+int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len);
+int rvmx_glue_vm_fd(void *vm);
+int rvmx_glue_vcpu_fd(void *vcpu);
+
+/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu.rs). */
+long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
+void rvmx_vm_release(void *vm);
+long rvmx_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
+void rvmx_vcpu_release(void *vcpu);
+struct page *rvmx_vcpu_page(void *vcpu, unsigned long index);
 long rvmx_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg);
 int rvmx_cpu_online(unsigned int cpu);
 int rvmx_cpu_offline(unsigned int cpu);

@@ -10,8 +10,15 @@
 
 mod caps;
 mod dev;
+mod ept;
+mod exits;
 mod guards;
 mod hw;
+mod kpage;
+mod uapi;
+mod vcpu;
+mod vm;
+mod vmcs;
 mod vmxon;
 
 use kernel::prelude::*;

@@ -26,7 +26,7 @@ extern "C" {
     fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
     fn rvmx_glue_cpuhp_setup() -> core::ffi::c_int;
     fn rvmx_glue_cpuhp_remove(state: core::ffi::c_int);
-    fn rvmx_glue_on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void));
+    fn rvmx_glue_on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void), info: *mut core::ffi::c_void);
 }
 
 /// One CPU's VMX root state.
@@ -110,6 +110,29 @@ impl Drop for VmxRoot {
         // `state` (and with it every VMXON region) is freed after this:
         // no CPU is in VMX operation any more, so none still owns a region.
     }
+}
+
+/// The capabilities probed at load (for VM and vCPU setup), or `None`
+/// outside the module's VMX lifetime or while the machine reboots.
+pub(crate) fn caps() -> Option<VmxCaps> {
+    if REBOOTING.load(Ordering::Acquire) {
+        return None;
+    }
+    let p = RVMX_ROOT.load(Ordering::Acquire);
+    // SAFETY: as in `this_cpu`: non-null means live until the module's
+    // `VmxRoot` is dropped, which cannot happen while a file of ours is
+    // open (each holds a module reference).
+    unsafe { p.as_ref() }.map(|r| r.caps)
+}
+
+/// Runs `f(info)` on every online CPU (in IPI context) and waits for all.
+///
+/// # Safety
+///
+/// `f` must be safe to run in IPI context with `info`.
+pub(crate) unsafe fn on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void), info: *mut core::ffi::c_void) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { rvmx_glue_on_each_cpu(f, info) };
 }
 
 /// Why a CPU could not enter VMX root operation.
@@ -203,7 +226,7 @@ extern "C" fn rvmx_reboot() {
     }
     // SAFETY: `off` only touches the calling CPU's state, so it may run in
     // IPI context on every CPU; the call returns once all CPUs ran it.
-    unsafe { rvmx_glue_on_each_cpu(off) };
+    unsafe { rvmx_glue_on_each_cpu(off, core::ptr::null_mut()) };
 }
 
 /// The kernel's emergency virtualization callback (crash, kexec-on-panic,

@@ -16,13 +16,20 @@ use core::arch::asm;
 
 /// Architectural bit positions of CR0 and CR4 that rvmx names.
 pub(crate) mod cr {
+    pub(crate) const CR0_PE: u64 = 1 << 0;
+    pub(crate) const CR0_NE: u64 = 1 << 5;
+    pub(crate) const CR0_NW: u64 = 1 << 29;
+    pub(crate) const CR0_CD: u64 = 1 << 30;
+    pub(crate) const CR0_PG: u64 = 1 << 31;
+    pub(crate) const CR4_PAE: u64 = 1 << 5;
     pub(crate) const CR4_VMXE: u64 = 1 << 13;
+    pub(crate) const EFER_LME: u64 = 1 << 8;
+    pub(crate) const EFER_LMA: u64 = 1 << 10;
 }
 
-/// CPUID.1:ECX bit 5: the CPU implements VMX. (CPUID exists on every
-/// x86-64 CPU and only writes registers; `core` wraps it safely.)
+/// CPUID.1:ECX bit 5: the CPU implements VMX.
 pub(crate) fn cpu_has_vmx() -> bool {
-    core::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 5) != 0
+    cpuid(1, 0)[2] & (1 << 5) != 0
 }
 
 /// Reads CR0.
@@ -66,4 +73,157 @@ pub(crate) fn cr4_clear_vmxe() {
     // SAFETY: as `cr4_set_vmxe`; clearing VMXE while in VMX operation would
     // #GP, and every caller has left VMX operation first (vmxon.rs).
     unsafe { rvmx_glue_cr4_clear_vmxe() }
+}
+
+/// Reads CR3 (the current address space's page-table root, with PCID bits).
+pub(crate) fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 in ring 0 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// A descriptor-table register as SGDT/SIDT store it.
+#[repr(C, packed)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DescTable {
+    pub(crate) limit: u16,
+    pub(crate) base: u64,
+}
+
+/// SGDT: this CPU's GDTR.
+pub(crate) fn sgdt() -> DescTable {
+    let mut d = DescTable::default();
+    // SAFETY: SGDT writes 10 bytes to `d`, which is 10 bytes long.
+    unsafe { asm!("sgdt [{}]", in(reg) &mut d, options(nostack, preserves_flags)) };
+    d
+}
+
+/// SIDT: this CPU's IDTR.
+pub(crate) fn sidt() -> DescTable {
+    let mut d = DescTable::default();
+    // SAFETY: SIDT writes 10 bytes to `d`, which is 10 bytes long.
+    unsafe { asm!("sidt [{}]", in(reg) &mut d, options(nostack, preserves_flags)) };
+    d
+}
+
+/// STR: this CPU's task-register selector.
+pub(crate) fn str_selector() -> u16 {
+    let v: u16;
+    // SAFETY: STR only reads TR.
+    unsafe { asm!("str {:x}", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// The base address of this CPU's TSS, read from its 16-byte system
+/// descriptor in the GDT (SDM Vol. 3A §8.2.3, 64-bit TSS descriptor).
+pub(crate) fn tss_base() -> u64 {
+    let gdt = sgdt();
+    let sel = u64::from(str_selector() & !7);
+    let p = (gdt.base + sel) as *const u32;
+    // SAFETY: the GDT is mapped (this CPU runs on it) and TR selects a valid
+    // 16-byte TSS descriptor within its limit; reads only.
+    let (lo, hi, upper) = unsafe {
+        (p.read_unaligned(), p.add(1).read_unaligned(), p.add(2).read_unaligned())
+    };
+    u64::from(lo >> 16) | (u64::from(hi & 0xff) << 16) | (u64::from(hi >> 24) << 24) | (u64::from(upper) << 32)
+}
+
+/// Reads the selectors DS and ES (which a VM exit sets to the host-state
+/// values and which rvmx puts back afterwards).
+pub(crate) fn read_ds_es() -> (u16, u16) {
+    let (ds, es): (u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        asm!("mov {:x}, ds", out(reg) ds, options(nomem, nostack, preserves_flags));
+        asm!("mov {:x}, es", out(reg) es, options(nomem, nostack, preserves_flags));
+    }
+    (ds, es)
+}
+
+/// Loads DS and ES with selectors read earlier by `read_ds_es` on this
+/// thread.
+pub(crate) fn load_ds_es(ds: u16, es: u16) {
+    // SAFETY: the selectors were valid in this context before the guest ran
+    // (they come from `read_ds_es`), so loading them cannot fault.
+    unsafe {
+        asm!("mov ds, {:x}", in(reg) ds, options(nomem, nostack, preserves_flags));
+        asm!("mov es, {:x}", in(reg) es, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// XSAVE of the components in `mask` into `area`.
+///
+/// # Safety
+///
+/// `area` must be 64-byte aligned and at least as large as CPUID.0xD:EBX
+/// says for the current XCR0; the caller must own the FPU registers
+/// (between `kernel_fpu_begin()` and `kernel_fpu_end()`).
+pub(crate) unsafe fn xsave(area: *mut u8, mask: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("xsave64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// XRSTOR of the components in `mask` from `area`.
+///
+/// # Safety
+///
+/// As `xsave`, and `area` must hold a valid XSAVE image (an all-zero one is:
+/// it restores the initial state).
+pub(crate) unsafe fn xrstor(area: *const u8, mask: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("xrstor64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+             options(nostack, preserves_flags, readonly));
+    }
+}
+
+/// XGETBV(0): the XCR0 the host runs with.
+pub(crate) fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX=0 reads XCR0; the kernel enables OSXSAVE.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The size in bytes of an XSAVE area for the current XCR0 (CPUID.0xD.0:EBX).
+pub(crate) fn xsave_size() -> usize {
+    core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize
+}
+
+/// CPUID on this CPU: [EAX, EBX, ECX, EDX]. (CPUID exists on every x86-64
+/// CPU and only writes registers; `core` wraps it safely.)
+pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Reads CR2 (the last page-fault address), which VMX does not switch.
+pub(crate) fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes CR2 (to give the guest back its page-fault address).
+pub(crate) fn write_cr2(v: u64) {
+    // SAFETY: CR2 is only read by page-fault handlers at the time of a
+    // fault; the host takes none between this write and the VM entry
+    // (interrupts are off and no memory is touched).
+    unsafe { asm!("mov cr2, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// The CS and SS selectors the kernel runs with.
+pub(crate) fn read_cs_ss() -> (u16, u16) {
+    let (cs, ss): (u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags));
+        asm!("mov {:x}, ss", out(reg) ss, options(nomem, nostack, preserves_flags));
+    }
+    (cs, ss)
 }

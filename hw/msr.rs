@@ -20,6 +20,8 @@ pub(crate) const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
 pub(crate) const IA32_VMX_BASIC: Msr = Msr(0x480);
 pub(crate) const IA32_VMX_PINBASED_CTLS: Msr = Msr(0x481);
 pub(crate) const IA32_VMX_PROCBASED_CTLS: Msr = Msr(0x482);
+pub(crate) const IA32_VMX_EXIT_CTLS: Msr = Msr(0x483);
+pub(crate) const IA32_VMX_ENTRY_CTLS: Msr = Msr(0x484);
 pub(crate) const IA32_VMX_CR0_FIXED0: Msr = Msr(0x486);
 pub(crate) const IA32_VMX_CR0_FIXED1: Msr = Msr(0x487);
 pub(crate) const IA32_VMX_CR4_FIXED0: Msr = Msr(0x488);
@@ -28,6 +30,18 @@ pub(crate) const IA32_VMX_PROCBASED_CTLS2: Msr = Msr(0x48b);
 pub(crate) const IA32_VMX_EPT_VPID_CAP: Msr = Msr(0x48c);
 pub(crate) const IA32_VMX_TRUE_PINBASED_CTLS: Msr = Msr(0x48d);
 pub(crate) const IA32_VMX_TRUE_PROCBASED_CTLS: Msr = Msr(0x48e);
+pub(crate) const IA32_VMX_TRUE_EXIT_CTLS: Msr = Msr(0x48f);
+pub(crate) const IA32_VMX_TRUE_ENTRY_CTLS: Msr = Msr(0x490);
+
+// MSRs that hold host state VMX loads on exit, or does not switch at all.
+pub(crate) const IA32_SYSENTER_CS: Msr = Msr(0x174);
+pub(crate) const IA32_SYSENTER_ESP: Msr = Msr(0x175);
+pub(crate) const IA32_SYSENTER_EIP: Msr = Msr(0x176);
+pub(crate) const IA32_PAT: Msr = Msr(0x277);
+pub(crate) const IA32_EFER: Msr = Msr(0xc000_0080);
+pub(crate) const IA32_FS_BASE: Msr = Msr(0xc000_0100);
+pub(crate) const IA32_GS_BASE: Msr = Msr(0xc000_0101);
+pub(crate) const IA32_KERNEL_GS_BASE: Msr = Msr(0xc000_0102);
 
 /// Reads an MSR on the current CPU.
 ///
@@ -45,4 +59,19 @@ pub(crate) unsafe fn rdmsr(msr: Msr) -> u64 {
              options(nomem, nostack, preserves_flags));
     }
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Writes an MSR on the current CPU.
+///
+/// # Safety
+///
+/// The MSR must exist, and the value must be one the kernel can live with:
+/// rvmx writes only IA32_KERNEL_GS_BASE, swapping the guest's value in
+/// while the guest runs and the host's back before anything uses it.
+pub(crate) unsafe fn wrmsr(msr: Msr, value: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr.0, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags));
+    }
 }

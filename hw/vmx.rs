@@ -110,3 +110,154 @@ pub(crate) fn vmxoff() -> Result<(), VmxError> {
     }
     outcome(cf, zf, fault)
 }
+
+/// VMCLEAR: writes the VMCS at physical address `vmcs` back to memory,
+/// makes it inactive and not current on this CPU, and sets its launch state
+/// to "clear" (the next entry must be VMLAUNCH).
+///
+/// # Safety
+///
+/// `vmcs` must be the physical address of a VMCS region owned by the caller
+/// that is not active on any other CPU.
+pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: the caller owns the region; a fault is caught.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: vmclear qword ptr [{r}]",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            r = in(reg) &vmcs,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    outcome(cf, zf, fault)
+}
+
+/// VMPTRLD: makes the VMCS at physical address `vmcs` current (and active)
+/// on this CPU; VMREAD/VMWRITE/VMLAUNCH then operate on it.
+///
+/// # Safety
+///
+/// As `vmclear`: a VMCS region owned by the caller, initialized with the
+/// revision id, not active on another CPU.
+pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: the caller owns the region; a fault is caught.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: vmptrld qword ptr [{r}]",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            r = in(reg) &vmcs,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    outcome(cf, zf, fault)
+}
+
+/// VMREAD of the field with encoding `field` from the current VMCS.
+///
+/// # Safety
+///
+/// A VMCS must be current on this CPU (`vmcs::Loaded` guarantees it).
+pub(crate) unsafe fn vmread(field: u32) -> Result<u64, VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    let value: u64;
+    // SAFETY: register operands only; a fault is caught.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "xor {v:e}, {v:e}",
+            "2: vmread {v}, {e}",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            e = in(reg) u64::from(field),
+            v = out(reg) value,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack, nomem),
+        );
+    }
+    outcome(cf, zf, fault).map(|()| value)
+}
+
+/// VMWRITE of `value` to the field with encoding `field` of the current VMCS.
+///
+/// # Safety
+///
+/// A VMCS must be current on this CPU, and the caller must own the guest or
+/// host state the field controls (`vmcs::Loaded` is the only caller).
+pub(crate) unsafe fn vmwrite(field: u32, value: u64) -> Result<(), VmxError> {
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: register operands only; a fault is caught.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: vmwrite {e}, {v}",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            e = in(reg) u64::from(field),
+            v = in(reg) value,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack, nomem),
+        );
+    }
+    outcome(cf, zf, fault)
+}
+
+/// INVEPT single-context (type 1): drops every cached translation derived
+/// from the EPT paging structures rooted at `eptp` on this CPU.
+pub(crate) fn invept_single(eptp: u64) -> Result<(), VmxError> {
+    let desc: [u64; 2] = [eptp, 0];
+    let (cf, zf, fault): (u8, u8, u32);
+    // SAFETY: INVEPT only invalidates TLB entries (never unsafe for memory);
+    // outside VMX operation or with an unsupported type it faults or fails,
+    // which is reported.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: invept {t}, [{d}]",
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            t = in(reg) 1u64,
+            d = in(reg) desc.as_ptr(),
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack, readonly),
+        );
+    }
+    outcome(cf, zf, fault)
+}

@@ -7,3 +7,5 @@ BINDGEN=${BINDGEN:-$RVMX_CACHE/bindgen/bin/bindgen}
 KMAKE_FLAGS="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
 log() { echo "rvmx: $*" >&2; }
 die() { echo "rvmx: error: $*" >&2; exit 1; }
+# Where tools/build-user puts the static userspace binaries.
+USER_BIN="$RVMX_CACHE/target/x86_64-unknown-linux-gnu/release"

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! EPT, the extended page tables: the second level of address translation
+//! that VMX adds. The guest's own page tables turn guest-virtual into
+//! guest-physical addresses (GPAs); EPT turns GPAs into host-physical
+//! addresses. An access to a GPA that EPT does not map (or maps without the
+//! needed permission) is an *EPT violation* VM exit (exits/ept.rs). SDM Vol.
+//! 3C §29.3.
+//!
+//! rvmx builds 4-level EPT with 4 KiB pages, filled lazily: a page is mapped
+//! the first time the guest touches it (vm.rs pins the launcher's page and
+//! calls `map`).
+
+use crate::kpage::KernelPage;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+
+extern "C" {
+    fn rvmx_glue_phys_to_virt(pa: u64) -> *mut core::ffi::c_void;
+}
+
+// EPT entry bits (SDM Vol. 3C §29.3.2, tables 29-1 to 29-6).
+const READ: u64 = 1 << 0;
+const WRITE: u64 = 1 << 1;
+const EXECUTE: u64 = 1 << 2;
+/// Leaf memory type write-back (bits 5:3 = 6).
+const MEMTYPE_WB: u64 = 6 << 3;
+/// Ignore the guest's PAT: guest RAM is always write-back.
+const IGNORE_PAT: u64 = 1 << 6;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// A 4-level EPT hierarchy.
+///
+/// # Invariants
+///
+/// Every non-leaf entry points at a page in `root` or `tables`, which live
+/// as long as the `Ept`.
+pub(crate) struct Ept {
+    root: KernelPage,
+    tables: KVec<KernelPage>,
+}
+
+/// The entry `index` of the table at `table` (a kernel address).
+fn entry<'a>(table: *mut u64, index: usize) -> &'a AtomicU64 {
+    // SAFETY: `table` is a live, page-aligned 512-entry table owned by the
+    // `Ept` (its invariant) and `index < 512`; entries are only accessed
+    // atomically, since the CPU may walk them at any time.
+    unsafe { AtomicU64::from_ptr(table.add(index)) }
+}
+
+fn index(gpa: u64, level: u32) -> usize {
+    // CAST: 9 bits.
+    ((gpa >> (12 + 9 * level)) & 0x1ff) as usize
+}
+
+impl Ept {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self { root: KernelPage::new()?, tables: KVec::new() })
+    }
+
+    /// The EPT pointer for the VMCS: root, 4-level walk, write-back paging
+    /// structures (SDM §25.6.11).
+    pub(crate) fn eptp(&self) -> u64 {
+        self.root.phys() | (3 << 3) | 6
+    }
+
+    /// The leaf entry for `gpa`, creating the tables on the way if `create`.
+    fn leaf(&mut self, gpa: u64, create: bool) -> Result<Option<&AtomicU64>> {
+        let mut table: *mut u64 = self.root.as_ptr();
+        for level in (1..4).rev() {
+            let e = entry(table, index(gpa, level));
+            let mut v = e.load(Ordering::Acquire);
+            if v & READ == 0 {
+                if !create {
+                    return Ok(None);
+                }
+                let t = KernelPage::new()?;
+                v = t.phys() | READ | WRITE | EXECUTE;
+                self.tables.push(t, GFP_KERNEL)?;
+                e.store(v, Ordering::Release);
+            }
+            // SAFETY: `v` points at one of our tables (type invariant).
+            table = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
+        }
+        Ok(Some(entry(table, index(gpa, 0))))
+    }
+
+    /// Maps the 4 KiB guest page at `gpa` to host page `hpa`.
+    pub(crate) fn map(&mut self, gpa: u64, hpa: u64, writable: bool) -> Result {
+        let w = if writable { WRITE } else { 0 };
+        let e = self.leaf(gpa, true)?.ok_or(EINVAL)?;
+        e.store((hpa & ADDR_MASK) | READ | w | EXECUTE | MEMTYPE_WB | IGNORE_PAT, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unmaps the guest page at `gpa`. The caller must then invalidate the
+    /// CPUs' cached translations (INVEPT) before the host page is reused.
+    pub(crate) fn unmap(&mut self, gpa: u64) {
+        if let Ok(Some(e)) = self.leaf(gpa, false) {
+            e.store(0, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Control-register accesses (reason 28). With EPT and unrestricted guest
+//! the guest owns nearly all of CR0, CR3 and CR4. What exits is a MOV to
+//! CR0 or CR4 that would change a bit the host owns (the guest/host masks,
+//! vcpu.rs): CR0.NE, CD, NW (VMX pins NE to 1; rvmx keeps caching on) and
+//! CR4.VMXE (pinned to 1, hidden from the guest). rvmx then performs the
+//! whole write: the guest's value goes to the read shadow, the adjusted one
+//! to the VMCS, and turning paging on or off with EFER.LME set enters or
+//! leaves long mode (EFER.LMA and the "IA-32e mode guest" entry control),
+//! as the CPU would. MOV to/from CR8 (the TPR) also exits: there is no
+//! local APIC to give it to, so it is an internal error for now.
+
+use super::{Action, ExitCtx};
+use crate::hw::cr::*;
+use crate::uapi;
+use crate::vcpu;
+use crate::vmcs::fields::*;
+use crate::vmxon;
+use kernel::prelude::*;
+
+const GP: u8 = 13;
+
+pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
+    let cr = q & 15;
+    let access = (q >> 4) & 3; // 0 = MOV to CR, 1 = MOV from CR, 2 = CLTS, 3 = LMSW
+    // CAST: a 4-bit register number.
+    let value = ctx.gpr(((q >> 8) & 15) as usize);
+    let caps = vmxon::caps().ok_or(EIO)?;
+    match (access, cr) {
+        (0, 0) => {
+            if (value & CR0_PG != 0 && value & CR0_PE == 0)
+                || (value & CR0_NW != 0 && value & CR0_CD == 0)
+                || value >> 32 != 0
+            {
+                return ctx.inject_exception(GP, Some(0));
+            }
+            let old = ctx.vmcs.read(CR0_READ_SHADOW).0;
+            let mut efer = ctx.vmcs.read(GUEST_IA32_EFER);
+            let cr4 = ctx.vmcs.read(CR4_READ_SHADOW).0;
+            if value & CR0_PG != 0 && old & CR0_PG == 0 {
+                if efer & EFER_LME != 0 {
+                    if cr4 & CR4_PAE == 0 {
+                        return ctx.inject_exception(GP, Some(0));
+                    }
+                    efer |= EFER_LMA;
+                } else if cr4 & CR4_PAE != 0 {
+                    // PAE paging outside long mode needs the PDPTEs loaded
+                    // into the VMCS: not done yet.
+                    return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, 28));
+                }
+            } else if value & CR0_PG == 0 {
+                efer &= !EFER_LMA;
+            }
+            vcpu::set_cr0(ctx.vmcs, &caps, value)?;
+            ctx.vmcs.write(GUEST_IA32_EFER, efer)?;
+            vcpu::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
+        }
+        (0, 4) => {
+            if value & CR4_VMXE != 0 || value & !caps.cr4_fixed1 != 0 {
+                return ctx.inject_exception(GP, Some(0));
+            }
+            vcpu::set_cr4(ctx.vmcs, &caps, value)?;
+        }
+        _ => return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, 28)),
+    }
+    ctx.skip_instruction()?;
+    Ok(Action::Resume)
+}

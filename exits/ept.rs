@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! EPT violations (reason 48): the guest touched a guest-physical address
+//! that EPT does not map, or wrote where EPT allows only reads. rvmx maps
+//! guest memory lazily, so the first touch of every page lands here. The
+//! handler only records what happened (and the guest state needed to decode
+//! the instruction, should it be MMIO); the run loop then leaves the guest
+//! section, because pinning the page or reading guest memory may sleep
+//! (vcpu.rs, vm.rs `fault_in`, mmio.rs).
+//! Exit qualification (SDM Vol. 3C, table 28-7): bit 0 read, bit 1 write,
+//! bit 2 instruction fetch.
+
+use super::{Action, ExitCtx};
+use crate::hw::cr::*;
+use crate::vmcs::{controls, fields::*};
+use kernel::prelude::*;
+
+/// An EPT violation, with the guest state needed to emulate the access.
+pub(crate) struct EptFault {
+    pub(crate) gpa: u64,
+    pub(crate) write: bool,
+    pub(crate) fetch: bool,
+    pub(crate) rip: u64,
+    pub(crate) cs_base: u64,
+    /// CS.D (default operand size 32) and CS.L (64-bit code).
+    pub(crate) cs_db: bool,
+    pub(crate) cs_l: bool,
+    pub(crate) long_mode: bool,
+    pub(crate) paging: bool,
+    pub(crate) pae: bool,
+    pub(crate) cr3: u64,
+}
+
+pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    let v = &ctx.vmcs;
+    let q = v.read(EXIT_QUALIFICATION).0;
+    let cs_ar = v.read(GUEST_CS_AR);
+    Ok(Action::EptViolation(EptFault {
+        gpa: v.read(GUEST_PHYSICAL_ADDRESS),
+        write: q & 2 != 0,
+        fetch: q & 4 != 0,
+        rip: v.read(GUEST_RIP).0,
+        cs_base: v.read(GUEST_CS_BASE).0,
+        cs_db: cs_ar & (1 << 14) != 0,
+        cs_l: cs_ar & (1 << 13) != 0,
+        long_mode: v.read(ENTRY_CONTROLS) & controls::entry::IA32E_MODE_GUEST != 0,
+        paging: v.read(CR0_READ_SHADOW).0 & CR0_PG != 0,
+        pae: v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0,
+        cr3: v.read(GUEST_CR3).0,
+    }))
+}

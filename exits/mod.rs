@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM exits: why the CPU left the guest, and what rvmx does about it.
+//!
+//! The VMCS EXIT_REASON field's bits 15:0 are the *basic exit reason* (SDM
+//! Vol. 3D, Appendix C); `HANDLERS` maps each reason rvmx handles to its
+//! handler, one file per family:
+//!
+//! | reason                              | file            | result                    |
+//! |-------------------------------------|-----------------|---------------------------|
+//! | 0 exception or NMI, 1 external int. | interrupt.rs    | host handles it, resume   |
+//! | 2 triple fault                      | interrupt.rs    | KVM_EXIT_SHUTDOWN         |
+//! | 10 CPUID                            | cpuid.rs        | answered in the kernel    |
+//! | 12 HLT                              | hlt.rs          | KVM_EXIT_HLT              |
+//! | 18 VMCALL                           | vmcall.rs       | KVM_EXIT_HYPERCALL        |
+//! | 19-27, 50, 53, 59 VMX instructions  | vmx_insn.rs     | #UD injected, resume      |
+//! | 28 control-register access          | cr.rs           | emulated, resume          |
+//! | 30 I/O instruction                  | io.rs           | KVM_EXIT_IO               |
+//! | 48 EPT violation                    | ept.rs, mmio.rs | memory mapped, or MMIO    |
+//! | anything else                       | this file       | KVM_EXIT_INTERNAL_ERROR   |
+//!
+//! A handler runs right after the exit, with the VMCS loaded, preemption
+//! off and interrupts on: it must not sleep. What needs to sleep (mapping
+//! guest memory, reading it to decode an MMIO instruction) is returned as an
+//! `Action` and done by the run loop outside the guest section (vcpu.rs).
+//! Every exit reads the exit reason and the IDT-vectoring information;
+//! each handler reads what its own exit needs.
+
+pub(crate) mod cpuid;
+pub(crate) mod cr;
+pub(crate) mod ept;
+pub(crate) mod hlt;
+pub(crate) mod interrupt;
+pub(crate) mod io;
+pub(crate) mod mmio;
+pub(crate) mod vmcall;
+pub(crate) mod vmx_insn;
+
+use crate::uapi::{self, kvm_run};
+use crate::vcpu::{reg, VcpuState};
+use crate::vmcs::{fields::*, Loaded};
+use kernel::prelude::*;
+
+/// What the run loop does after a handler.
+pub(crate) enum Action {
+    /// Enter the guest again.
+    Resume,
+    /// Return from KVM_RUN; kvm_run.exit_reason says why.
+    ToUser,
+    /// Leave the guest section and handle an EPT violation (may sleep).
+    EptViolation(ept::EptFault),
+}
+
+/// Instruction state left open by an exit to userspace, finished at the
+/// next KVM_RUN with what userspace put in the run page.
+#[derive(Clone, Copy)]
+pub(crate) enum Pending {
+    None,
+    /// An IN: the data is in the port-I/O page; RIP was already advanced.
+    PioIn { size: u8 },
+    /// A VMCALL: kvm_run.hypercall.ret goes to RAX; RIP already advanced.
+    Hypercall,
+    /// An MMIO access: a read's data goes to a register; RIP advances by
+    /// `len` at the next entry.
+    Mmio { len: u8, dest: Option<mmio::Dest> },
+}
+
+/// What a handler sees.
+pub(crate) struct ExitCtx<'a, 'b> {
+    pub(crate) vmcs: &'a mut Loaded<'b>,
+    /// Guest general-purpose registers (RSP is in the VMCS).
+    pub(crate) regs: &'a mut [u64; 16],
+    pub(crate) run: *mut kvm_run,
+    /// The port-I/O data page (kvm_run + KVM_PIO_PAGE_OFFSET pages).
+    pub(crate) pio: *mut u8,
+    pub(crate) pending: &'a mut Pending,
+    pub(crate) vcpu_id: u32,
+}
+
+impl ExitCtx<'_, '_> {
+    /// Moves RIP past the instruction that caused the exit.
+    pub(crate) fn skip_instruction(&mut self) -> Result {
+        let len = self.vmcs.read(EXIT_INSTRUCTION_LEN);
+        let rip = self.vmcs.read(GUEST_RIP).0;
+        self.vmcs.write(GUEST_RIP, Natural(rip.wrapping_add(u64::from(len))))
+    }
+
+    /// Sets kvm_run.exit_reason.
+    pub(crate) fn exit_to_user(&mut self, reason: u32) -> Action {
+        // SAFETY: `run` is the vCPU's run page, a plain store.
+        unsafe { (*self.run).exit_reason = reason };
+        Action::ToUser
+    }
+
+    /// Reads general-purpose register `n` (RSP comes from the VMCS).
+    pub(crate) fn gpr(&self, n: usize) -> u64 {
+        if n == reg::RSP { self.vmcs.read(GUEST_RSP).0 } else { self.regs[n] }
+    }
+
+    /// Queues a hardware exception for delivery at the next VM entry (SDM
+    /// Vol. 3C §27.6, "Event Injection"): vector, type 3 (hardware
+    /// exception), error code if `code` is given, valid bit.
+    pub(crate) fn inject_exception(&mut self, vector: u8, code: Option<u32>) -> Result<Action> {
+        let mut info = u32::from(vector) | (3 << 8) | (1 << 31);
+        if let Some(c) = code {
+            info |= 1 << 11;
+            self.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
+        }
+        self.vmcs.write(ENTRY_INTR_INFO, info)?;
+        Ok(Action::Resume)
+    }
+
+    /// KVM_EXIT_INTERNAL_ERROR: rvmx cannot handle this exit; the raw
+    /// reason and the CPU go to userspace (`data[0]`, `data[1]`), as KVM
+    /// reports an unexpected exit reason.
+    pub(crate) fn internal_error(&mut self, suberror: u32, reason: u32) -> Action {
+        // SAFETY: `run` is the vCPU's run page; plain stores to the
+        // `internal` member of its exit union.
+        unsafe {
+            let r = &mut *self.run;
+            r.__bindgen_anon_1.internal.suberror = suberror;
+            r.__bindgen_anon_1.internal.ndata = 2;
+            r.__bindgen_anon_1.internal.data[0] = u64::from(reason);
+            r.__bindgen_anon_1.internal.data[1] = u64::from(raw_cpu());
+        }
+        self.exit_to_user(uapi::KVM_EXIT_INTERNAL_ERROR)
+    }
+}
+
+fn raw_cpu() -> u32 {
+    extern "C" {
+        fn rvmx_glue_raw_cpu_id() -> u32;
+    }
+    // SAFETY: reads the current CPU's number.
+    unsafe { rvmx_glue_raw_cpu_id() }
+}
+
+/// A handler for one basic exit reason.
+type Handler = fn(&mut ExitCtx<'_, '_>) -> Result<Action>;
+
+/// Basic exit reasons (SDM Vol. 3D, Appendix C) that rvmx handles.
+pub(crate) mod reason {
+    pub(crate) const EXCEPTION_OR_NMI: u32 = 0;
+    pub(crate) const EXTERNAL_INTERRUPT: u32 = 1;
+    pub(crate) const TRIPLE_FAULT: u32 = 2;
+    pub(crate) const CPUID: u32 = 10;
+    pub(crate) const HLT: u32 = 12;
+    pub(crate) const VMCALL: u32 = 18;
+    pub(crate) const VMCLEAR: u32 = 19;
+    pub(crate) const VMLAUNCH: u32 = 20;
+    pub(crate) const VMPTRLD: u32 = 21;
+    pub(crate) const VMPTRST: u32 = 22;
+    pub(crate) const VMREAD: u32 = 23;
+    pub(crate) const VMRESUME: u32 = 24;
+    pub(crate) const VMWRITE: u32 = 25;
+    pub(crate) const VMXOFF: u32 = 26;
+    pub(crate) const VMXON: u32 = 27;
+    pub(crate) const CR_ACCESS: u32 = 28;
+    pub(crate) const IO_INSTRUCTION: u32 = 30;
+    pub(crate) const EPT_VIOLATION: u32 = 48;
+    pub(crate) const INVEPT: u32 = 50;
+    pub(crate) const INVVPID: u32 = 53;
+    pub(crate) const VMFUNC: u32 = 59;
+    /// Bit 31 of the exit reason: the VM entry failed (SDM §28.8).
+    pub(crate) const ENTRY_FAILURE: u32 = 1 << 31;
+    pub(crate) const COUNT: usize = 70;
+}
+
+/// The dispatch table: basic exit reason → handler.
+static HANDLERS: [Option<Handler>; reason::COUNT] = {
+    let mut t: [Option<Handler>; reason::COUNT] = [None; reason::COUNT];
+    t[reason::EXCEPTION_OR_NMI as usize] = Some(interrupt::exception_or_nmi);
+    t[reason::EXTERNAL_INTERRUPT as usize] = Some(interrupt::external_interrupt);
+    t[reason::TRIPLE_FAULT as usize] = Some(interrupt::triple_fault);
+    t[reason::CPUID as usize] = Some(cpuid::cpuid);
+    t[reason::HLT as usize] = Some(hlt::hlt);
+    t[reason::VMCALL as usize] = Some(vmcall::vmcall);
+    t[reason::VMCLEAR as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMLAUNCH as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMPTRLD as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMPTRST as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMREAD as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMRESUME as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMWRITE as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMXOFF as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMXON as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::INVEPT as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::INVVPID as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::VMFUNC as usize] = Some(vmx_insn::vmx_instruction);
+    t[reason::CR_ACCESS as usize] = Some(cr::cr_access);
+    t[reason::IO_INSTRUCTION as usize] = Some(io::io_instruction);
+    t[reason::EPT_VIOLATION as usize] = Some(ept::ept_violation);
+    t
+};
+
+/// Dispatches one VM exit.
+pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    let full = ctx.vmcs.read(EXIT_REASON);
+    if full & reason::ENTRY_FAILURE != 0 {
+        // The entry failed its guest-state checks (reason 33), MSR loading
+        // (34) or a machine-check (41): the guest never ran.
+        // SAFETY: plain stores to the run page's `fail_entry` member.
+        unsafe {
+            let r = &mut *ctx.run;
+            r.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(full);
+            r.__bindgen_anon_1.fail_entry.cpu = raw_cpu();
+        }
+        return Ok(ctx.exit_to_user(uapi::KVM_EXIT_FAIL_ENTRY));
+    }
+    reinject_interrupted_event(ctx)?;
+    let basic = full & 0xffff;
+    match HANDLERS.get(basic as usize).copied().flatten() {
+        Some(h) => h(ctx),
+        None => Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, basic)),
+    }
+}
+
+/// An exit can interrupt the delivery of an event through the guest's IDT
+/// (say, the IDT or the handler's stack was in a page EPT did not map yet).
+/// The IDT-vectoring information field then holds the event; it must be
+/// injected again at the next entry, or the guest loses it (SDM Vol. 3C
+/// §28.2.4 and §27.6.1.1). This is the one VMREAD every exit pays for.
+fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
+    let idt = ctx.vmcs.read(IDT_VECTORING_INFO);
+    if idt & (1 << 31) == 0 {
+        return Ok(());
+    }
+    if idt & (1 << 11) != 0 {
+        let code = ctx.vmcs.read(IDT_VECTORING_ERROR_CODE);
+        ctx.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, code)?;
+    }
+    // Software interrupts and exceptions (types 4, 5, 6) are re-executed
+    // with the length of the instruction that raised them.
+    if matches!((idt >> 8) & 7, 4..=6) {
+        let len = ctx.vmcs.read(EXIT_INSTRUCTION_LEN);
+        ctx.vmcs.write(ENTRY_INSTRUCTION_LEN, len)?;
+    }
+    // Bit 12 is undefined in IDT-vectoring information and reserved in
+    // the entry field.
+    ctx.vmcs.write(ENTRY_INTR_INFO, idt & !(1 << 12))
+}
+
+/// VMLAUNCH/VMRESUME itself failed (VMfailValid/VMfailInvalid, `r` = 1) or
+/// faulted (`r` = 2): KVM_EXIT_FAIL_ENTRY with the VM-instruction error
+/// number (SDM §31.4), or 0 when there is none.
+pub(crate) fn entry_failed(v: &Loaded<'_>, run: *mut kvm_run, r: i32, _vcpu: u32) {
+    let err = if r == 1 { v.instruction_error() } else { 0 };
+    // SAFETY: plain stores to the run page.
+    unsafe {
+        (*run).exit_reason = uapi::KVM_EXIT_FAIL_ENTRY;
+        (*run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(err);
+        (*run).__bindgen_anon_1.fail_entry.cpu = raw_cpu();
+    }
+}
+
+/// Completes, at the next KVM_RUN, the instruction whose exit userspace
+/// handled (the "complete_userspace_io" of KVM).
+pub(crate) fn complete_pending(st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) {
+    let pending = core::mem::replace(&mut st.pending, Pending::None);
+    let regs = st.regs_mut();
+    match pending {
+        Pending::None => {}
+        Pending::PioIn { size } => {
+            let mut data = [0u8; 8];
+            // SAFETY: the PIO page holds at least `size` (<= 4) bytes.
+            unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), usize::from(size)) };
+            let v = u64::from_le_bytes(data);
+            regs[reg::RAX] = mmio::merge(regs[reg::RAX], v, size, false);
+        }
+        Pending::Hypercall => {
+            // SAFETY: reads the `hypercall` member userspace filled in.
+            regs[reg::RAX] = unsafe { (*run).__bindgen_anon_1.hypercall.ret };
+        }
+        Pending::Mmio { len, dest } => {
+            if let Some(d) = dest {
+                // SAFETY: reads the `mmio` member userspace filled in.
+                let data = unsafe { (*run).__bindgen_anon_1.mmio.data };
+                mmio::complete_read(regs, d, u64::from_le_bytes(data));
+            }
+            st.rip_advance = u64::from(len);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VMX instructions executed by the guest (VMCLEAR, VMLAUNCH, VMPTRLD,
+//! VMPTRST, VMREAD, VMRESUME, VMWRITE, VMXOFF, VMXON, INVEPT, INVVPID,
+//! VMFUNC): they always exit in non-root operation. rvmx offers no nested
+//! VMX (CPUID hides it), so the guest gets the #UD a CPU without VMX gives.
+
+use super::{Action, ExitCtx};
+use kernel::prelude::*;
+
+const UD: u8 = 6;
+
+pub(crate) fn vmx_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    ctx.inject_exception(UD, None)
+}

@@ -1,0 +1,30 @@
+#!/bin/sh
+# tests/guest/vm.sh - runs inside the emulated VT-x machine with no
+# hypervisor module loaded. Runs the guest and ioctl-error selftests on
+# rvmx, checks that rvmx then unloads (nothing leaked or still referenced),
+# and runs the same selftests on KVM (kvm_intel) in the same boot: the guest-
+# visible results must be the same, except where README lists a deliberate
+# difference (those checks branch on the device). Prints TAP.
+MODDIR=/lib/modules/$(uname -r)/extra
+n=0; fails=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $1"; [ -n "$2" ] && echo "# $2"; }
+# sub NAME PROGRAM ARGS...: run a TAP program, indent its lines, report it.
+sub() {
+	name=$1; shift
+	"$@" > /tmp/sub.out 2>&1; rc=$?
+	sed 's/^/    /' /tmp/sub.out
+	if [ $rc -eq 0 ]; then ok "$name"; else not_ok "$name" "exit status $rc"; fi
+}
+
+echo "TAP version 13"
+echo "1..8"
+if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
+sub "guests on rvmx (subtests)" guests /dev/rvmx
+sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
+if rmmod rvmx; then ok "rvmx unloads after the VMs are closed"; else not_ok "rvmx unloads after the VMs are closed" "$(grep ^rvmx /proc/modules)"; fi
+if modprobe kvm_intel; then ok "modprobe kvm_intel"; else not_ok "modprobe kvm_intel"; fi
+sub "the same guests on KVM (subtests)" guests /dev/kvm
+sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
+if rmmod kvm_intel && rmmod kvm; then ok "kvm unloads"; else not_ok "kvm unloads"; fi
+[ $fails -eq 0 ]

@@ -1,0 +1,411 @@
+//! Runs small guests on /dev/rvmx (or /dev/kvm, given as the first
+//! argument) through the rust-vmm kvm-ioctls crate, and checks every VM
+//! exit they cause: port I/O, HLT, CPUID, MMIO, VMCALL, triple fault, VMX
+//! instructions, signals, real, protected and long mode. Prints TAP.
+//!
+//! The guests are a few hand-assembled instructions each; the comment next
+//! to every byte string is its assembly.
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use rvmx_selftests::Tap;
+use std::ffi::CString;
+use std::os::unix::io::AsRawFd;
+
+const MEM_SIZE: usize = 2 << 20;
+const CODE: u64 = 0x1000;
+
+/// Whether the device is KVM, which needs KVM_SET_CPUID2 (rvmx does not
+/// implement it yet: KVM_CHECK_EXTENSION(KVM_CAP_EXT_CPUID) says which).
+fn kvm_needs_cpuid(kvm: &Kvm) -> bool {
+    kvm.check_extension(kvm_ioctls::Cap::ExtCpuid)
+}
+
+struct Guest {
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    mem: *mut u8,
+}
+
+impl Guest {
+    /// A VM with 2 MiB of RAM at GPA 0 and one vCPU in real mode at
+    /// 0000:1000 running `code`.
+    fn real(kvm: &Kvm, code: &[u8]) -> Guest {
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        // SAFETY: a fresh anonymous mapping, owned by this guest (leaked at
+        // exit, as the process ends).
+        let mem = unsafe {
+            libc::mmap(std::ptr::null_mut(), MEM_SIZE, libc::PROT_READ | libc::PROT_WRITE,
+                       libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        } as *mut u8;
+        assert!(mem as isize != -1);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem as u64,
+        };
+        // SAFETY: the region is valid for the VM's lifetime.
+        unsafe { vm.set_user_memory_region(region).expect("KVM_SET_USER_MEMORY_REGION") };
+        let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+        if kvm_needs_cpuid(kvm) {
+            // KVM starts a vCPU with an empty CPUID (no long mode, no SSE):
+            // every KVM client sets one. Give it the supported one, without
+            // VMX and with the hypervisor bit, as rvmx shows it until it has
+            // KVM_SET_CPUID2 (and as QEMU does).
+            let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).expect("KVM_GET_SUPPORTED_CPUID");
+            for e in cpuid.as_mut_slice() {
+                if e.function == 1 {
+                    e.ecx = (e.ecx & !(1 << 5)) | (1 << 31);
+                }
+            }
+            vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
+        }
+        let g = Guest { _vm: vm, vcpu, mem };
+        g.write(CODE, code);
+        let mut sregs = g.vcpu.get_sregs().expect("KVM_GET_SREGS");
+        sregs.cs.selector = 0;
+        sregs.cs.base = 0;
+        g.vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
+        let regs = kvm_regs { rip: CODE, rflags: 2, rsp: 0x8000, ..Default::default() };
+        g.vcpu.set_regs(&regs).expect("KVM_SET_REGS");
+        g
+    }
+
+    fn write(&self, gpa: u64, bytes: &[u8]) {
+        assert!(gpa as usize + bytes.len() <= MEM_SIZE);
+        // SAFETY: within the guest's memory mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mem.add(gpa as usize), bytes.len()) };
+    }
+
+    fn write_u64(&self, gpa: u64, v: u64) {
+        self.write(gpa, &v.to_le_bytes());
+    }
+}
+
+/// What a run ended with, flattened for comparison.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    Out(u16, Vec<u8>),
+    In(u16, usize),
+    MmioRead(u64, usize),
+    MmioWrite(u64, Vec<u8>),
+    Hypercall(u64, u64),
+    Hlt,
+    Shutdown,
+    FailEntry(u64),
+    Internal,
+    Intr,
+    Err(i32),
+    Other(String),
+}
+
+/// Runs until the next exit; IN, MMIO reads and hypercalls are answered with
+/// `answer`.
+fn run(g: &mut Guest, answer: u64) -> Exit {
+    match g.vcpu.run() {
+        Ok(VcpuExit::IoOut(port, data)) => Exit::Out(port, data.to_vec()),
+        Ok(VcpuExit::IoIn(port, data)) => {
+            let n = data.len();
+            data.copy_from_slice(&answer.to_le_bytes()[..n]);
+            Exit::In(port, n)
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            let n = data.len();
+            data.copy_from_slice(&answer.to_le_bytes()[..n]);
+            Exit::MmioRead(addr, n)
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite(addr, data.to_vec()),
+        Ok(VcpuExit::Hypercall(h)) => {
+            *h.ret = answer;
+            Exit::Hypercall(h.nr, h.args[0])
+        }
+        Ok(VcpuExit::Hlt) => Exit::Hlt,
+        Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+        Ok(VcpuExit::FailEntry(r, _)) => Exit::FailEntry(r),
+        Ok(VcpuExit::InternalError) => Exit::Internal,
+        Ok(VcpuExit::Intr) => Exit::Intr,
+        Ok(other) => Exit::Other(format!("{other:?}")),
+        Err(e) if e.errno() == libc::EINTR => Exit::Intr,
+        Err(e) => Exit::Err(e.errno()),
+    }
+}
+
+fn seg(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db,
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Puts the vCPU in 32-bit protected mode (flat segments, no paging).
+fn protected_mode(g: &mut Guest) {
+    let mut s: kvm_sregs = g.vcpu.get_sregs().unwrap();
+    s.cs = seg(8, 11, 0, 1);
+    s.ds = seg(16, 3, 0, 1);
+    s.es = s.ds;
+    s.ss = s.ds;
+    s.cr0 |= 1;
+    g.vcpu.set_sregs(&s).unwrap();
+}
+
+/// Puts the vCPU in 64-bit long mode with the first GiB identity-mapped by
+/// 2 MiB pages (PML4 at 0x10000, PDPT at 0x11000, PD at 0x12000).
+fn long_mode(g: &mut Guest) {
+    g.write_u64(0x10000, 0x11000 | 3);
+    g.write_u64(0x11000, 0x12000 | 3);
+    for i in 0..512u64 {
+        g.write_u64(0x12000 + i * 8, (i << 21) | 0x83);
+    }
+    let mut s: kvm_sregs = g.vcpu.get_sregs().unwrap();
+    s.cs = seg(8, 11, 1, 0);
+    s.ds = seg(16, 3, 0, 1);
+    s.es = s.ds;
+    s.ss = s.ds;
+    s.cr3 = 0x10000;
+    s.cr4 = 1 << 5; // PAE
+    s.efer = (1 << 8) | (1 << 10); // LME, LMA
+    s.cr0 = 0x8000_0011 | (1 << 5); // PG, ET, PE, NE
+    g.vcpu.set_sregs(&s).unwrap();
+}
+
+extern "C" fn on_signal(_: libc::c_int) {}
+
+fn install_signal_handler(sig: libc::c_int) {
+    // SAFETY: installs an async-signal-safe empty handler; no SA_RESTART, so
+    // a blocked KVM_RUN returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Runs KVM_RUN on `fd` by a raw system call with every XMM register
+/// loaded with `pattern`, and returns the XMM registers after it: the
+/// syscall must give them back unchanged, whatever the guest did to its own.
+fn run_with_xmm_pattern(fd: i32, pattern: u64) -> ([u64; 32], i64) {
+    let src = [pattern; 2];
+    let mut out = [0u64; 32];
+    let ret: i64;
+    // SAFETY: a raw ioctl(KVM_RUN) system call; the XMM registers are
+    // declared clobbered, `src`/`out` are valid for the loads and stores.
+    unsafe {
+        std::arch::asm!(
+            "movdqu xmm0, [{src}]", "movdqa xmm1, xmm0", "movdqa xmm2, xmm0", "movdqa xmm3, xmm0",
+            "movdqa xmm4, xmm0", "movdqa xmm5, xmm0", "movdqa xmm6, xmm0", "movdqa xmm7, xmm0",
+            "movdqa xmm8, xmm0", "movdqa xmm9, xmm0", "movdqa xmm10, xmm0", "movdqa xmm11, xmm0",
+            "movdqa xmm12, xmm0", "movdqa xmm13, xmm0", "movdqa xmm14, xmm0", "movdqa xmm15, xmm0",
+            "syscall",
+            "movdqu [{out}], xmm0", "movdqu [{out} + 16], xmm1", "movdqu [{out} + 32], xmm2",
+            "movdqu [{out} + 48], xmm3", "movdqu [{out} + 64], xmm4", "movdqu [{out} + 80], xmm5",
+            "movdqu [{out} + 96], xmm6", "movdqu [{out} + 112], xmm7", "movdqu [{out} + 128], xmm8",
+            "movdqu [{out} + 144], xmm9", "movdqu [{out} + 160], xmm10", "movdqu [{out} + 176], xmm11",
+            "movdqu [{out} + 192], xmm12", "movdqu [{out} + 208], xmm13", "movdqu [{out} + 224], xmm14",
+            "movdqu [{out} + 240], xmm15",
+            src = in(reg) src.as_ptr(),
+            out = in(reg) out.as_mut_ptr(),
+            inlateout("rax") libc::SYS_ioctl => ret,
+            in("rdi") fd as i64,
+            in("rsi") 0xae80u64, // KVM_RUN
+            in("rdx") 0u64,
+            out("rcx") _, out("r11") _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+        );
+    }
+    (out, ret)
+}
+
+fn main() {
+    let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
+    let is_kvm = path.ends_with("kvm");
+    let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
+    let mut t = Tap::plan(20);
+
+    // 1. Real mode: OUT to the serial port, then HLT.
+    let mut g = Guest::real(&kvm, &[
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'A',       // mov al, 'A'
+        0xee,             // out dx, al
+        0xf4,             // hlt
+    ]);
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x3f8, vec![b'A']), "real mode: OUT dx, al exits with KVM_EXIT_IO");
+    t.expect_eq(run(&mut g, 0), Exit::Hlt, "real mode: HLT exits with KVM_EXIT_HLT");
+    let rip = g.vcpu.get_regs().unwrap().rip;
+    t.expect_eq(rip, CODE + 7, "RIP is past the HLT after the HLT exit");
+
+    // 2. IN: the data userspace gives lands in AL, and comes back out.
+    let mut g = Guest::real(&kvm, &[
+        0xba, 0x10, 0x00, // mov dx, 0x10
+        0xec,             // in al, dx
+        0xe6, 0x11,       // out 0x11, al
+        0xf4,             // hlt
+    ]);
+    let a = run(&mut g, 0x5c);
+    let b = run(&mut g, 0);
+    t.expect_eq((a, b), (Exit::In(0x10, 1), Exit::Out(0x11, vec![0x5c])), "IN data from userspace reaches AL");
+
+    // 3. CPUID leaf 1 in the guest: ECX goes out through port 0x12.
+    let mut g = Guest::real(&kvm, &[
+        0x66, 0xb8, 0x01, 0, 0, 0, // mov eax, 1
+        0x0f, 0xa2,                 // cpuid
+        0x66, 0x89, 0xc8,           // mov eax, ecx
+        0xe7, 0x12,                 // out 0x12, ax (16-bit operand in real mode)
+        0x66, 0xe7, 0x12,           // out 0x12, eax
+        0xf4,
+    ]);
+    let _ = run(&mut g, 0);
+    let ecx = match run(&mut g, 0) {
+        Exit::Out(0x12, d) if d.len() == 4 => u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+        other => { t.check(false, "CPUID", format!("{other:?}")); 0 }
+    };
+    t.check(ecx & (1 << 5) == 0 && ecx & (1 << 31) != 0, "CPUID.1: VMX hidden, hypervisor bit set", format!("ecx={ecx:#x}"));
+
+    // 4. MMIO outside RAM: a byte write, a 16-bit write, and a read into AL.
+    let mut g = Guest::real(&kvm, &[
+        0xb8, 0x00, 0x30,       // mov ax, 0x3000
+        0x8e, 0xd8,             // mov ds, ax       (DS base 0x30000)
+        0xbb, 0x20, 0x00,       // mov bx, 0x20
+        0xc6, 0x06, 0x10, 0x00, 0x5a, // mov byte [0x10], 0x5a
+        0xb8, 0x34, 0x12,       // mov ax, 0x1234
+        0x89, 0x07,             // mov [bx], ax
+        0x8a, 0x07,             // mov al, [bx]
+        0xe6, 0x13,             // out 0x13, al
+        0xf4,
+    ]);
+    // The RAM slot ends at 2 MiB; put the "device" at 16 MiB instead.
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.ds.base = 0x100_0000;
+    g.vcpu.set_sregs(&s).unwrap();
+    g.write(CODE, &[0x90, 0x90, 0x90, 0x90, 0x90]); // keep DS as set: nop the mov ds
+    let w1 = run(&mut g, 0);
+    let w2 = run(&mut g, 0);
+    let r = run(&mut g, 0x77);
+    let o = run(&mut g, 0);
+    t.expect_eq(w1, Exit::MmioWrite(0x100_0010, vec![0x5a]), "MMIO: byte store becomes KVM_EXIT_MMIO write");
+    t.expect_eq(w2, Exit::MmioWrite(0x100_0020, vec![0x34, 0x12]), "MMIO: 16-bit store [bx], ax");
+    t.expect_eq((r, o), (Exit::MmioRead(0x100_0020, 1), Exit::Out(0x13, vec![0x77])), "MMIO: load into AL gets userspace's data");
+
+    // 5. VMCALL: rvmx exits to userspace; KVM answers it in the kernel.
+    let mut g = Guest::real(&kvm, &[
+        0xb8, 42, 0,            // mov ax, 42
+        0xbb, 7, 0,             // mov bx, 7
+        0x0f, 0x01, 0xc1,       // vmcall
+        0xe6, 0x14,             // out 0x14, al
+        0xf4,
+    ]);
+    let e = run(&mut g, 99);
+    if is_kvm {
+        // KVM: unknown hypercall -> RAX = -KVM_ENOSYS (-1000), no exit.
+        t.expect_eq(e, Exit::Out(0x14, vec![(-1000i64 as u64 & 0xff) as u8]), "VMCALL (KVM answers in the kernel)");
+    } else {
+        let o = run(&mut g, 0);
+        t.expect_eq((e, o), (Exit::Hypercall(42, 7), Exit::Out(0x14, vec![99])), "VMCALL: KVM_EXIT_HYPERCALL, ret to RAX");
+    }
+
+    // 6. A VMX instruction in the guest raises #UD, handled by the guest's
+    //    own real-mode IVT (vector 6 -> 0000:0500).
+    let mut g = Guest::real(&kvm, &[0x0f, 0x01, 0xc4, 0xf4]); // vmxoff; hlt
+    g.write(6 * 4, &[0x00, 0x05, 0x00, 0x00]);
+    g.write(0x500, &[0xe6, 0x15, 0xf4]); // out 0x15, al; hlt
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x15, vec![0]), "VMXOFF in the guest: #UD to the guest's handler");
+
+    // 7. Triple fault: an exception with an empty IDT.
+    let mut g = Guest::real(&kvm, &[0xcc]); // int3
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.idt.limit = 0;
+    g.vcpu.set_sregs(&s).unwrap();
+    t.expect_eq(run(&mut g, 0), Exit::Shutdown, "triple fault: KVM_EXIT_SHUTDOWN");
+
+    // 8. 32-bit protected mode.
+    let mut g = Guest::real(&kvm, &[0xb8, 0xef, 0xbe, 0xad, 0xde, 0xe7, 0x18, 0xf4]); // mov eax, 0xdeadbeef; out 0x18, eax; hlt
+    protected_mode(&mut g);
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x18, vec![0xef, 0xbe, 0xad, 0xde]), "32-bit protected mode: OUT of EAX");
+
+    // 9-10. 64-bit long mode: a 64-bit MMIO store through the guest's own
+    //       page tables, and a 32-bit OUT.
+    let mut g = Guest::real(&kvm, &[
+        0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // mov rax, 0x1122334455667788
+        0xbb, 0x00, 0x00, 0x00, 0x30,                               // mov ebx, 0x30000000
+        0x48, 0x89, 0x03,                                           // mov [rbx], rax
+        0xe7, 0x19,                                                 // out 0x19, eax
+        0xf4,
+    ]);
+    long_mode(&mut g);
+    t.expect_eq(run(&mut g, 0), Exit::MmioWrite(0x3000_0000, 0x1122334455667788u64.to_le_bytes().to_vec()), "long mode: 64-bit MMIO store (REX.W)");
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x19, vec![0x88, 0x77, 0x66, 0x55]), "long mode: OUT of EAX");
+
+    // 11. A signal stops a guest spinning in `jmp $`.
+    let mut g = Guest::real(&kvm, &[0xeb, 0xfe]); // jmp $
+    install_signal_handler(libc::SIGALRM);
+    let timer = libc::itimerval {
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        it_value: libc::timeval { tv_sec: 0, tv_usec: 100_000 },
+    };
+    // SAFETY: a plain libc call with a valid timer value.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+    t.expect_eq(run(&mut g, 0), Exit::Intr, "SIGALRM stops a spinning guest: KVM_RUN fails with EINTR");
+
+    // 12. immediate_exit: KVM_RUN returns EINTR at once.
+    g.vcpu.set_kvm_immediate_exit(1);
+    t.expect_eq(run(&mut g, 0), Exit::Intr, "kvm_run.immediate_exit: KVM_RUN returns EINTR");
+    g.vcpu.set_kvm_immediate_exit(0);
+
+    // 13. The guest fills its vector registers; the launcher's survive.
+    let g = Guest::real(&kvm, &[
+        0x66, 0x0f, 0x74, 0xc0, 0x66, 0x0f, 0x74, 0xc9, // pcmpeqb xmm0,xmm0; xmm1
+        0x66, 0x0f, 0x74, 0xd2, 0x66, 0x0f, 0x74, 0xdb, // xmm2; xmm3
+        0x66, 0x0f, 0x74, 0xe4, 0x66, 0x0f, 0x74, 0xed, // xmm4; xmm5
+        0x66, 0x0f, 0x74, 0xf6, 0x66, 0x0f, 0x74, 0xff, // xmm6; xmm7
+        0xe6, 0x16, 0xf4,                               // out 0x16, al; hlt
+    ]);
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.cr4 |= 1 << 9; // OSFXSR: SSE allowed
+    g.vcpu.set_sregs(&s).unwrap();
+    let (xmm, ret) = run_with_xmm_pattern(g.vcpu.as_raw_fd(), 0x0123_4567_89ab_cdef);
+    t.check(ret == 0 && xmm.iter().all(|&x| x == 0x0123_4567_89ab_cdef), "guest clobbers XMM0-7: the launcher's XMM0-15 are unchanged", format!("ret={ret} xmm={xmm:x?}"));
+
+    // 14. No memory at all: the first fetch cannot be served.
+    let vm = kvm.create_vm().unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let e = match vcpu.run() {
+        Ok(VcpuExit::InternalError) => Exit::Internal,
+        Ok(other) => Exit::Other(format!("{other:?}")),
+        Err(e) => Exit::Err(e.errno()),
+    };
+    t.check(matches!(e, Exit::Internal | Exit::Err(libc::EFAULT)), "KVM_RUN with no memory: internal error, not a crash", format!("{e:?}"));
+
+    // 15. Invalid guest state: TR must be a TSS (type 3 or 11); type 0
+    //     fails the VM entry's guest-state checks (or SET_SREGS).
+    let mut g = Guest::real(&kvm, &[0xf4]);
+    protected_mode(&mut g);
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.tr.type_ = 0;
+    let refused = g.vcpu.set_sregs(&s).is_err();
+    let e = if refused { Exit::Err(libc::EINVAL) } else { run(&mut g, 0) };
+    t.check(refused || matches!(e, Exit::FailEntry(_) | Exit::Internal), "SET_SREGS with TR not a TSS: refused or KVM_EXIT_FAIL_ENTRY", format!("{e:?}"));
+    if let Exit::FailEntry(r) = e {
+        println!("# hardware_entry_failure_reason = {r:#x}");
+    }
+
+    // 16. Back to real mode after all that: the same guest runs again.
+    let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x1a, vec![0x33]), "a new VM after the others runs normally");
+    drop(g);
+    t.finish();
+}

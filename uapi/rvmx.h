@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * uapi/rvmx.h - the ABI of /dev/rvmx.
+ *
+ * rvmx speaks KVM's ABI (include/uapi/linux/kvm.h) for every call it
+ * implements: same ioctl numbers, same structures. This header is the one
+ * source of truth for both sides: the module's Rust definitions are
+ * generated from it by bindgen (uapi/mod.rs), and userspace includes it (or
+ * simply <linux/kvm.h>) to talk to rvmx.
+ *
+ * Implemented (KVM names):
+ *   /dev/rvmx: KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE,
+ *              KVM_CHECK_EXTENSION
+ *   VM fd:     KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU, KVM_CHECK_EXTENSION
+ *   vCPU fd:   KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS,
+ *              KVM_SET_SREGS, mmap
+ * Anything else answers ENOTTY (on /dev/rvmx) or EINVAL (VM and vCPU fds,
+ * as KVM does for numbers it does not know).
+ */
+#ifndef _UAPI_RVMX_H
+#define _UAPI_RVMX_H
+
+#include <linux/kvm.h>
+#include <linux/types.h>
+
+/*
+ * rvmx's own addition: the vCPU mmap has, after the pages KVM defines
+ * (kvm_run at page 0, port-I/O data at KVM_PIO_PAGE_OFFSET, the coalesced-
+ * MMIO ring's place at KVM_COALESCED_MMIO_PAGE_OFFSET, which rvmx leaves
+ * empty), one page with what the CPU reported at the last VM exit.
+ */
+#define RVMX_EXIT_INFO_PAGE_OFFSET	3
+#define RVMX_VCPU_MMAP_PAGES		4
+
+/*
+ * The raw VM-exit information of the last exit, as the VMCS held it (Intel
+ * SDM Vol. 3C, "VM-Exit Information Fields"). For learners: compare
+ * kvm_run.exit_reason (what rvmx made of the exit) with basic_reason (why the
+ * CPU left the guest).
+ */
+struct rvmx_exit_info {
+	__u32 basic_reason;	/* exit reason bits 15:0 (SDM Appendix C) */
+	__u32 full_reason;	/* the whole field: bit 31 = VM-entry failure */
+	__u64 qualification;	/* exit qualification */
+	__u64 guest_physical_address;	/* EPT violations and misconfigs */
+	__u64 guest_linear_address;	/* where the CPU reports one */
+	__u32 instruction_len;	/* VM-exit instruction length */
+	__u32 instruction_info;	/* VM-exit instruction information */
+	__u32 intr_info;	/* VM-exit interruption information */
+	__u32 intr_error_code;
+	__u64 guest_rip;	/* RIP of the instruction that caused the exit */
+	__u64 exits;		/* VM exits of this vCPU so far */
+};
+
+#endif /* _UAPI_RVMX_H */

@@ -1,0 +1,724 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A vCPU: its VMCS, the guest registers the VMCS does not hold, the pages
+//! it shares with userspace (kvm_run, port-I/O data, rvmx's exit
+//! information), and the run loop that enters the guest and handles VM exits.
+//!
+//! # When is the VMCS loaded?
+//!
+//! A VMCS may be active on one CPU at a time, and a CPU must VMCLEAR it
+//! before another CPU loads it. rvmx keeps this simple: the VMCS is made
+//! current (VMPTRLD) at the start of a *guest section* and VMCLEARed at its
+//! end, and preemption is disabled in between (`vmcs::Loaded`). Inside a
+//! section the vCPU thread cannot migrate, so every entry after the first is
+//! a cheap VMRESUME; a section ends only when the run loop must return to
+//! userspace, sleep (to map memory), or let the scheduler run. So a VMCS is
+//! never active on a CPU that the thread has left, nor on a CPU going
+//! offline, and no cross-CPU VMCLEAR is ever needed.
+//!
+//! Lock order: the run token, then `Vm::mem`.
+
+use crate::exits::{self, Action, Pending};
+use crate::hw::{self, cr::*, msr};
+use crate::kpage::KernelPage;
+use crate::uapi::{self, kvm_regs, kvm_run, kvm_segment, kvm_sregs, rvmx_exit_info};
+use crate::vm::{Fault, Vm};
+use crate::vmcs::{controls, fields::*, Loaded, Vmcs};
+use crate::vmxon;
+use core::cell::UnsafeCell;
+use kernel::sync::Arc;
+use kernel::{new_condvar, new_mutex, prelude::*, sync::{CondVar, Mutex}};
+
+extern "C" {
+    fn rvmx_vmenter(regs: *mut u64, resume: u32, host_rsp: *mut u64) -> i32;
+    static rvmx_vmexit: u8;
+    fn rvmx_glue_irq_disable();
+    fn rvmx_glue_irq_enable();
+    fn rvmx_glue_need_resched() -> bool;
+    fn rvmx_glue_cond_resched();
+    fn rvmx_glue_signal_pending() -> bool;
+    fn rvmx_glue_fpu_begin();
+    fn rvmx_glue_fpu_end();
+    fn rvmx_glue_restore_host_descriptor_limits();
+    fn rvmx_glue_virt_to_page(addr: *mut core::ffi::c_void) -> *mut core::ffi::c_void;
+}
+
+/// Indices into `regs`, in KVM's (and vmenter.S's) order.
+pub(crate) mod reg {
+    pub(crate) const RAX: usize = 0;
+    pub(crate) const RCX: usize = 1;
+    pub(crate) const RDX: usize = 2;
+    pub(crate) const RBX: usize = 3;
+    pub(crate) const RSP: usize = 4;
+    pub(crate) const RSI: usize = 6;
+    pub(crate) const RDI: usize = 7;
+}
+
+/// Pages of the vCPU mmap (uapi/rvmx.h).
+const RUN_PAGE: usize = 0;
+const PIO_PAGE: usize = uapi::KVM_PIO_PAGE_OFFSET as usize;
+const INFO_PAGE: usize = uapi::RVMX_EXIT_INFO_PAGE_OFFSET as usize;
+pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
+
+/// RFLAGS bit 1 is always 1.
+const RFLAGS_FIXED: u64 = 1 << 1;
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Everything the run loop changes; owned by whoever holds the run token.
+pub(crate) struct VcpuState {
+    vmcs: Vmcs,
+    /// General-purpose registers while the guest is not running (the RSP
+    /// slot is unused: RSP lives in the VMCS).
+    regs: [u64; 16],
+    /// vmenter.S's cache of HOST_RSP (reset whenever the VMCS is reloaded).
+    host_rsp: u64,
+    /// The guest's CR2, which VMX does not switch.
+    cr2: u64,
+    /// The guest's IA32_KERNEL_GS_BASE (SWAPGS in the guest changes the
+    /// CPU's, which VMX does not switch either).
+    kernel_gs_base: u64,
+    /// The guest's FPU/SSE/AVX state while it is not running.
+    fpu: KernelPage,
+    /// Work left from the last exit to userspace (e.g. the data of an IN).
+    pub(crate) pending: Pending,
+    /// Bytes to advance RIP by at the next entry (an instruction that
+    /// userspace completed, e.g. an MMIO access).
+    pub(crate) rip_advance: u64,
+    /// VM exits so far.
+    exits: u64,
+}
+
+/// The cached host values vmenter.S's caller refreshes when they change.
+struct HostCache {
+    cr3: u64,
+    cr4: u64,
+}
+
+/// A vCPU.
+///
+/// # Invariants
+///
+/// `state` is accessed only by the thread that holds the run token
+/// (`running` set under `token`).
+#[pin_data]
+pub(crate) struct Vcpu {
+    vm: Arc<Vm>,
+    id: u32,
+    /// The pages userspace maps (page N of the vCPU fd is `pages[N]`).
+    pages: [KernelPage; MMAP_PAGES],
+    xsave_mask: u64,
+    #[pin]
+    token: Mutex<bool>,
+    #[pin]
+    token_free: CondVar,
+    state: UnsafeCell<VcpuState>,
+}
+
+// SAFETY: `state` is only accessed under the run token (type invariant);
+// the rest is immutable or synchronized.
+unsafe impl Sync for Vcpu {}
+// SAFETY: as above.
+unsafe impl Send for Vcpu {}
+
+/// Holding the run token: exclusive access to the vCPU's state, like KVM's
+/// vcpu->mutex. Released on drop.
+struct RunToken<'a> {
+    vcpu: &'a Vcpu,
+}
+
+impl Drop for RunToken<'_> {
+    fn drop(&mut self) {
+        *self.vcpu.token.lock() = false;
+        self.vcpu.token_free.notify_one();
+    }
+}
+
+impl RunToken<'_> {
+    fn state(&mut self) -> &mut VcpuState {
+        // SAFETY: we hold the token (type invariant of `Vcpu`), and
+        // `&mut self` makes this the only reference.
+        unsafe { &mut *self.vcpu.state.get() }
+    }
+}
+
+fn seg_ar(s: &kvm_segment) -> u32 {
+    if s.unusable != 0 || s.present == 0 {
+        return 1 << 16;
+    }
+    u32::from(s.type_ & 15)
+        | u32::from(s.s & 1) << 4
+        | u32::from(s.dpl & 3) << 5
+        | u32::from(s.present & 1) << 7
+        | u32::from(s.avl & 1) << 12
+        | u32::from(s.l & 1) << 13
+        | u32::from(s.db & 1) << 14
+        | u32::from(s.g & 1) << 15
+}
+
+fn write_seg(v: &mut Loaded<'_>, f: &SegmentFields, s: &kvm_segment) -> Result {
+    v.write(f.selector, s.selector)?;
+    v.write(f.base, Natural(s.base))?;
+    v.write(f.limit, s.limit)?;
+    v.write(f.access_rights, seg_ar(s))
+}
+
+fn read_seg(v: &Loaded<'_>, f: &SegmentFields) -> kvm_segment {
+    let ar = v.read(f.access_rights);
+    // CAST: each field is the few bits masked out of the access rights.
+    kvm_segment {
+        base: v.read(f.base).0,
+        limit: v.read(f.limit),
+        selector: v.read(f.selector),
+        type_: (ar & 15) as u8,
+        s: (ar >> 4 & 1) as u8,
+        dpl: (ar >> 5 & 3) as u8,
+        present: (ar >> 7 & 1) as u8,
+        avl: (ar >> 12 & 1) as u8,
+        l: (ar >> 13 & 1) as u8,
+        db: (ar >> 14 & 1) as u8,
+        g: (ar >> 15 & 1) as u8,
+        unusable: (ar >> 16 & 1) as u8,
+        padding: 0,
+    }
+}
+
+fn segment(selector: u16, base: u64, limit: u32, type_: u8, s: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s,
+        l: 0,
+        g: 0,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    /// KVM_CREATE_VCPU: a vCPU in the reset state (real mode at F000:FFF0).
+    pub(crate) fn new(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+        let caps = vmxon::caps().ok_or(EIO)?;
+        // The guest's XSAVE image lives in one page.
+        if hw::xsave_size() > 4096 {
+            pr_err!("XSAVE area larger than a page is not supported\n");
+            return Err(crate::caps::eopnotsupp());
+        }
+        let fpu = KernelPage::new()?;
+        // An XSAVE image whose header says "everything in its initial
+        // state", with MXCSR at its reset value 0x1f80 (MXCSR is loaded
+        // from the legacy area regardless).
+        // SAFETY: offset 24 of the page is MXCSR's place in the image.
+        unsafe { fpu.as_ptr::<u8>().add(24).cast::<u32>().write(0x1f80) };
+        let pages = [KernelPage::new()?, KernelPage::new()?, KernelPage::new()?, KernelPage::new()?];
+        let mut state = VcpuState {
+            vmcs: Vmcs::new(caps.revision_id)?,
+            regs: [0; 16],
+            host_rsp: 0,
+            cr2: 0,
+            kernel_gs_base: 0,
+            fpu,
+            pending: Pending::None,
+            rip_advance: 0,
+            exits: 0,
+        };
+        // KVM's reset value of RDX: the CPU signature (family 6).
+        state.regs[reg::RDX] = 0x600;
+        {
+            let mut v = state.vmcs.load()?;
+            setup_controls(&mut v, &caps, vm.eptp())?;
+            setup_host_constant_state(&mut v)?;
+            reset_guest_state(&mut v, &caps)?;
+        }
+        let vcpu = Arc::pin_init(
+            pin_init!(Vcpu {
+                vm,
+                id,
+                pages,
+                xsave_mask: hw::xcr0(),
+                token <- new_mutex!(false, "rvmx:vcpu.token"),
+                token_free <- new_condvar!("rvmx:vcpu.token_free"),
+                state: UnsafeCell::new(state),
+            }),
+            GFP_KERNEL,
+        )?;
+        Ok(vcpu)
+    }
+
+    pub(crate) fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The struct page of mmap page `index` (for kglue.c's mmap), or null.
+    pub(crate) fn mmap_page(&self, index: usize) -> *mut core::ffi::c_void {
+        match self.pages.get(index) {
+            // SAFETY: a direct-map address of a page we own.
+            Some(p) => unsafe { rvmx_glue_virt_to_page(p.as_ptr()) },
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    fn run_page(&self) -> *mut kvm_run {
+        self.pages[RUN_PAGE].as_ptr()
+    }
+
+    /// Takes the run token, waiting (interruptibly) while another thread
+    /// holds it, as KVM's vcpu->mutex does.
+    fn token(&self) -> Result<RunToken<'_>> {
+        let mut busy = self.token.lock();
+        while *busy {
+            if self.token_free.wait_interruptible(&mut busy) {
+                return Err(EINTR);
+            }
+        }
+        *busy = true;
+        Ok(RunToken { vcpu: self })
+    }
+
+    /// KVM_GET_REGS.
+    pub(crate) fn get_regs(&self) -> Result<kvm_regs> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let r = st.regs;
+        let v = st.vmcs.load()?;
+        Ok(kvm_regs {
+            rax: r[0], rcx: r[1], rdx: r[2], rbx: r[3],
+            rsp: v.read(GUEST_RSP).0, rbp: r[5], rsi: r[6], rdi: r[7],
+            r8: r[8], r9: r[9], r10: r[10], r11: r[11],
+            r12: r[12], r13: r[13], r14: r[14], r15: r[15],
+            rip: v.read(GUEST_RIP).0, rflags: v.read(GUEST_RFLAGS).0,
+        })
+    }
+
+    /// KVM_SET_REGS.
+    pub(crate) fn set_regs(&self, n: &kvm_regs) -> Result {
+        let mut t = self.token()?;
+        let st = t.state();
+        st.regs = [
+            n.rax, n.rcx, n.rdx, n.rbx, 0, n.rbp, n.rsi, n.rdi,
+            n.r8, n.r9, n.r10, n.r11, n.r12, n.r13, n.r14, n.r15,
+        ];
+        // New registers override whatever the last exit left to complete.
+        st.pending = Pending::None;
+        st.rip_advance = 0;
+        let mut v = st.vmcs.load()?;
+        v.write(GUEST_RSP, Natural(n.rsp))?;
+        v.write(GUEST_RIP, Natural(n.rip))?;
+        v.write(GUEST_RFLAGS, Natural(n.rflags | RFLAGS_FIXED))
+    }
+
+    /// KVM_GET_SREGS.
+    pub(crate) fn get_sregs(&self) -> Result<kvm_sregs> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let cr2 = st.cr2;
+        let v = st.vmcs.load()?;
+        // SAFETY: all-zero is a valid `kvm_sregs` (plain integers).
+        let mut s: kvm_sregs = unsafe { core::mem::zeroed() };
+        s.cs = read_seg(&v, &GUEST_CS);
+        s.ds = read_seg(&v, &GUEST_DS);
+        s.es = read_seg(&v, &GUEST_ES);
+        s.fs = read_seg(&v, &GUEST_FS);
+        s.gs = read_seg(&v, &GUEST_GS);
+        s.ss = read_seg(&v, &GUEST_SS);
+        s.tr = read_seg(&v, &GUEST_TR);
+        s.ldt = read_seg(&v, &GUEST_LDTR);
+        s.gdt.base = v.read(GUEST_GDTR_BASE).0;
+        // CAST: descriptor-table limits are 16 bits.
+        s.gdt.limit = v.read(GUEST_GDTR_LIMIT) as u16;
+        s.idt.base = v.read(GUEST_IDTR_BASE).0;
+        s.idt.limit = v.read(GUEST_IDTR_LIMIT) as u16;
+        s.cr0 = v.read(CR0_READ_SHADOW).0;
+        s.cr2 = cr2;
+        s.cr3 = v.read(GUEST_CR3).0;
+        s.cr4 = v.read(CR4_READ_SHADOW).0;
+        s.efer = v.read(GUEST_IA32_EFER);
+        // No local APIC is emulated: report the architectural default
+        // (enabled, and BSP for vCPU 0).
+        s.apic_base = 0xfee0_0800 | if self.id == 0 { 1 << 8 } else { 0 };
+        Ok(s)
+    }
+
+    /// KVM_SET_SREGS, refusing what KVM's kvm_valid_sregs() refuses.
+    pub(crate) fn set_sregs(&self, s: &kvm_sregs) -> Result {
+        let caps = vmxon::caps().ok_or(EIO)?;
+        let long = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+        if long && (s.cr4 & CR4_PAE == 0 || s.efer & EFER_LMA == 0) {
+            return Err(EINVAL);
+        }
+        if !long && s.efer & EFER_LMA != 0 {
+            return Err(EINVAL);
+        }
+        if (s.cr0 & CR0_PG != 0 && s.cr0 & CR0_PE == 0) || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0) {
+            return Err(EINVAL);
+        }
+        if s.cr4 & CR4_VMXE != 0 || s.cr4 & !caps.cr4_fixed1 != 0 || s.cr0 >> 32 != 0 {
+            return Err(EINVAL);
+        }
+        if s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && !long {
+            // PAE paging outside long mode would need the PDPTEs loaded into
+            // the VMCS; rvmx does not do that yet.
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        let st = t.state();
+        st.cr2 = s.cr2;
+        let mut v = st.vmcs.load()?;
+        write_seg(&mut v, &GUEST_CS, &s.cs)?;
+        write_seg(&mut v, &GUEST_DS, &s.ds)?;
+        write_seg(&mut v, &GUEST_ES, &s.es)?;
+        write_seg(&mut v, &GUEST_FS, &s.fs)?;
+        write_seg(&mut v, &GUEST_GS, &s.gs)?;
+        write_seg(&mut v, &GUEST_SS, &s.ss)?;
+        write_seg(&mut v, &GUEST_TR, &s.tr)?;
+        write_seg(&mut v, &GUEST_LDTR, &s.ldt)?;
+        v.write(GUEST_GDTR_BASE, Natural(s.gdt.base))?;
+        v.write(GUEST_GDTR_LIMIT, u32::from(s.gdt.limit))?;
+        v.write(GUEST_IDTR_BASE, Natural(s.idt.base))?;
+        v.write(GUEST_IDTR_LIMIT, u32::from(s.idt.limit))?;
+        v.write(GUEST_CR3, Natural(s.cr3))?;
+        set_cr0(&mut v, &caps, s.cr0)?;
+        set_cr4(&mut v, &caps, s.cr4)?;
+        v.write(GUEST_IA32_EFER, s.efer)?;
+        set_long_mode(&mut v, s.efer & EFER_LMA != 0)
+    }
+
+    /// KVM_RUN: runs the guest until an exit that userspace must handle.
+    pub(crate) fn run(&self) -> Result {
+        let run = self.run_page();
+        let mut t = self.token()?;
+        let st = t.state();
+        // Finish the instruction the last exit to userspace left open (the
+        // data of an IN or an MMIO read, a hypercall's return value).
+        exits::complete_pending(st, run, self.pio_page());
+        // SAFETY: `run` is our run page; userspace may write it at any time,
+        // so it is read with a volatile read.
+        if unsafe { core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile() } != 0 {
+            // SAFETY: a plain store to our run page.
+            unsafe { (*run).exit_reason = uapi::KVM_EXIT_INTR };
+            return Err(EINTR);
+        }
+        loop {
+            // SAFETY: a plain check of the current task.
+            if unsafe { rvmx_glue_signal_pending() } {
+                // SAFETY: a plain store to our run page.
+                unsafe { (*run).exit_reason = uapi::KVM_EXIT_INTR };
+                return Err(EINTR);
+            }
+            // SAFETY: may sleep; we hold no lock but the run token.
+            unsafe { rvmx_glue_cond_resched() };
+            match self.guest_section(st)? {
+                Section::ToUser => return Ok(()),
+                Section::Reschedule => continue,
+                Section::EptViolation(f) => match self.vm.fault_in(f.gpa, f.write)? {
+                    Fault::Mapped => continue,
+                    Fault::Mmio => return exits::mmio::start(self, st, &f, run),
+                },
+            }
+        }
+    }
+
+    fn pio_page(&self) -> *mut u8 {
+        self.pages[PIO_PAGE].as_ptr()
+    }
+
+    /// One guest section (see the module comment): load the VMCS and the
+    /// guest's FPU, and enter the guest until an exit needs userspace, needs
+    /// to sleep, or the scheduler or a signal wants the CPU.
+    fn guest_section(&self, st: &mut VcpuState) -> Result<Section> {
+        let run = self.run_page();
+        // SAFETY: paired with `rvmx_glue_fpu_end` below; disables preemption.
+        unsafe { rvmx_glue_fpu_begin() };
+        // SAFETY: we own the FPU registers now, the area is page-aligned and
+        // sized for this XCR0 (checked at creation).
+        unsafe { hw::xrstor(st.fpu.as_ptr(), self.xsave_mask) };
+        // SAFETY: KERNEL_GS_BASE exists on x86-64; the host's value is put
+        // back below before anything can use it.
+        let host_kgs = unsafe { msr::rdmsr(msr::IA32_KERNEL_GS_BASE) };
+        // SAFETY: as above.
+        unsafe { msr::wrmsr(msr::IA32_KERNEL_GS_BASE, st.kernel_gs_base) };
+        let (ds, es) = hw::read_ds_es();
+
+        let result = (|| -> Result<Section> {
+            let mut v = st.vmcs.load()?;
+            st.host_rsp = 0;
+            setup_host_cpu_state(&mut v)?;
+            let mut host = HostCache { cr3: 0, cr4: 0 };
+            if st.rip_advance != 0 {
+                let rip = v.read(GUEST_RIP).0;
+                v.write(GUEST_RIP, Natural(rip.wrapping_add(st.rip_advance)))?;
+                st.rip_advance = 0;
+            }
+            let mut resume = 0u32;
+            loop {
+                // SAFETY: paired with the enable below; the guest runs with
+                // interrupts off in the host (they cause VM exits instead).
+                unsafe { rvmx_glue_irq_disable() };
+                // SAFETY: plain checks of the current task.
+                if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() } {
+                    // SAFETY: pairs with the disable above.
+                    unsafe { rvmx_glue_irq_enable() };
+                    return Ok(Section::Reschedule);
+                }
+                let cr3 = hw::read_cr3();
+                if cr3 != host.cr3 {
+                    v.write(HOST_CR3, Natural(cr3))?;
+                    host.cr3 = cr3;
+                }
+                let cr4 = hw::cr4_shadow();
+                if cr4 != host.cr4 {
+                    v.write(HOST_CR4, Natural(cr4))?;
+                    host.cr4 = cr4;
+                }
+                if hw::read_cr2() != st.cr2 {
+                    hw::write_cr2(st.cr2);
+                }
+                // SAFETY: the VMCS is current (we hold `v`), its host state
+                // is this CPU's, `regs` and `host_rsp` are ours.
+                let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
+                st.cr2 = hw::read_cr2();
+                // SAFETY: pairs with the disable above: a pending host
+                // interrupt (the cause of an external-interrupt exit) is
+                // delivered here.
+                unsafe { rvmx_glue_irq_enable() };
+                if r != 0 {
+                    exits::entry_failed(&v, run, r, self.id);
+                    return Ok(Section::ToUser);
+                }
+                resume = 1;
+                st.exits += 1;
+                let mut ctx = exits::ExitCtx {
+                    vmcs: &mut v,
+                    regs: &mut st.regs,
+                    run,
+                    pio: self.pio_page(),
+                    pending: &mut st.pending,
+                    vcpu_id: self.id,
+                };
+                match exits::handle(&mut ctx)? {
+                    Action::Resume => continue,
+                    Action::ToUser => {
+                        self.publish_exit_info(&v, st.exits);
+                        return Ok(Section::ToUser);
+                    }
+                    Action::EptViolation(f) => {
+                        self.publish_exit_info(&v, st.exits);
+                        return Ok(Section::EptViolation(f));
+                    }
+                }
+            }
+        })();
+
+        // Back to the host's world, in reverse order.
+        hw::load_ds_es(ds, es);
+        // SAFETY: reads the guest's value, restores the host's (see above).
+        unsafe {
+            st.kernel_gs_base = msr::rdmsr(msr::IA32_KERNEL_GS_BASE);
+            msr::wrmsr(msr::IA32_KERNEL_GS_BASE, host_kgs);
+        }
+        // SAFETY: we still own the FPU registers; same area as above.
+        unsafe { hw::xsave(st.fpu.as_ptr(), self.xsave_mask) };
+        // SAFETY: restores Linux's descriptor limits on this CPU (still
+        // pinned: FPU section).
+        unsafe { rvmx_glue_restore_host_descriptor_limits() };
+        // SAFETY: pairs with `rvmx_glue_fpu_begin` above.
+        unsafe { rvmx_glue_fpu_end() };
+        result
+    }
+
+    /// Fills rvmx's exit-information page (for learners and debuggers)
+    /// and the kvm_run fields every exit to userspace carries.
+    fn publish_exit_info(&self, v: &Loaded<'_>, exits: u64) {
+        let full = v.read(EXIT_REASON);
+        let info = rvmx_exit_info {
+            basic_reason: full & 0xffff,
+            full_reason: full,
+            qualification: v.read(EXIT_QUALIFICATION).0,
+            guest_physical_address: v.read(GUEST_PHYSICAL_ADDRESS),
+            guest_linear_address: v.read(GUEST_LINEAR_ADDRESS).0,
+            instruction_len: v.read(EXIT_INSTRUCTION_LEN),
+            instruction_info: v.read(EXIT_INSTRUCTION_INFO),
+            intr_info: v.read(EXIT_INTR_INFO),
+            intr_error_code: v.read(EXIT_INTR_ERROR_CODE),
+            guest_rip: v.read(GUEST_RIP).0,
+            exits,
+        };
+        // SAFETY: the info page is ours and large enough; userspace only
+        // reads it.
+        unsafe { self.pages[INFO_PAGE].as_ptr::<rvmx_exit_info>().write_volatile(info) };
+        let run = self.run_page();
+        let rflags = v.read(GUEST_RFLAGS).0;
+        // SAFETY: plain stores to our run page.
+        unsafe {
+            (*run).if_flag = u8::from(rflags & RFLAGS_IF != 0);
+            (*run).ready_for_interrupt_injection = 0;
+            (*run).cr8 = 0;
+            (*run).apic_base = 0xfee0_0800 | if self.id == 0 { 1 << 8 } else { 0 };
+        }
+    }
+}
+
+/// How a guest section ended.
+enum Section {
+    /// An exit for userspace: kvm_run says which.
+    ToUser,
+    /// A signal or the scheduler wants this thread.
+    Reschedule,
+    /// Guest memory to map (sleeps), or MMIO to emulate.
+    EptViolation(exits::ept::EptFault),
+}
+
+/// The execution controls, from what rvmx wants and what the CPU allows.
+fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64) -> Result {
+    use controls::*;
+    let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, 0)?;
+    let mut proc_ctl = adjust(
+        &caps.proc,
+        "processor-based",
+        proc::HLT_EXITING
+            | proc::UNCONDITIONAL_IO_EXITING
+            | proc::ACTIVATE_SECONDARY
+            | proc::MOV_DR_EXITING
+            | proc::CR8_LOAD_EXITING
+            | proc::CR8_STORE_EXITING
+            | proc::MWAIT_EXITING
+            | proc::MONITOR_EXITING
+            | proc::RDPMC_EXITING,
+        0,
+    )?;
+    // With EPT, CR3 accesses need no exits; drop them if the CPU allows.
+    proc_ctl &= !((proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING) & !caps.proc.must_be_one);
+    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST, proc2::ENABLE_RDTSCP)?;
+    let exit_ctl = adjust(
+        &caps.exit,
+        "VM-exit",
+        exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
+        exit::SAVE_IA32_PAT | exit::LOAD_IA32_PAT,
+    )?;
+    let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER, entry::LOAD_IA32_PAT)?;
+    v.write(PIN_BASED_CONTROLS, pin_ctl)?;
+    v.write(PROC_BASED_CONTROLS, proc_ctl)?;
+    v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
+    v.write(EXIT_CONTROLS, exit_ctl)?;
+    v.write(ENTRY_CONTROLS, entry_ctl & !entry::IA32E_MODE_GUEST)?;
+    v.write(EXCEPTION_BITMAP, 0)?;
+    v.write(CR3_TARGET_COUNT, 0)?;
+    v.write(EXIT_MSR_STORE_COUNT, 0)?;
+    v.write(EXIT_MSR_LOAD_COUNT, 0)?;
+    v.write(ENTRY_MSR_LOAD_COUNT, 0)?;
+    v.write(ENTRY_INTR_INFO, 0)?;
+    v.write(VMCS_LINK_POINTER, u64::MAX)?;
+    v.write(EPT_POINTER, eptp)?;
+    // CR0/CR4 bits the host owns: reads return the shadow, writes that
+    // would change them exit (exits/cr.rs). CR0.NE must stay 1 and CD/NW 0
+    // in VMX; CR4.VMXE must stay 1 but the guest must not see it.
+    v.write(CR0_GUEST_HOST_MASK, Natural(CR0_NE | CR0_CD | CR0_NW | (caps.cr0_fixed0 & !(CR0_PE | CR0_PG))))?;
+    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | !caps.cr4_fixed1))
+}
+
+/// Host state that is the same on every CPU and for every thread.
+fn setup_host_constant_state(v: &mut Loaded<'_>) -> Result {
+    let (cs, ss) = hw::read_cs_ss();
+    v.write(HOST_CS_SELECTOR, cs)?;
+    v.write(HOST_SS_SELECTOR, ss)?;
+    // Null data selectors are allowed in the host state and are what a
+    // 64-bit kernel runs with; DS/ES are put back after each guest section.
+    v.write(HOST_DS_SELECTOR, 0)?;
+    v.write(HOST_ES_SELECTOR, 0)?;
+    v.write(HOST_FS_SELECTOR, 0)?;
+    v.write(HOST_GS_SELECTOR, 0)?;
+    v.write(HOST_TR_SELECTOR, hw::str_selector())?;
+    v.write(HOST_CR0, Natural(hw::read_cr0()))?;
+    v.write(HOST_IDTR_BASE, Natural(hw::sidt().base))?;
+    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
+    unsafe {
+        // CAST: IA32_SYSENTER_CS holds a selector in its low bits.
+        v.write(HOST_IA32_SYSENTER_CS, msr::rdmsr(msr::IA32_SYSENTER_CS) as u32)?;
+        v.write(HOST_IA32_SYSENTER_EIP, Natural(msr::rdmsr(msr::IA32_SYSENTER_EIP)))?;
+        v.write(HOST_IA32_EFER, msr::rdmsr(msr::IA32_EFER))?;
+        v.write(HOST_IA32_PAT, msr::rdmsr(msr::IA32_PAT))?;
+    }
+    // Only the address of the label is taken; nothing is read.
+    let exit_rip = core::ptr::addr_of!(rvmx_vmexit) as u64;
+    v.write(HOST_RIP, Natural(exit_rip))
+}
+
+/// Host state that differs between CPUs (GDT, TSS, per-CPU GS base, entry
+/// stack) or threads (FS base): written at the start of each guest section.
+fn setup_host_cpu_state(v: &mut Loaded<'_>) -> Result {
+    v.write(HOST_GDTR_BASE, Natural(hw::sgdt().base))?;
+    v.write(HOST_TR_BASE, Natural(hw::tss_base()))?;
+    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
+    unsafe {
+        v.write(HOST_FS_BASE, Natural(msr::rdmsr(msr::IA32_FS_BASE)))?;
+        v.write(HOST_GS_BASE, Natural(msr::rdmsr(msr::IA32_GS_BASE)))?;
+        v.write(HOST_IA32_SYSENTER_ESP, Natural(msr::rdmsr(msr::IA32_SYSENTER_ESP)))
+    }
+}
+
+/// Writes the guest's CR0: the VMCS holds what the CPU runs with (NE forced
+/// on, CD/NW off, as KVM does), the read shadow what the guest believes.
+pub(crate) fn set_cr0(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr0: u64) -> Result {
+    let forced = caps.cr0_fixed0 & !(CR0_PE | CR0_PG);
+    v.write(CR0_READ_SHADOW, Natural(cr0))?;
+    v.write(GUEST_CR0, Natural((cr0 & !(CR0_CD | CR0_NW)) | forced))
+}
+
+/// Writes the guest's CR4 (VMXE forced on but hidden by the shadow).
+pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64) -> Result {
+    v.write(CR4_READ_SHADOW, Natural(cr4))?;
+    v.write(GUEST_CR4, Natural(cr4 | caps.cr4_fixed0))
+}
+
+/// The "IA-32e mode guest" VM-entry control must match EFER.LMA.
+pub(crate) fn set_long_mode(v: &mut Loaded<'_>, on: bool) -> Result {
+    let e = v.read(ENTRY_CONTROLS);
+    let bit = controls::entry::IA32E_MODE_GUEST;
+    v.write(ENTRY_CONTROLS, if on { e | bit } else { e & !bit })
+}
+
+/// The architectural reset state (SDM Vol. 3A §10.1.1, table 10-1), as KVM
+/// sets it: real mode, CS.base 0xffff0000, IP 0xfff0.
+fn reset_guest_state(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps) -> Result {
+    let data = segment(0, 0, 0xffff, 3, 1);
+    write_seg(v, &GUEST_CS, &segment(0xf000, 0xffff_0000, 0xffff, 11, 1))?;
+    for f in [&GUEST_DS, &GUEST_ES, &GUEST_FS, &GUEST_GS, &GUEST_SS] {
+        write_seg(v, f, &data)?;
+    }
+    write_seg(v, &GUEST_LDTR, &segment(0, 0, 0xffff, 2, 0))?;
+    write_seg(v, &GUEST_TR, &segment(0, 0, 0xffff, 11, 0))?;
+    v.write(GUEST_GDTR_BASE, Natural(0))?;
+    v.write(GUEST_GDTR_LIMIT, 0xffff)?;
+    v.write(GUEST_IDTR_BASE, Natural(0))?;
+    v.write(GUEST_IDTR_LIMIT, 0xffff)?;
+    v.write(GUEST_RIP, Natural(0xfff0))?;
+    v.write(GUEST_RSP, Natural(0))?;
+    v.write(GUEST_RFLAGS, Natural(RFLAGS_FIXED))?;
+    set_cr0(v, caps, CR0_CD | CR0_NW | (1 << 4))?;
+    set_cr4(v, caps, 0)?;
+    v.write(GUEST_CR3, Natural(0))?;
+    v.write(GUEST_DR7, Natural(0x400))?;
+    v.write(GUEST_IA32_EFER, 0)?;
+    v.write(GUEST_IA32_PAT, 0x0007_0406_0007_0406)?;
+    v.write(GUEST_SYSENTER_CS, 0)?;
+    v.write(GUEST_SYSENTER_ESP, Natural(0))?;
+    v.write(GUEST_SYSENTER_EIP, Natural(0))?;
+    v.write(GUEST_INTERRUPTIBILITY, 0)?;
+    v.write(GUEST_ACTIVITY_STATE, 0)?;
+    v.write(GUEST_PENDING_DBG_EXCEPTIONS, Natural(0))
+}
+
+impl VcpuState {
+    pub(crate) fn regs_mut(&mut self) -> &mut [u64; 16] {
+        &mut self.regs
+    }
+}

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VM-execution, VM-exit and VM-entry controls rvmx uses (SDM Vol. 3C
+//! §25.6-25.8), and how a wanted setting is reconciled with what the CPU
+//! allows (the capability MSRs, `caps.rs`).
+
+use crate::caps::ControlCaps;
+use kernel::prelude::*;
+
+/// Pin-based VM-execution controls.
+pub(crate) mod pin {
+    /// External interrupts cause VM exits (the host keeps its interrupts).
+    pub(crate) const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+    /// NMIs cause VM exits (rvmx hands them to the host's NMI handler).
+    pub(crate) const NMI_EXITING: u32 = 1 << 3;
+}
+
+/// Primary processor-based VM-execution controls.
+pub(crate) mod proc {
+    pub(crate) const HLT_EXITING: u32 = 1 << 7;
+    pub(crate) const MWAIT_EXITING: u32 = 1 << 10;
+    pub(crate) const RDPMC_EXITING: u32 = 1 << 11;
+    /// CR8 (the TPR) would otherwise reach the host's local APIC.
+    pub(crate) const CR8_LOAD_EXITING: u32 = 1 << 19;
+    pub(crate) const CR8_STORE_EXITING: u32 = 1 << 20;
+    /// Debug registers are not switched by VMX: the guest must not reach
+    /// the host's.
+    pub(crate) const MOV_DR_EXITING: u32 = 1 << 23;
+    pub(crate) const MONITOR_EXITING: u32 = 1 << 29;
+    pub(crate) const UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
+    pub(crate) const ACTIVATE_SECONDARY: u32 = 1 << 31;
+    /// Controls rvmx turns off whenever the CPU lets it (they default to 1
+    /// on some CPUs; with EPT none of these are needed).
+    pub(crate) const CR3_LOAD_EXITING: u32 = 1 << 15;
+    pub(crate) const CR3_STORE_EXITING: u32 = 1 << 16;
+}
+
+/// Secondary processor-based VM-execution controls.
+pub(crate) mod proc2 {
+    pub(crate) const ENABLE_EPT: u32 = 1 << 1;
+    pub(crate) const ENABLE_RDTSCP: u32 = 1 << 3;
+    pub(crate) const UNRESTRICTED_GUEST: u32 = 1 << 7;
+}
+
+/// VM-exit controls.
+pub(crate) mod exit {
+    /// The host runs in 64-bit mode after a VM exit.
+    pub(crate) const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+    pub(crate) const SAVE_IA32_PAT: u32 = 1 << 18;
+    pub(crate) const LOAD_IA32_PAT: u32 = 1 << 19;
+    pub(crate) const SAVE_IA32_EFER: u32 = 1 << 20;
+    pub(crate) const LOAD_IA32_EFER: u32 = 1 << 21;
+}
+
+/// VM-entry controls.
+pub(crate) mod entry {
+    /// The guest is in IA-32e (long) mode after VM entry: must equal the
+    /// guest's EFER.LMA.
+    pub(crate) const IA32E_MODE_GUEST: u32 = 1 << 9;
+    pub(crate) const LOAD_IA32_PAT: u32 = 1 << 14;
+    pub(crate) const LOAD_IA32_EFER: u32 = 1 << 15;
+}
+
+/// Computes the value of a control field: `required` bits must be
+/// allowed to be 1, the CPU's must-be-one bits are added, and `optional`
+/// bits are kept where the CPU allows them. A CPU that forbids a required
+/// control fails here, at vCPU creation, not at VM entry.
+pub(crate) fn adjust(caps: &ControlCaps, what: &str, required: u32, optional: u32) -> Result<u32> {
+    let missing = required & !caps.may_be_one;
+    if missing != 0 {
+        pr_err!("this CPU does not allow {} controls {:#x}\n", what, missing);
+        return Err(crate::caps::eopnotsupp());
+    }
+    Ok(caps.must_be_one | required | (optional & caps.may_be_one))
+}
