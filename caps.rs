@@ -66,6 +66,9 @@ pub(crate) struct VmxCaps {
     pub(crate) region_size: u32,
     /// Whether the TRUE_ control MSRs exist (and were used below).
     pub(crate) true_ctls: bool,
+    /// IA32_VMX_BASIC[54]: VM exits for INS/OUTS report the instruction
+    /// information (address size, segment).
+    pub(crate) ins_outs_info: bool,
     pub(crate) pin: ControlCaps,
     pub(crate) proc: ControlCaps,
     pub(crate) proc2: ControlCaps,
@@ -153,6 +156,7 @@ impl VmxCaps {
             revision_id: (basic & 0x7fff_ffff) as u32,
             region_size: ((basic >> 32) & 0x1fff) as u32,
             true_ctls,
+            ins_outs_info: basic & (1 << 54) != 0,
             pin: ctl(msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_TRUE_PINBASED_CTLS),
             proc,
             proc2,

@@ -12,6 +12,7 @@ mod caps;
 mod dev;
 mod ept;
 mod exits;
+mod gmem;
 mod guards;
 mod hw;
 mod kpage;

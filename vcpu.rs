@@ -107,6 +107,8 @@ pub(crate) struct Vcpu {
     /// The pages userspace maps (page N of the vCPU fd is `pages[N]`).
     pages: [KernelPage; MMAP_PAGES],
     xsave_mask: u64,
+    /// IA32_VMX_BASIC[54] (see exits/io.rs).
+    ins_outs_info: bool,
     #[pin]
     token: Mutex<bool>,
     #[pin]
@@ -241,6 +243,7 @@ impl Vcpu {
                 id,
                 pages,
                 xsave_mask: hw::xcr0(),
+                ins_outs_info: caps.ins_outs_info,
                 token <- new_mutex!(false, "rvmx:vcpu.token"),
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
@@ -399,7 +402,7 @@ impl Vcpu {
         let st = t.state();
         // Finish the instruction the last exit to userspace left open (the
         // data of an IN or an MMIO read, a hypercall's return value).
-        exits::complete_pending(st, run, self.pio_page());
+        exits::complete_pending(self, st, run, self.pio_page())?;
         // SAFETY: `run` is our run page; userspace may write it at any time,
         // so it is read with a volatile read.
         if unsafe { core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile() } != 0 {
@@ -423,6 +426,11 @@ impl Vcpu {
                     Fault::Mapped => continue,
                     Fault::Mmio => return exits::mmio::start(self, st, &f, run),
                 },
+                Section::StringIo(s) => {
+                    if exits::io::start_string(self, st, &s, run, self.pio_page())? {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -503,6 +511,7 @@ impl Vcpu {
                     pio: self.pio_page(),
                     pending: &mut st.pending,
                     vcpu_id: self.id,
+                    ins_outs_info: self.ins_outs_info,
                 };
                 match exits::handle(&mut ctx)? {
                     Action::Resume => continue,
@@ -513,6 +522,10 @@ impl Vcpu {
                     Action::EptViolation(f) => {
                         self.publish_exit_info(&v, st.exits);
                         return Ok(Section::EptViolation(f));
+                    }
+                    Action::StringIo(s) => {
+                        self.publish_exit_info(&v, st.exits);
+                        return Ok(Section::StringIo(s));
                     }
                 }
             }
@@ -575,6 +588,8 @@ enum Section {
     Reschedule,
     /// Guest memory to map (sleeps), or MMIO to emulate.
     EptViolation(exits::ept::EptFault),
+    /// INS/OUTS: guest memory to read or write (sleeps).
+    StringIo(exits::io::StringIo),
 }
 
 /// The execution controls, from what rvmx wants and what the CPU allows.

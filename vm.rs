@@ -21,6 +21,7 @@ extern "C" {
     fn rvmx_glue_unpin_user_page(page: *mut core::ffi::c_void, dirty: bool);
     fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
     fn rvmx_glue_copy_from_user(dst: *mut core::ffi::c_void, uaddr: u64, len: u64) -> core::ffi::c_int;
+    fn rvmx_glue_copy_to_user(uaddr: u64, src: *const core::ffi::c_void, len: u64) -> core::ffi::c_int;
 }
 
 /// Memory slots per VM (KVM_CAP_NR_MEMSLOTS).
@@ -271,6 +272,25 @@ impl Vm {
         slot.pinned.try_create_and_insert(index, pinned, GFP_KERNEL)?;
         ept.map(page_gpa, hpa, !slot.readonly)?;
         Ok(Fault::Mapped)
+    }
+
+    /// Writes guest-physical memory (the data of a string IN). Fails with
+    /// EFAULT where no slot backs `gpa` or the slot is read-only.
+    pub(crate) fn write_guest(&self, mut gpa: u64, buf: &[u8]) -> Result {
+        let mem = self.mem.lock();
+        let mut done = 0;
+        while done < buf.len() {
+            let slot = mem.slots.iter().find(|s| s.contains(gpa) && !s.readonly).ok_or(EFAULT)?;
+            let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
+            // SAFETY: `buf[done..done + n]` is valid for reads; the
+            // destination is the VM process's memory (we run in it).
+            kernel::error::to_result(unsafe {
+                rvmx_glue_copy_to_user(slot.uaddr + (gpa - slot.gpa), buf[done..].as_ptr().cast(), n as u64)
+            })?;
+            done += n;
+            gpa += n as u64;
+        }
+        Ok(())
     }
 
     /// Reads guest-physical memory (for decoding the instruction behind an

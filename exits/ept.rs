@@ -11,8 +11,8 @@
 //! bit 2 instruction fetch.
 
 use super::{Action, ExitCtx};
-use crate::hw::cr::*;
-use crate::vmcs::{controls, fields::*};
+use crate::gmem::Paging;
+use crate::vmcs::fields::*;
 use kernel::prelude::*;
 
 /// An EPT violation, with the guest state needed to emulate the access.
@@ -25,10 +25,7 @@ pub(crate) struct EptFault {
     /// CS.D (default operand size 32) and CS.L (64-bit code).
     pub(crate) cs_db: bool,
     pub(crate) cs_l: bool,
-    pub(crate) long_mode: bool,
-    pub(crate) paging: bool,
-    pub(crate) pae: bool,
-    pub(crate) cr3: u64,
+    pub(crate) paging: Paging,
 }
 
 pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
@@ -43,9 +40,6 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         cs_base: v.read(GUEST_CS_BASE).0,
         cs_db: cs_ar & (1 << 14) != 0,
         cs_l: cs_ar & (1 << 13) != 0,
-        long_mode: v.read(ENTRY_CONTROLS) & controls::entry::IA32E_MODE_GUEST != 0,
-        paging: v.read(CR0_READ_SHADOW).0 & CR0_PG != 0,
-        pae: v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0,
-        cr3: v.read(GUEST_CR3).0,
+        paging: Paging::capture(v),
     }))
 }

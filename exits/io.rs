@@ -7,12 +7,121 @@
 //! userspace writes it there and the next KVM_RUN moves it into RAX.
 //! Exit qualification (SDM Vol. 3C, table 28-5): bits 2:0 size - 1, bit 3
 //! direction (1 = IN), bit 4 string (INS/OUTS), bit 5 REP, bits 31:16 port.
+//!
+//! String I/O (INS/OUTS, with or without REP) moves data between the port
+//! and guest memory at ES:RDI / seg:RSI, so it is finished outside the guest
+//! section (it may sleep): OUTS copies up to a page of elements into the
+//! port-I/O page before the exit, INS copies them from there into guest
+//! memory at the next KVM_RUN; `kvm_run.io.count` says how many, as in KVM.
+//! A REP instruction with elements left is not skipped: the guest executes
+//! it again and it exits again.
 
 use super::{Action, ExitCtx, Pending};
-use crate::uapi;
-use crate::vcpu::reg;
+use crate::gmem::{self, Paging};
+use crate::uapi::{self, kvm_run};
+use crate::vcpu::{reg, Vcpu, VcpuState};
 use crate::vmcs::fields::*;
 use kernel::prelude::*;
+
+/// A string I/O instruction, with what is needed to finish it outside the
+/// guest section.
+pub(crate) struct StringIo {
+    port: u16,
+    size: u8,
+    is_in: bool,
+    rep: bool,
+    /// Address size in bytes (2, 4, 8): how much of RSI/RDI/RCX counts.
+    addr_size: u8,
+    /// Base of the memory operand's segment (ES for INS).
+    seg_base: u64,
+    /// RFLAGS.DF: addresses go down.
+    down: bool,
+    len: u64,
+    paging: Paging,
+}
+
+/// A pending string IN: where the data goes when userspace has supplied it.
+#[derive(Clone, Copy)]
+pub(crate) struct StringIn {
+    linear: u64,
+    bytes: u16,
+    paging: Paging,
+}
+
+fn fill_io(run: *mut kvm_run, is_in: bool, size: u8, port: u16, count: u32) {
+    // SAFETY: plain stores to the run page's `io` member.
+    unsafe {
+        (*run).exit_reason = uapi::KVM_EXIT_IO;
+        let io = &mut (*run).__bindgen_anon_1.io;
+        io.direction = if is_in { uapi::KVM_EXIT_IO_IN } else { uapi::KVM_EXIT_IO_OUT } as u8;
+        io.size = size;
+        io.port = port;
+        io.count = count;
+        io.data_offset = 4096 * u64::from(uapi::KVM_PIO_PAGE_OFFSET);
+    }
+}
+
+/// Writes `v` into the low `addr_size` bytes of a register, as the CPU
+/// updates RSI/RDI/RCX for that address size.
+fn set_addr_reg(old: u64, v: u64, addr_size: u8) -> u64 {
+    super::mmio::merge(old, v, addr_size, false)
+}
+
+fn mask(addr_size: u8) -> u64 {
+    if addr_size == 8 { u64::MAX } else { (1u64 << (8 * u32::from(addr_size))) - 1 }
+}
+
+/// Starts a string I/O instruction (outside the guest section). Returns
+/// whether KVM_RUN must return to userspace (false: the instruction had
+/// nothing to do and was skipped).
+pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *mut kvm_run, pio: *mut u8) -> Result<bool> {
+    let m = mask(s.addr_size);
+    let regs = st.regs_mut();
+    let rcx = regs[reg::RCX] & m;
+    if s.rep && rcx == 0 {
+        st.rip_advance = s.len;
+        return Ok(false);
+    }
+    let per_page = 4096 / u64::from(s.size);
+    let count = if !s.rep || s.down { 1 } else { rcx.min(per_page) };
+    // CAST: at most 4096 bytes.
+    let bytes = (count * u64::from(s.size)) as u16;
+    let index = if s.is_in { reg::RDI } else { reg::RSI };
+    let offset = regs[index] & m;
+    let linear = s.seg_base.wrapping_add(offset) & if s.addr_size == 8 { u64::MAX } else { 0xffff_ffff };
+    let next = if s.down { offset.wrapping_sub(u64::from(bytes)) } else { offset.wrapping_add(u64::from(bytes)) };
+    if s.is_in {
+        st.pending = Pending::StringIn(StringIn { linear, bytes, paging: s.paging });
+    } else {
+        let mut buf = [0u8; 4096];
+        let data = &mut buf[..usize::from(bytes)];
+        gmem::read_linear(vcpu.vm(), &s.paging, linear, data)?;
+        // SAFETY: the PIO page is ours and 4096 bytes long.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), pio, data.len()) };
+    }
+    let regs = st.regs_mut();
+    regs[index] = set_addr_reg(regs[index], next & m, s.addr_size);
+    let left = if s.rep { rcx - count } else { 0 };
+    if s.rep {
+        regs[reg::RCX] = set_addr_reg(regs[reg::RCX], left, s.addr_size);
+    }
+    if left == 0 {
+        st.rip_advance = s.len;
+    }
+    // CAST: at most 4096 elements.
+    fill_io(run, s.is_in, s.size, s.port, count as u32);
+    Ok(true)
+}
+
+/// Finishes a string IN at the next KVM_RUN: the data userspace put in the
+/// port-I/O page goes to guest memory.
+pub(crate) fn complete_string_in(vcpu: &Vcpu, p: &StringIn, pio: *const u8) -> Result {
+    let mut buf = [0u8; 4096];
+    let data = &mut buf[..usize::from(p.bytes)];
+    // SAFETY: the PIO page is ours and 4096 bytes long.
+    unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), data.len()) };
+    gmem::write_linear(vcpu.vm(), &p.paging, p.linear, data)
+}
 
 pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
@@ -21,8 +130,34 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let is_in = q & (1 << 3) != 0;
     let port = (q >> 16) as u16;
     if q & (1 << 4) != 0 {
-        // INS/OUTS move data between the port and guest memory: not yet.
-        return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, 30));
+        if !ctx.ins_outs_info {
+            // Without the instruction-information field for INS/OUTS
+            // (IA32_VMX_BASIC[54]) the instruction would have to be decoded.
+            return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, 30));
+        }
+        let info = ctx.vmcs.read(EXIT_INSTRUCTION_INFO);
+        // Bits 9:7: address size 0/1/2 = 16/32/64; bits 17:15: segment.
+        let addr_size = 2u8 << ((info >> 7) & 7).min(2);
+        let seg = if is_in { 0 } else { (info >> 15) & 7 };
+        let seg_base = match seg {
+            0 => GUEST_ES_BASE,
+            1 => GUEST_CS_BASE,
+            2 => GUEST_SS_BASE,
+            3 => GUEST_DS_BASE,
+            4 => GUEST_FS_BASE,
+            _ => GUEST_GS_BASE,
+        };
+        return Ok(Action::StringIo(StringIo {
+            port,
+            size,
+            is_in,
+            rep: q & (1 << 5) != 0,
+            addr_size,
+            seg_base: ctx.vmcs.read(seg_base).0,
+            down: ctx.vmcs.read(GUEST_RFLAGS).0 & (1 << 10) != 0,
+            len: u64::from(ctx.vmcs.read(EXIT_INSTRUCTION_LEN)),
+            paging: Paging::capture(ctx.vmcs),
+        }));
     }
     if is_in {
         *ctx.pending = Pending::PioIn { size };
@@ -31,15 +166,7 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         // SAFETY: the PIO page is ours and holds at least 4 bytes.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ctx.pio, usize::from(size)) };
     }
-    // SAFETY: plain stores to the run page's `io` member.
-    unsafe {
-        let io = &mut (*ctx.run).__bindgen_anon_1.io;
-        io.direction = if is_in { uapi::KVM_EXIT_IO_IN } else { uapi::KVM_EXIT_IO_OUT } as u8;
-        io.size = size;
-        io.port = port;
-        io.count = 1;
-        io.data_offset = 4096 * u64::from(uapi::KVM_PIO_PAGE_OFFSET);
-    }
+    fill_io(ctx.run, is_in, size, port, 1);
     ctx.skip_instruction()?;
-    Ok(ctx.exit_to_user(uapi::KVM_EXIT_IO))
+    Ok(Action::ToUser)
 }

@@ -8,13 +8,15 @@
 //! that rvmx reads the faulting instruction from guest memory (translating
 //! RIP through the guest's own page tables) and decodes it. Decoded are the
 //! forms compilers use for device registers: MOV between a register and
-//! memory (88, 89, 8A, 8B), MOV of an immediate to memory (C6, C7), and
-//! MOVZX from memory (0F B6, 0F B7), with ModRM/SIB/displacement, the
+//! memory (88, 89, 8A, 8B), MOV between AL/eAX and an absolute address (A0-
+//! A3), MOV of an immediate to memory (C6, C7), and MOVZX from memory
+//! (0F B6, 0F B7), with ModRM/SIB/displacement, the
 //! operand- and address-size prefixes, segment overrides and REX. Anything
 //! else is KVM_EXIT_INTERNAL_ERROR (emulation), never a guess.
 
-use super::{Pending};
+use super::Pending;
 use crate::exits::ept::EptFault;
+use crate::gmem;
 use crate::uapi::{self, kvm_run};
 use crate::vcpu::{Vcpu, VcpuState};
 use kernel::prelude::*;
@@ -99,6 +101,22 @@ fn decode(b: &[u8; 15], mode: u8, regs: &[u64; 16]) -> Option<Decoded> {
     }
     let (op, two_byte) = if b[i] == 0x0f { i += 1; (b[i], true) } else { (b[i], false) };
     i += 1;
+    // MOV AL/eAX <-> moffs (A0-A3): no ModRM, an address-size offset.
+    if !two_byte && (0xa0..=0xa3).contains(&op) {
+        let size = if op & 1 == 0 { 1 } else { opsize };
+        let len = i + usize::from(addrsize);
+        if len > 15 {
+            return None;
+        }
+        // CAST: at most 15.
+        let len = len as u8;
+        return Some(if op < 0xa2 {
+            let dest = Dest { reg: 0, src_size: size, dst_size: size, high_byte: false };
+            Decoded { len, size, write: None, dest: Some(dest) }
+        } else {
+            Decoded { len, size, write: Some(reg_value(regs, 0, size, false)), dest: None }
+        });
+    }
     // ModRM.
     let modrm = *b.get(i)?;
     i += 1;
@@ -172,73 +190,21 @@ fn decode(b: &[u8; 15], mode: u8, regs: &[u64; 16]) -> Option<Decoded> {
     Some(Decoded { len: i as u8, ..d })
 }
 
-/// Translates a guest linear address to a guest-physical one by walking the
-/// guest's page tables (4-level in long mode, 2-level 32-bit otherwise).
-fn translate(vcpu: &Vcpu, f: &EptFault, linear: u64) -> Result<u64> {
-    if !f.paging {
-        return Ok(linear);
-    }
-    let read = |gpa: u64, wide: bool| -> Result<u64> {
-        let mut b = [0u8; 8];
-        vcpu.vm().read_guest(gpa, if wide { &mut b[..] } else { &mut b[..4] })?;
-        Ok(u64::from_le_bytes(b))
-    };
-    if f.long_mode {
-        let mut table = f.cr3 & 0x000f_ffff_ffff_f000;
-        for level in (0..4).rev() {
-            let shift = 12 + 9 * level;
-            let e = read(table + ((linear >> shift) & 0x1ff) * 8, true)?;
-            if e & 1 == 0 {
-                return Err(EFAULT);
-            }
-            let addr = e & 0x000f_ffff_ffff_f000;
-            if level == 0 || (level < 3 && e & (1 << 7) != 0) {
-                let page_mask = (1u64 << shift) - 1;
-                return Ok((addr & !page_mask) | (linear & page_mask));
-            }
-            table = addr;
-        }
-        Err(EFAULT)
-    } else if f.pae {
-        Err(EFAULT)
-    } else {
-        let pde = read((f.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4, false)?;
-        if pde & 1 == 0 {
-            return Err(EFAULT);
-        }
-        if pde & (1 << 7) != 0 {
-            return Ok((pde & 0xffc0_0000) | (linear & 0x3f_ffff));
-        }
-        let pte = read((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4, false)?;
-        if pte & 1 == 0 {
-            return Err(EFAULT);
-        }
-        Ok((pte & 0xffff_f000) | (linear & 0xfff))
-    }
-}
-
 /// Reads the 15 bytes at the guest's CS:RIP.
 fn fetch(vcpu: &Vcpu, f: &EptFault) -> Result<[u8; 15]> {
     let mut b = [0u8; 15];
     let mut lin = f.cs_base.wrapping_add(f.rip);
-    if !f.long_mode {
+    if !f.paging.long_mode {
         lin &= 0xffff_ffff;
     }
-    let mut done = 0;
-    while done < b.len() {
-        let n = (4096 - (lin & 0xfff) as usize).min(b.len() - done);
-        let gpa = translate(vcpu, f, lin)?;
-        vcpu.vm().read_guest(gpa, &mut b[done..done + n])?;
-        done += n;
-        lin += n as u64;
-    }
+    gmem::read_linear(vcpu.vm(), &f.paging, lin, &mut b)?;
     Ok(b)
 }
 
 /// Turns an EPT violation outside guest memory into KVM_EXIT_MMIO (or
 /// an internal error when the instruction cannot be decoded).
 pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm_run) -> Result {
-    let mode = if f.long_mode && f.cs_l { 8 } else if f.cs_db { 4 } else { 2 };
+    let mode = if f.paging.long_mode && f.cs_l { 8 } else if f.cs_db { 4 } else { 2 };
     let decoded = if f.fetch { None } else { fetch(vcpu, f).ok().and_then(|b| decode(&b, mode, st.regs_mut())) };
     let Some(d) = decoded else {
         // SAFETY: plain stores to the run page's `internal` member.

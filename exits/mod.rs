@@ -15,7 +15,7 @@
 //! | 18 VMCALL                           | vmcall.rs       | KVM_EXIT_HYPERCALL        |
 //! | 19-27, 50, 53, 59 VMX instructions  | vmx_insn.rs     | #UD injected, resume      |
 //! | 28 control-register access          | cr.rs           | emulated, resume          |
-//! | 30 I/O instruction                  | io.rs           | KVM_EXIT_IO               |
+//! | 30 I/O instruction (and INS/OUTS)    | io.rs           | KVM_EXIT_IO               |
 //! | 48 EPT violation                    | ept.rs, mmio.rs | memory mapped, or MMIO    |
 //! | anything else                       | this file       | KVM_EXIT_INTERNAL_ERROR   |
 //!
@@ -37,7 +37,7 @@ pub(crate) mod vmcall;
 pub(crate) mod vmx_insn;
 
 use crate::uapi::{self, kvm_run};
-use crate::vcpu::{reg, VcpuState};
+use crate::vcpu::{reg, Vcpu, VcpuState};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
@@ -49,6 +49,8 @@ pub(crate) enum Action {
     ToUser,
     /// Leave the guest section and handle an EPT violation (may sleep).
     EptViolation(ept::EptFault),
+    /// Leave the guest section and start a string I/O (may sleep).
+    StringIo(io::StringIo),
 }
 
 /// Instruction state left open by an exit to userspace, finished at the
@@ -63,6 +65,8 @@ pub(crate) enum Pending {
     /// An MMIO access: a read's data goes to a register; RIP advances by
     /// `len` at the next entry.
     Mmio { len: u8, dest: Option<mmio::Dest> },
+    /// A string IN: the data goes to guest memory.
+    StringIn(io::StringIn),
 }
 
 /// What a handler sees.
@@ -75,6 +79,8 @@ pub(crate) struct ExitCtx<'a, 'b> {
     pub(crate) pio: *mut u8,
     pub(crate) pending: &'a mut Pending,
     pub(crate) vcpu_id: u32,
+    /// IA32_VMX_BASIC[54]: INS/OUTS exits report instruction information.
+    pub(crate) ins_outs_info: bool,
 }
 
 impl ExitCtx<'_, '_> {
@@ -255,7 +261,7 @@ pub(crate) fn entry_failed(v: &Loaded<'_>, run: *mut kvm_run, r: i32, _vcpu: u32
 
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace
 /// handled (the "complete_userspace_io" of KVM).
-pub(crate) fn complete_pending(st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) {
+pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) -> Result {
     let pending = core::mem::replace(&mut st.pending, Pending::None);
     let regs = st.regs_mut();
     match pending {
@@ -279,5 +285,7 @@ pub(crate) fn complete_pending(st: &mut VcpuState, run: *mut kvm_run, pio: *mut 
             }
             st.rip_advance = u64::from(len);
         }
+        Pending::StringIn(p) => io::complete_string_in(vcpu, &p, pio)?,
     }
+    Ok(())
 }

@@ -235,7 +235,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(20);
+    let mut t = Tap::plan(23);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -259,6 +259,29 @@ fn main() {
     let a = run(&mut g, 0x5c);
     let b = run(&mut g, 0);
     t.expect_eq((a, b), (Exit::In(0x10, 1), Exit::Out(0x11, vec![0x5c])), "IN data from userspace reaches AL");
+
+    // 2b. String I/O: REP OUTSB of 5 bytes (one exit, count 5), then REP
+    //     INSB of 3 bytes into memory, sent back out with REP OUTSB.
+    let mut g = Guest::real(&kvm, &[
+        0xbe, 0x40, 0x10,   // mov si, 0x1040
+        0xb9, 5, 0,         // mov cx, 5
+        0xba, 0xf8, 0x03,   // mov dx, 0x3f8
+        0xf3, 0x6e,         // rep outsb
+        0xbf, 0x80, 0x10,   // mov di, 0x1080
+        0xb9, 3, 0,         // mov cx, 3
+        0xba, 0x20, 0,      // mov dx, 0x20
+        0xf3, 0x6c,         // rep insb
+        0xbe, 0x80, 0x10,   // mov si, 0x1080
+        0xb9, 3, 0,         // mov cx, 3
+        0xba, 0x21, 0,      // mov dx, 0x21
+        0xf3, 0x6e,         // rep outsb
+        0xf4,
+    ]);
+    g.write(0x1040, b"hello");
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x3f8, b"hello".to_vec()), "REP OUTSB: one KVM_EXIT_IO with count 5");
+    let a = run(&mut g, 0x0063_6261);
+    let b = run(&mut g, 0);
+    t.expect_eq((a, b), (Exit::In(0x20, 3), Exit::Out(0x21, b"abc".to_vec())), "REP INSB stores userspace's data in guest memory");
 
     // 3. CPUID leaf 1 in the guest: ECX goes out through port 0x12.
     let mut g = Guest::real(&kvm, &[
@@ -300,6 +323,17 @@ fn main() {
     t.expect_eq(w1, Exit::MmioWrite(0x100_0010, vec![0x5a]), "MMIO: byte store becomes KVM_EXIT_MMIO write");
     t.expect_eq(w2, Exit::MmioWrite(0x100_0020, vec![0x34, 0x12]), "MMIO: 16-bit store [bx], ax");
     t.expect_eq((r, o), (Exit::MmioRead(0x100_0020, 1), Exit::Out(0x13, vec![0x77])), "MMIO: load into AL gets userspace's data");
+
+    // 4b. MOV EAX, [moffs32] and MOV [moffs32], AL in protected mode.
+    let mut g = Guest::real(&kvm, &[
+        0xa1, 0x00, 0x00, 0x00, 0xd0, // mov eax, [0xd0000000]
+        0xa2, 0x04, 0x00, 0x00, 0xd0, // mov [0xd0000004], al
+        0xf4,
+    ]);
+    protected_mode(&mut g);
+    let r = run(&mut g, 0x1234_5678);
+    let w = run(&mut g, 0);
+    t.expect_eq((r, w), (Exit::MmioRead(0xd000_0000, 4), Exit::MmioWrite(0xd000_0004, vec![0x78])), "MMIO: MOV EAX, moffs and MOV moffs, AL");
 
     // 5. VMCALL: rvmx exits to userspace; KVM answers it in the kernel.
     let mut g = Guest::real(&kvm, &[
