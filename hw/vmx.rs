@@ -52,6 +52,33 @@ fn outcome(cf: u8, zf: u8, fault: u32) -> Result<(), VmxError> {
     }
 }
 
+/// Executes one VMX instruction (`$insn`, an assembly template using the
+/// extra `asm!` operands given after it) and evaluates to its outcome: the
+/// instruction's CF and ZF are captured right after it, and a fault jumps
+/// (through the exception table) to code that records it. Must be used in
+/// an `unsafe` block whose SAFETY comment argues for the instruction.
+macro_rules! vmx_insn {
+    ($insn:literal $(, $($operands:tt)+)?) => {{
+        let (cf, zf, fault): (u8, u8, u32);
+        asm!(
+            "xor {f:e}, {f:e}",
+            concat!("2: ", $insn),
+            "setc {cf}",
+            "setz {zf}",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ex_table!("2b", "3b"),
+            $($($operands)+,)?
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            f = out(reg) fault,
+            options(nostack),
+        );
+        outcome(cf, zf, fault)
+    }};
+}
+
 /// VMXON: enters VMX root operation on this CPU, with the 4 KiB VMXON region
 /// at physical address `region`.
 ///
@@ -62,53 +89,18 @@ fn outcome(cf: u8, zf: u8, fault: u32) -> Result<(), VmxError> {
 /// as this CPU stays in VMX operation; CR4.VMXE must be set and the caller
 /// must not be preempted between this call and recording the result.
 pub(crate) unsafe fn vmxon(region: u64) -> Result<(), VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: the caller provides a valid VMXON region; a fault (e.g. #GP from
     // IA32_FEATURE_CONTROL or fixed CR bits) is caught by the extable entry.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: vmxon qword ptr [{r}]",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            r = in(reg) &region,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("vmxon qword ptr [{r}]", r = in(reg) &region) }
 }
 
 /// VMXOFF: leaves VMX operation on this CPU. Safe to call when not in VMX
 /// operation: the #UD is caught and reported as `VmxError::Fault`, which is
 /// what the emergency (NMI) path relies on.
 pub(crate) fn vmxoff() -> Result<(), VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: VMXOFF touches no memory of ours; outside VMX operation it
     // raises #UD, which the exception-table entry turns into `fault = 1`.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: vmxoff",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("vmxoff") }
 }
 
 /// VMCLEAR: writes the VMCS at physical address `vmcs` back to memory,
@@ -120,26 +112,8 @@ pub(crate) fn vmxoff() -> Result<(), VmxError> {
 /// `vmcs` must be the physical address of a VMCS region owned by the caller
 /// that is not active on any other CPU.
 pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: the caller owns the region; a fault is caught.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: vmclear qword ptr [{r}]",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            r = in(reg) &vmcs,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("vmclear qword ptr [{r}]", r = in(reg) &vmcs) }
 }
 
 /// VMPTRLD: makes the VMCS at physical address `vmcs` current (and active)
@@ -150,26 +124,8 @@ pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmxError> {
 /// As `vmclear`: a VMCS region owned by the caller, initialized with the
 /// revision id, not active on another CPU.
 pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: the caller owns the region; a fault is caught.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: vmptrld qword ptr [{r}]",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            r = in(reg) &vmcs,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("vmptrld qword ptr [{r}]", r = in(reg) &vmcs) }
 }
 
 /// VMREAD of the field with encoding `field` from the current VMCS.
@@ -178,29 +134,13 @@ pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmxError> {
 ///
 /// A VMCS must be current on this CPU (`vmcs::Loaded` guarantees it).
 pub(crate) unsafe fn vmread(field: u32) -> Result<u64, VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     let value: u64;
-    // SAFETY: register operands only; a fault is caught.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "xor {v:e}, {v:e}",
-            "2: vmread {v}, {e}",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            e = in(reg) u64::from(field),
-            v = out(reg) value,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack, nomem),
-        );
-    }
-    outcome(cf, zf, fault).map(|()| value)
+    // SAFETY: register operands only; a fault is caught (and `value` is
+    // then 0, set before the instruction).
+    let r = unsafe {
+        vmx_insn!("vmread {v}, {e}", e = in(reg) u64::from(field), v = inout(reg) 0u64 => value)
+    };
+    r.map(|()| value)
 }
 
 /// VMWRITE of `value` to the field with encoding `field` of the current VMCS.
@@ -210,54 +150,16 @@ pub(crate) unsafe fn vmread(field: u32) -> Result<u64, VmxError> {
 /// A VMCS must be current on this CPU, and the caller must own the guest or
 /// host state the field controls (`vmcs::Loaded` is the only caller).
 pub(crate) unsafe fn vmwrite(field: u32, value: u64) -> Result<(), VmxError> {
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: register operands only; a fault is caught.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: vmwrite {e}, {v}",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            e = in(reg) u64::from(field),
-            v = in(reg) value,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack, nomem),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("vmwrite {e}, {v}", e = in(reg) u64::from(field), v = in(reg) value) }
 }
 
 /// INVEPT single-context (type 1): drops every cached translation derived
 /// from the EPT paging structures rooted at `eptp` on this CPU.
 pub(crate) fn invept_single(eptp: u64) -> Result<(), VmxError> {
     let desc: [u64; 2] = [eptp, 0];
-    let (cf, zf, fault): (u8, u8, u32);
     // SAFETY: INVEPT only invalidates TLB entries (never unsafe for memory);
     // outside VMX operation or with an unsupported type it faults or fails,
     // which is reported.
-    unsafe {
-        asm!(
-            "xor {f:e}, {f:e}",
-            "2: invept {t}, [{d}]",
-            "setc {cf}",
-            "setz {zf}",
-            "jmp 4f",
-            "3: mov {f:e}, 1",
-            "4:",
-            ex_table!("2b", "3b"),
-            t = in(reg) 1u64,
-            d = in(reg) desc.as_ptr(),
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            f = out(reg) fault,
-            options(nostack, readonly),
-        );
-    }
-    outcome(cf, zf, fault)
+    unsafe { vmx_insn!("invept {t}, [{d}]", t = in(reg) 1u64, d = in(reg) desc.as_ptr()) }
 }

@@ -22,7 +22,7 @@ fn kvm_needs_cpuid(kvm: &Kvm) -> bool {
 }
 
 struct Guest {
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
     mem: *mut u8,
 }
@@ -62,7 +62,7 @@ impl Guest {
             }
             vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
         }
-        let g = Guest { _vm: vm, vcpu, mem };
+        let g = Guest { vm, vcpu, mem };
         g.write(CODE, code);
         let mut sregs = g.vcpu.get_sregs().expect("KVM_GET_SREGS");
         sregs.cs.selector = 0;
@@ -235,7 +235,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(23);
+    let mut t = Tap::plan(25);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -334,6 +334,45 @@ fn main() {
     let r = run(&mut g, 0x1234_5678);
     let w = run(&mut g, 0);
     t.expect_eq((r, w), (Exit::MmioRead(0xd000_0000, 4), Exit::MmioWrite(0xd000_0004, vec![0x78])), "MMIO: MOV EAX, moffs and MOV moffs, AL");
+
+    // 4c. A read-only slot (ROM) at 2 MiB: reads come from memory, writes
+    //     become MMIO; after the slot is deleted, reads become MMIO too (the
+    //     EPT mapping and every CPU's cached translation are gone).
+    let mut g = Guest::real(&kvm, &[
+        0xa0, 0x00, 0x00,       // mov al, [0]       (DS.base = 2 MiB)
+        0xe6, 0x30,             // out 0x30, al
+        0xc6, 0x06, 0x00, 0x00, 0x55, // mov byte [0], 0x55
+        0xa0, 0x00, 0x00,       // mov al, [0]
+        0xe6, 0x31,             // out 0x31, al
+        0xf4,
+    ]);
+    // SAFETY: a fresh anonymous page for the ROM (leaked at exit).
+    let rom = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE,
+                   libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    } as *mut u8;
+    // SAFETY: `rom` is a 4096-byte writable mapping.
+    unsafe { rom.write(0x42) };
+    let rom_region = |size: u64| kvm_userspace_memory_region {
+        slot: 1,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+        guest_phys_addr: 0x20_0000,
+        memory_size: size,
+        userspace_addr: rom as u64,
+    };
+    // SAFETY: `rom` lives as long as the process.
+    unsafe { g.vm.set_user_memory_region(rom_region(4096)).unwrap() };
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.ds.base = 0x20_0000;
+    g.vcpu.set_sregs(&s).unwrap();
+    let a = run(&mut g, 0);
+    let b = run(&mut g, 0);
+    t.expect_eq((a, b), (Exit::Out(0x30, vec![0x42]), Exit::MmioWrite(0x20_0000, vec![0x55])), "read-only slot: reads are memory, writes are KVM_EXIT_MMIO");
+    // SAFETY: deletes the slot (size 0).
+    unsafe { g.vm.set_user_memory_region(rom_region(0)).unwrap() };
+    let c = run(&mut g, 0x99);
+    let d = run(&mut g, 0);
+    t.expect_eq((c, d), (Exit::MmioRead(0x20_0000, 1), Exit::Out(0x31, vec![0x99])), "deleted slot: the guest's next read is KVM_EXIT_MMIO");
 
     // 5. VMCALL: rvmx exits to userspace; KVM answers it in the kernel.
     let mut g = Guest::real(&kvm, &[

@@ -31,7 +31,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(20);
+    let mut t = Tap::plan(21);
 
     t.check(kvm.check_extension(Cap::UserMemory), "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) = 1", "");
     t.check(kvm.get_nr_memslots() >= 32, "KVM_CAP_NR_MEMSLOTS >= 32", kvm.get_nr_memslots());
@@ -84,10 +84,16 @@ fn main() {
     t.expect_eq(r, Err(libc::EFAULT), "guest memory not mapped in the launcher: KVM_RUN fails with EFAULT");
 
     if is_kvm {
-        // KVM maps the vCPU pages lazily (a bad offset only SIGBUSes on
-        // access), and its vCPU lock only yields to fatal signals.
+        // KVM maps the vCPU pages lazily (a bad offset or size only
+        // SIGBUSes on access).
         t.check(true, "mmap beyond the vCPU pages # SKIP KVM maps lazily", "");
+        t.check(true, "mmap larger than the vCPU pages # SKIP KVM maps lazily", "");
     } else {
+        let size = kvm.get_vcpu_mmap_size().unwrap() + 4096;
+        // SAFETY: a mapping request the kernel must refuse.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ, libc::MAP_SHARED, vcpu.as_raw_fd(), 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        t.check(p == libc::MAP_FAILED && errno == Some(libc::EINVAL), "mmap larger than the vCPU pages: EINVAL", format!("{errno:?}"));
         // SAFETY: a mapping request the kernel must refuse.
         let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, vcpu.as_raw_fd(), 16 * 4096) };
         let errno = std::io::Error::last_os_error().raw_os_error();
