@@ -169,6 +169,11 @@ impl VmxCaps {
             cr4_fixed1: read(msr::IA32_VMX_CR4_FIXED1),
         };
         caps.check_required()?;
+        // A kernel that delivers events with FRED instead of the IDT: rvmx
+        // hands NMIs that exit the guest to the host through the IDT.
+        if hw::cr4_shadow() & hw::cr::CR4_FRED != 0 {
+            return Err(Unsupported::Missing("IDT event delivery (this kernel uses FRED)"));
+        }
         Ok(caps)
     }
 

@@ -273,12 +273,6 @@ void rvmx_glue_restore_host_descriptor_limits(void)
 	invalidate_tss_limit();
 }
 
-/* Re-raise an NMI that arrived while the guest ran, for the host's handler. */
-void rvmx_glue_self_nmi(void)
-{
-	__apic_send_IPI_self(NMI_VECTOR);
-}
-
 /* ---- The VM's process and its memory ------------------------------------ */
 
 struct mm_struct *rvmx_glue_mm_grab_current(void)

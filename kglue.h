@@ -46,7 +46,6 @@ bool rvmx_glue_signal_pending(void);
 void rvmx_glue_fpu_begin(void);
 void rvmx_glue_fpu_end(void);
 void rvmx_glue_restore_host_descriptor_limits(void);
-void rvmx_glue_self_nmi(void);
 struct mm_struct;
 struct mm_struct *rvmx_glue_mm_grab_current(void);
 bool rvmx_glue_mm_is_current(struct mm_struct *mm);

@@ -6,13 +6,10 @@
 //! the guest's triple fault (which on bare metal would reset the machine).
 
 use super::{Action, ExitCtx};
+use crate::hw;
 use crate::uapi;
 use crate::vmcs::fields::*;
 use kernel::prelude::*;
-
-extern "C" {
-    fn rvmx_glue_self_nmi();
-}
 
 /// Reason 1. Nothing to do here: the interrupt is still pending in the
 /// host's local APIC (rvmx does not "acknowledge interrupt on exit"), and
@@ -24,16 +21,14 @@ pub(crate) fn external_interrupt(_ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
 }
 
 /// Reason 0. rvmx intercepts no guest exceptions (the exception bitmap is
-/// 0), so this is an NMI meant for the host: it was consumed by the VM exit,
-/// so raise it again (a self-NMI through the local APIC) for the host's NMI
-/// handler, as the kernel's perf and watchdog code expect.
+/// 0), so this is an NMI meant for the host: the VM exit consumed it, so
+/// rvmx runs the host's NMI handler now (hw.rs explains why it cannot just
+/// re-send it), as the kernel's perf and watchdog code expect.
 pub(crate) fn exception_or_nmi(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let info = ctx.vmcs.read(EXIT_INTR_INFO);
     const TYPE_NMI: u32 = 2;
     if info & (1 << 31) != 0 && (info >> 8) & 7 == TYPE_NMI {
-        // SAFETY: sends this CPU an NMI; the host handler runs when it
-        // arrives, which is safe at any point in root operation.
-        unsafe { rvmx_glue_self_nmi() };
+        hw::invoke_nmi_handler();
         return Ok(Action::Resume);
     }
     Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, super::reason::EXCEPTION_OR_NMI))

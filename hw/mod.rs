@@ -23,6 +23,7 @@ pub(crate) mod cr {
     pub(crate) const CR0_PG: u64 = 1 << 31;
     pub(crate) const CR4_PAE: u64 = 1 << 5;
     pub(crate) const CR4_VMXE: u64 = 1 << 13;
+    pub(crate) const CR4_FRED: u64 = 1 << 32;
     pub(crate) const EFER_LME: u64 = 1 << 8;
     pub(crate) const EFER_LMA: u64 = 1 << 10;
 }
@@ -226,4 +227,19 @@ pub(crate) fn read_cs_ss() -> (u16, u16) {
         asm!("mov {:x}, ss", out(reg) ss, options(nomem, nostack, preserves_flags));
     }
     (cs, ss)
+}
+
+/// Runs the host's NMI handler for an NMI that caused a VM exit.
+///
+/// An NMI that arrives in VMX non-root operation is consumed by the VM exit
+/// (with "NMI exiting" on) and leaves NMIs blocked until the next IRET. It
+/// must be handled now and synchronously: an NMI sent to ourselves would
+/// stay blocked, then be taken by the guest again at the next VM entry, and
+/// exit again, forever. `int 2` runs the kernel's NMI entry through the IDT,
+/// as KVM did before it switched to calling that entry directly (for FRED,
+/// which rvmx refuses at load: caps.rs).
+pub(crate) fn invoke_nmi_handler() {
+    // SAFETY: vector 2 is the kernel's NMI gate (DPL 0, its own IST stack);
+    // the NMI entry code saves and restores all state and returns with IRET.
+    unsafe { asm!("int 2") };
 }
