@@ -8,6 +8,7 @@
  * every decision about VMX is made in Rust (vmxon.rs, dev.rs).
  */
 #include <linux/anon_inodes.h>
+#include <linux/interrupt.h>
 #include <linux/cpuhotplug.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -405,4 +406,15 @@ void *rvmx_glue_phys_to_virt(u64 pa)
 struct page *rvmx_glue_virt_to_page(void *addr)
 {
 	return virt_to_page(addr);
+}
+
+/*
+ * Softirqs waiting on this CPU. A guest section runs inside
+ * kernel_fpu_begin(), which disables bottom halves: the run loop must end
+ * the section when softirqs are pending (timers, RCU), or they would wait
+ * for as long as the guest runs.
+ */
+bool rvmx_glue_softirq_pending(void)
+{
+	return local_softirq_pending() != 0;
 }

@@ -43,6 +43,7 @@ void rvmx_glue_irq_enable(void);
 bool rvmx_glue_need_resched(void);
 void rvmx_glue_cond_resched(void);
 bool rvmx_glue_signal_pending(void);
+bool rvmx_glue_softirq_pending(void);
 void rvmx_glue_fpu_begin(void);
 void rvmx_glue_fpu_end(void);
 void rvmx_glue_restore_host_descriptor_limits(void);

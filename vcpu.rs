@@ -37,6 +37,7 @@ extern "C" {
     fn rvmx_glue_need_resched() -> bool;
     fn rvmx_glue_cond_resched();
     fn rvmx_glue_signal_pending() -> bool;
+    fn rvmx_glue_softirq_pending() -> bool;
     fn rvmx_glue_fpu_begin();
     fn rvmx_glue_fpu_end();
     fn rvmx_glue_restore_host_descriptor_limits();
@@ -471,8 +472,12 @@ impl Vcpu {
                 // SAFETY: paired with the enable below; the guest runs with
                 // interrupts off in the host (they cause VM exits instead).
                 unsafe { rvmx_glue_irq_disable() };
-                // SAFETY: plain checks of the current task.
-                if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() } {
+                // Leave the section for a signal, the scheduler, or pending
+                // softirqs: the section runs with bottom halves disabled
+                // (kernel_fpu_begin), so timers and RCU callbacks queued on
+                // this CPU run only when it ends.
+                // SAFETY: plain checks of the current task and CPU.
+                if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() || rvmx_glue_softirq_pending() } {
                     // SAFETY: pairs with the disable above.
                     unsafe { rvmx_glue_irq_enable() };
                     return Ok(Section::Reschedule);

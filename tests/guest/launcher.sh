@@ -19,7 +19,7 @@ expect() {
 	done
 	ok "$name"
 }
-# samples DEVICE: run the three sample guests on DEVICE.
+# samples DEVICE: run the sample guests on DEVICE.
 samples() {
 	dev=$1
 	rvmx-run --device $dev --mode real /bin/hello16.bin > /tmp/h.out 2>&1; echo "status $?" >> /tmp/h.out
@@ -32,6 +32,8 @@ samples() {
 	else
 		if grep -q "hypercall 1" /tmp/p.out; then not_ok "$dev: VMCALL answered by KVM"; else ok "$dev: VMCALL answered by KVM (no exit)"; fi
 	fi
+	rvmx-run --device $dev --mode prot32 /bin/hello_elf.elf > /tmp/e.out 2>&1; echo "status $?" >> /tmp/e.out
+	expect "$dev: ELF guest loaded at its physical address" /tmp/e.out "Hello from an ELF guest at 1 MiB!" "status 0"
 	rvmx-run --device $dev --mode long /bin/long64.bin > /tmp/l.out 2>&1; echo "status $?" >> /tmp/l.out
 	expect "$dev: long mode, guest kernel drops to ring 3 and takes a system call" /tmp/l.out \
 		"guest kernel: ring 0, long mode; dropping to ring 3" \
@@ -40,7 +42,7 @@ samples() {
 }
 
 echo "TAP version 13"
-echo "1..14"
+echo "1..16"
 insmod $MODDIR/rvmx.ko
 samples /dev/rvmx
 expect "exit summary shows the exits by reason" /tmp/l.out "KVM_EXIT_IO (out)" "VM exits in all (rvmx)"
