@@ -454,7 +454,11 @@ fn main() {
     t.expect_eq(run(&mut g, 0), Exit::Out(0x19, vec![0x88, 0x77, 0x66, 0x55]), "long mode: OUT of EAX");
 
     // 11. A signal stops a guest spinning in `jmp $`.
-    let mut g = Guest::real(&kvm, &[0xeb, 0xfe]); // jmp $
+    // The guest spins with interrupts enabled (STI): Bochs 2.7 takes an
+    // external-interrupt VM exit only when the guest's RFLAGS.IF is 1 (the
+    // SDM says: whatever IF is), under KVM as well; with IF=0 the host's
+    // timer and the signal's IPI would not reach the host until some NMI.
+    let mut g = Guest::real(&kvm, &[0xfb, 0xeb, 0xfe]); // sti; jmp $
     install_signal_handler(libc::SIGALRM);
     let timer = libc::itimerval {
         it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },

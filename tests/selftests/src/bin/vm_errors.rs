@@ -110,9 +110,10 @@ fn main() {
         t.finish();
     }
     let mut v3 = vm.create_vcpu(1).unwrap();
-    // SAFETY: the slot's memory is `mem`; write `jmp $` at the reset vector
-    // (real mode, F000:FFF0 = 0xffff0 is inside the 2 MiB slot).
-    unsafe { std::ptr::copy_nonoverlapping([0xebu8, 0xfe].as_ptr(), (mem + 0xffff0) as *mut u8, 2) };
+    // SAFETY: the slot's memory is `mem`; write `sti; jmp $` at the reset
+    // vector (real mode, F000:FFF0 = 0xffff0 is inside the 2 MiB slot). STI:
+    // see guests.rs, Bochs takes external-interrupt exits only with IF=1.
+    unsafe { std::ptr::copy_nonoverlapping([0xfbu8, 0xeb, 0xfe].as_ptr(), (mem + 0xffff0) as *mut u8, 3) };
     // SAFETY: installs an empty handler for SIGUSR1 (no SA_RESTART).
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
