@@ -48,6 +48,9 @@ const EPT_WB: u64 = 1 << 14;
 const EPT_2M_PAGES: u64 = 1 << 16;
 const EPT_INVEPT: u64 = 1 << 20;
 const EPT_AD: u64 = 1 << 21;
+/// IA32_VMX_EPT_VPID_CAP bits 32 and 41: INVVPID, single-context type.
+const VPID_INVVPID: u64 = 1 << 32;
+const VPID_INVVPID_SINGLE: u64 = 1 << 41;
 /// IA32_VMX_EPT_VPID_CAP bit 25: INVEPT single-context is supported.
 pub(crate) const EPT_INVEPT_SINGLE: u64 = 1 << 25;
 
@@ -196,6 +199,13 @@ impl VmxCaps {
         }
     }
 
+    /// Whether vCPUs get VPIDs: the control exists and INVVPID can flush one
+    /// VPID's translations (what a vCPU needs when it moves to another
+    /// CPU, vcpu.rs).
+    pub(crate) fn vpid_usable(&self) -> bool {
+        self.proc2.allows(PROC2_VPID) && self.ept_vpid & VPID_INVVPID != 0 && self.ept_vpid & VPID_INVVPID_SINGLE != 0
+    }
+
     /// Logs one readable line of what the CPU offers.
     pub(crate) fn log(&self) {
         let yn = |b: bool| if b { "yes" } else { "no" };
@@ -206,7 +216,7 @@ impl VmxCaps {
             yn(self.true_ctls),
             yn(self.ept_vpid & EPT_2M_PAGES != 0),
             yn(self.ept_vpid & EPT_AD != 0),
-            yn(self.proc2.allows(PROC2_VPID)),
+            yn(self.vpid_usable()),
             yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
             yn(self.proc2.allows(PROC2_PML)),
         );

@@ -44,6 +44,31 @@ fn read_arg<T: Default>(arg: usize) -> Result<T> {
     Ok(v)
 }
 
+/// Reads an array of `n` ABI structs from userspace address `uaddr`.
+fn read_array<T: Default + Copy>(uaddr: usize, n: usize) -> Result<KVec<T>> {
+    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        v.push(T::default(), GFP_KERNEL)?;
+    }
+    let size = n * core::mem::size_of::<T>();
+    // SAFETY: `v` holds `n` plain `#[repr(C)]` ABI structs, `size` bytes,
+    // for which every bit pattern is valid.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size) };
+    UserSlice::new(uaddr as _, size).reader().read_slice(bytes)?;
+    Ok(v)
+}
+
+/// Writes an array of ABI structs to userspace address `uaddr`.
+fn write_array<T>(uaddr: usize, v: &[T]) -> Result {
+    let size = core::mem::size_of_val(v);
+    // SAFETY: plain `#[repr(C)]` ABI structs without padding holes.
+    let bytes = unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size) };
+    UserSlice::new(uaddr as _, size).writer().write_slice(bytes)
+}
+
+/// Most MSRs one KVM_GET_MSRS/KVM_SET_MSRS may name (KVM's MAX_IO_MSRS).
+const MAX_IO_MSRS: u32 = 256;
+
 fn write_arg<T>(arg: usize, v: &T) -> Result {
     let size = core::mem::size_of::<T>();
     // SAFETY: `v` is a plain `#[repr(C)]` ABI struct of `size` bytes with
@@ -52,11 +77,32 @@ fn write_arg<T>(arg: usize, v: &T) -> Result {
     UserSlice::new(arg as _, size).writer().write_slice(bytes)
 }
 
+/// Hands `obj` to a new anonymous file (kglue.c's `rvmx_glue_vm_fd` or
+/// `rvmx_glue_vcpu_fd`) and returns its descriptor. The file's
+/// private_data then owns the reference, released by the file's `release`
+/// (`rvmx_vm_release`, `rvmx_vcpu_release`).
+fn install_fd<T: Send + Sync + 'static>(
+    obj: Arc<T>,
+    glue: unsafe extern "C" fn(*const core::ffi::c_void) -> core::ffi::c_int,
+) -> Result<i32> {
+    let ptr = obj.into_foreign();
+    // SAFETY: on success the file owns the reference; on failure the glue
+    // has not kept `ptr`, and we take the reference back below.
+    let fd = unsafe { glue(ptr) };
+    if fd < 0 {
+        // SAFETY: `ptr` came from `into_foreign` just above and was not kept.
+        drop(unsafe { Arc::<T>::from_foreign(ptr) });
+        return Err(Error::from_errno(fd));
+    }
+    Ok(fd)
+}
+
 /// KVM_CHECK_EXTENSION: 0 for anything rvmx does not implement.
 fn check_extension(cap: usize) -> i32 {
     // CAST: capability numbers are small.
     match cap as u32 {
-        KVM_CAP_USER_MEMORY | KVM_CAP_READONLY_MEM | KVM_CAP_IMMEDIATE_EXIT | KVM_CAP_HLT => 1,
+        KVM_CAP_USER_MEMORY | KVM_CAP_READONLY_MEM | KVM_CAP_IMMEDIATE_EXIT | KVM_CAP_HLT
+        | KVM_CAP_EXT_CPUID | KVM_CAP_SET_TSS_ADDR | KVM_CAP_SET_IDENTITY_MAP_ADDR => 1,
         KVM_CAP_NR_MEMSLOTS => vm::MAX_SLOTS as i32,
         KVM_CAP_NR_VCPUS | KVM_CAP_MAX_VCPUS | KVM_CAP_MAX_VCPU_ID => vm::MAX_VCPUS as i32,
         _ => 0,
@@ -72,21 +118,35 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<i32> {
             if arg != 0 {
                 return Err(EINVAL);
             }
-            let vm = Vm::new()?;
-            let ptr = vm.into_foreign();
-            // SAFETY: on success the fd's private_data owns the reference
-            // (released in `rvmx_vm_release`); on failure we take it back.
-            let fd = unsafe { rvmx_glue_vm_fd(ptr) };
-            if fd < 0 {
-                // SAFETY: `ptr` came from `into_foreign` just above.
-                drop(unsafe { Arc::<Vm>::from_foreign(ptr) });
-                return Err(Error::from_errno(fd));
-            }
-            Ok(fd)
+            install_fd(Vm::new()?, rvmx_glue_vm_fd)
         }
         uapi::KVM_GET_VCPU_MMAP_SIZE if arg != 0 => Err(EINVAL),
         uapi::KVM_GET_VCPU_MMAP_SIZE => Ok((vcpu::MMAP_PAGES * 4096) as i32),
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
+        uapi::KVM_GET_MSR_INDEX_LIST => {
+            // Like KVM: the count goes back even when the caller's array is
+            // too small (E2BIG), so it can retry with the right size.
+            let mut list: kvm_msr_list = read_arg(arg)?;
+            let room = list.nmsrs;
+            // CAST: the list has a handful of entries.
+            list.nmsrs = crate::msrs::INDEX_LIST.len() as u32;
+            write_arg(arg, &list)?;
+            if room < list.nmsrs {
+                return Err(E2BIG);
+            }
+            write_array(arg + core::mem::size_of::<kvm_msr_list>(), &crate::msrs::INDEX_LIST).map(|()| 0)
+        }
+        uapi::KVM_GET_SUPPORTED_CPUID => {
+            let mut c: kvm_cpuid2 = read_arg(arg)?;
+            let table = crate::exits::cpuid::supported()?;
+            // CAST: at most MAX_ENTRIES (256) entries.
+            if (c.nent as usize) < table.len() {
+                return Err(E2BIG);
+            }
+            write_array(arg + core::mem::size_of::<kvm_cpuid2>(), &table)?;
+            c.nent = table.len() as u32;
+            write_arg(arg, &c).map(|()| 0)
+        }
         // Not implemented: what a driver answers for an ioctl it does not
         // know (KVM answers EINVAL for unknown numbers of its own; see the
         // README).
@@ -125,17 +185,22 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
                     return Err(e);
                 }
             };
-            let ptr = vcpu.into_foreign();
-            // SAFETY: as for the VM fd.
-            let fd = unsafe { rvmx_glue_vcpu_fd(ptr) };
-            if fd < 0 {
-                // SAFETY: `ptr` came from `into_foreign` just above.
-                drop(unsafe { Arc::<Vcpu>::from_foreign(ptr) });
-                return Err(Error::from_errno(fd));
-            }
-            Ok(fd)
+            install_fd(vcpu, rvmx_glue_vcpu_fd)
         }
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
+        // What KVM needs these for (a real-mode TSS and an identity-mapped
+        // page table when the CPU lacks unrestricted guest) rvmx never
+        // needs; the calls are accepted with KVM's checks, so that clients
+        // that make them run unchanged.
+        uapi::KVM_SET_TSS_ADDR if arg > 0xffff_d000 => Err(EINVAL),
+        uapi::KVM_SET_TSS_ADDR => Ok(0),
+        uapi::KVM_SET_IDENTITY_MAP_ADDR => {
+            if vm.has_vcpus() {
+                return Err(EINVAL);
+            }
+            let _addr: u64 = read_arg(arg)?;
+            Ok(0)
+        }
         _ => Err(EINVAL),
     }
 }
@@ -167,6 +232,58 @@ fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
         uapi::KVM_SET_REGS => vcpu.set_regs(&read_arg(arg)?).map(|()| 0),
         uapi::KVM_GET_SREGS => write_arg(arg, &vcpu.get_sregs()?).map(|()| 0),
         uapi::KVM_SET_SREGS => vcpu.set_sregs(&read_arg(arg)?).map(|()| 0),
+        uapi::KVM_INTERRUPT => {
+            let irq: kvm_interrupt = read_arg(arg)?;
+            vcpu.interrupt(irq.irq).map(|()| 0)
+        }
+        uapi::KVM_GET_MSRS | uapi::KVM_SET_MSRS => {
+            let head: kvm_msrs = read_arg(arg)?;
+            if head.nmsrs >= MAX_IO_MSRS {
+                return Err(E2BIG);
+            }
+            let at = arg + core::mem::size_of::<kvm_msrs>();
+            let mut entries: KVec<kvm_msr_entry> = read_array(at, head.nmsrs as usize)?;
+            let n = if cmd == uapi::KVM_GET_MSRS {
+                let n = vcpu.get_msrs(&mut entries)?;
+                write_array(at, &entries[..n])?;
+                n
+            } else {
+                vcpu.set_msrs(&entries)?
+            };
+            // CAST: n <= MAX_IO_MSRS.
+            Ok(n as i32)
+        }
+        uapi::KVM_SET_SIGNAL_MASK => {
+            if arg == 0 {
+                return vcpu.set_signal_mask(None).map(|()| 0);
+            }
+            let head: kvm_signal_mask = read_arg(arg)?;
+            // The kernel's sigset_t on x86-64: 64 signals, 8 bytes.
+            if head.len != 8 {
+                return Err(EINVAL);
+            }
+            let mask: u64 = read_arg(arg + core::mem::size_of::<kvm_signal_mask>())?;
+            vcpu.set_signal_mask(Some(mask)).map(|()| 0)
+        }
+        uapi::KVM_SET_CPUID2 => {
+            let head: kvm_cpuid2 = read_arg(arg)?;
+            if head.nent as usize > crate::exits::cpuid::MAX_ENTRIES {
+                return Err(E2BIG);
+            }
+            let table = read_array(arg + core::mem::size_of::<kvm_cpuid2>(), head.nent as usize)?;
+            vcpu.set_cpuid(table).map(|()| 0)
+        }
+        uapi::KVM_GET_CPUID2 => {
+            let mut head: kvm_cpuid2 = read_arg(arg)?;
+            let table = vcpu.get_cpuid()?;
+            if (head.nent as usize) < table.len() {
+                return Err(E2BIG);
+            }
+            write_array(arg + core::mem::size_of::<kvm_cpuid2>(), &table)?;
+            // CAST: at most MAX_ENTRIES entries.
+            head.nent = table.len() as u32;
+            write_arg(arg, &head).map(|()| 0)
+        }
         _ => Err(EINVAL),
     }
 }

@@ -418,3 +418,22 @@ bool rvmx_glue_softirq_pending(void)
 {
 	return local_softirq_pending() != 0;
 }
+
+/*
+ * KVM_SET_SIGNAL_MASK: while KVM_RUN runs, the thread's blocked signals are
+ * the vCPU's mask (as KVM's kvm_sigset_activate/deactivate).
+ */
+void rvmx_glue_sigmask_activate(const u64 *mask)
+{
+	sigset_t set;
+
+	memcpy(&set, mask, sizeof(set));
+	sigdelsetmask(&set, sigmask(SIGKILL) | sigmask(SIGSTOP));
+	sigprocmask(SIG_SETMASK, &set, &current->real_blocked);
+}
+
+void rvmx_glue_sigmask_deactivate(void)
+{
+	sigprocmask(SIG_SETMASK, &current->real_blocked, NULL);
+	sigemptyset(&current->real_blocked);
+}

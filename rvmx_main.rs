@@ -16,11 +16,13 @@ mod gmem;
 mod guards;
 mod hw;
 mod kpage;
+mod msrs;
 mod uapi;
 mod vcpu;
 mod vm;
 mod vmcs;
 mod vmxon;
+mod vpid;
 
 use kernel::prelude::*;
 

@@ -19,9 +19,11 @@
 //! Lock order: the run token, then `Vm::mem`.
 
 use crate::exits::{self, Action, Pending};
+use crate::msrs::GuestMsrs;
+use crate::vpid::Vpid;
 use crate::hw::{self, cr::*, msr};
 use crate::kpage::KernelPage;
-use crate::uapi::{self, kvm_regs, kvm_run, kvm_segment, kvm_sregs, rvmx_exit_info};
+use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_segment, kvm_sregs, rvmx_exit_info};
 use crate::vm::{Fault, Vm};
 use crate::vmcs::{controls, fields::*, Loaded, Vmcs};
 use crate::vmxon;
@@ -42,6 +44,9 @@ extern "C" {
     fn rvmx_glue_fpu_end();
     fn rvmx_glue_restore_host_descriptor_limits();
     fn rvmx_glue_virt_to_page(addr: *mut core::ffi::c_void) -> *mut core::ffi::c_void;
+    fn rvmx_glue_raw_cpu_id() -> u32;
+    fn rvmx_glue_sigmask_activate(mask: *const u64);
+    fn rvmx_glue_sigmask_deactivate();
 }
 
 /// Indices into `regs`, in KVM's (and vmenter.S's) order.
@@ -64,6 +69,27 @@ pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
 /// RFLAGS bit 1 is always 1.
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
+/// Guest interruptibility state: blocking by STI and by MOV SS/POP SS.
+const BLOCKING_STI_MOVSS: u32 = 3;
+
+/// The guest state that neither the VMCS nor `regs` holds, which exit
+/// handlers and ioctls use.
+pub(crate) struct Guest {
+    pub(crate) msrs: GuestMsrs,
+    /// CR8, the task priority: kept, not acted on (no local APIC).
+    pub(crate) cr8: u64,
+    /// The guest's XCR0 (set by XSETBV, exits/xsetbv.rs); loaded into the
+    /// CPU while the guest runs.
+    pub(crate) xcr0: u64,
+    /// The table of KVM_SET_CPUID2; empty until then (exits/cpuid.rs).
+    pub(crate) cpuid: KVec<kvm_cpuid_entry2>,
+    /// An interrupt vector queued by KVM_INTERRUPT, not yet injected.
+    pub(crate) irq: Option<u8>,
+    /// kvm_run.request_interrupt_window, read at KVM_RUN.
+    pub(crate) want_irq_window: bool,
+    /// Whether "interrupt-window exiting" is on in the VMCS.
+    pub(crate) irq_window_exiting: bool,
+}
 
 /// Everything the run loop changes; owned by whoever holds the run token.
 pub(crate) struct VcpuState {
@@ -75,11 +101,10 @@ pub(crate) struct VcpuState {
     host_rsp: u64,
     /// The guest's CR2, which VMX does not switch.
     cr2: u64,
-    /// The guest's IA32_KERNEL_GS_BASE (SWAPGS in the guest changes the
-    /// CPU's, which VMX does not switch either).
-    kernel_gs_base: u64,
     /// The guest's FPU/SSE/AVX state while it is not running.
     fpu: KernelPage,
+    /// The MSR bitmap (msrs.rs); the CPU reads it by physical address.
+    _msr_bitmap: KernelPage,
     /// Work left from the last exit to userspace (e.g. the data of an IN).
     pub(crate) pending: Pending,
     /// Bytes to advance RIP by at the next entry (an instruction that
@@ -87,6 +112,17 @@ pub(crate) struct VcpuState {
     pub(crate) rip_advance: u64,
     /// VM exits so far.
     exits: u64,
+    pub(crate) guest: Guest,
+    /// This vCPU's VPID (None: the CPU lacks VPIDs or all are taken).
+    vpid: Option<Vpid>,
+    /// The CPU the vCPU last ran on (VPID flushes, see vpid.rs).
+    last_cpu: Option<u32>,
+    /// The guest's linear translations must be flushed before it runs.
+    flush_tlb: bool,
+    /// Whether KVM_RUN ran yet (KVM refuses a new CPUID table after that).
+    ran: bool,
+    /// KVM_SET_SIGNAL_MASK's mask, in force during KVM_RUN.
+    sigmask: Option<u64>,
 }
 
 /// The cached host values vmenter.S's caller refreshes when they change.
@@ -219,22 +255,44 @@ impl Vcpu {
         // SAFETY: offset 24 of the page is MXCSR's place in the image.
         unsafe { fpu.as_ptr::<u8>().add(24).cast::<u32>().write(0x1f80) };
         let pages = [KernelPage::new()?, KernelPage::new()?, KernelPage::new()?, KernelPage::new()?];
+        let msr_bitmap = KernelPage::new()?;
+        let vpid = if caps.vpid_usable() { Vpid::alloc() } else { None };
+        let pat_exit = controls::exit::SAVE_IA32_PAT | controls::exit::LOAD_IA32_PAT;
+        let pat_in_vmcs = caps.exit.may_be_one & pat_exit == pat_exit && caps.entry.allows(controls::entry::LOAD_IA32_PAT);
+        let msrs = GuestMsrs::new(id, pat_in_vmcs);
+        // SAFETY: the page is ours, 4096 bytes, and not yet shared.
+        crate::msrs::fill_bitmap(unsafe { &mut *msr_bitmap.as_ptr::<[u8; 4096]>() }, msrs.swap_count);
+        let bitmap_pa = msr_bitmap.phys();
         let mut state = VcpuState {
             vmcs: Vmcs::new(caps.revision_id)?,
             regs: [0; 16],
             host_rsp: 0,
             cr2: 0,
-            kernel_gs_base: 0,
             fpu,
+            _msr_bitmap: msr_bitmap,
             pending: Pending::None,
             rip_advance: 0,
             exits: 0,
+            guest: Guest {
+                msrs,
+                cr8: 0,
+                xcr0: 1,
+                cpuid: KVec::new(),
+                irq: None,
+                want_irq_window: false,
+                irq_window_exiting: false,
+            },
+            vpid,
+            last_cpu: None,
+            flush_tlb: true,
+            ran: false,
+            sigmask: None,
         };
         // KVM's reset value of RDX: the CPU signature (family 6).
         state.regs[reg::RDX] = 0x600;
         {
             let mut v = state.vmcs.load()?;
-            setup_controls(&mut v, &caps, vm.eptp())?;
+            setup_controls(&mut v, &caps, vm.eptp(), bitmap_pa, state.vpid.as_ref().map(|v| v.get()))?;
             setup_host_constant_state(&mut v)?;
             reset_guest_state(&mut v, &caps)?;
         }
@@ -325,6 +383,7 @@ impl Vcpu {
         let mut t = self.token()?;
         let st = t.state();
         let cr2 = st.cr2;
+        let (cr8, apic_base, irq) = (st.guest.cr8, st.guest.msrs.apic_base, st.guest.irq);
         let v = st.vmcs.load()?;
         // SAFETY: all-zero is a valid `kvm_sregs` (plain integers).
         let mut s: kvm_sregs = unsafe { core::mem::zeroed() };
@@ -346,9 +405,12 @@ impl Vcpu {
         s.cr3 = v.read(GUEST_CR3).0;
         s.cr4 = v.read(CR4_READ_SHADOW).0;
         s.efer = v.read(GUEST_IA32_EFER);
-        // No local APIC is emulated: report the architectural default
-        // (enabled, and BSP for vCPU 0).
-        s.apic_base = 0xfee0_0800 | if self.id == 0 { 1 << 8 } else { 0 };
+        s.cr8 = cr8;
+        s.apic_base = apic_base;
+        // A queued, not yet injected interrupt is reported here, as KVM does.
+        if let Some(vector) = irq {
+            s.interrupt_bitmap[usize::from(vector / 64)] |= 1 << (vector % 64);
+        }
         Ok(s)
     }
 
@@ -373,9 +435,22 @@ impl Vcpu {
             // the VMCS; rvmx does not do that yet.
             return Err(EINVAL);
         }
+        if s.cr8 >> 4 != 0 || s.apic_base & 0xfff0_0000_0000_02ff != 0 {
+            return Err(EINVAL);
+        }
         let mut t = self.token()?;
         let st = t.state();
         st.cr2 = s.cr2;
+        st.guest.cr8 = s.cr8;
+        st.guest.msrs.apic_base = s.apic_base;
+        // The first set bit of interrupt_bitmap, if any, is queued as an
+        // interrupt, as KVM's __set_sregs_common does (none: no change).
+        if let Some((i, w)) = s.interrupt_bitmap.iter().enumerate().find(|(_, w)| **w != 0) {
+            // CAST: at most 4 * 64 = 256 vectors.
+            st.guest.irq = Some((i * 64 + w.trailing_zeros() as usize) as u8);
+        }
+        // New paging registers: cached translations of the old ones must go.
+        st.flush_tlb = true;
         let mut v = st.vmcs.load()?;
         write_seg(&mut v, &GUEST_CS, &s.cs)?;
         write_seg(&mut v, &GUEST_DS, &s.ds)?;
@@ -396,17 +471,130 @@ impl Vcpu {
         set_long_mode(&mut v, s.efer & EFER_LMA != 0)
     }
 
+    /// KVM_GET_MSRS: fills `entries` in order, stopping at the first MSR the
+    /// guest does not have; returns how many were read.
+    pub(crate) fn get_msrs(&self, entries: &mut [uapi::kvm_msr_entry]) -> Result<usize> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let msrs = &st.guest.msrs;
+        let v = st.vmcs.load()?;
+        for (n, e) in entries.iter_mut().enumerate() {
+            match msrs.get(&v, e.index, false) {
+                Some(val) => e.data = val,
+                None => return Ok(n),
+            }
+        }
+        Ok(entries.len())
+    }
+
+    /// KVM_SET_MSRS: writes `entries` in order, stopping at the first one
+    /// refused; returns how many were written.
+    pub(crate) fn set_msrs(&self, entries: &[uapi::kvm_msr_entry]) -> Result<usize> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let msrs = &mut st.guest.msrs;
+        let mut v = st.vmcs.load()?;
+        for (n, e) in entries.iter().enumerate() {
+            if msrs.set(&mut v, e.index, e.data, false, true).is_err() {
+                return Ok(n);
+            }
+        }
+        Ok(entries.len())
+    }
+
+    /// KVM_SET_CPUID2: the table the guest's CPUID reads from now on. After
+    /// the first KVM_RUN only the same table is accepted (EBUSY otherwise),
+    /// as in KVM since 6.0: changing CPUID under a running guest is unsound.
+    pub(crate) fn set_cpuid(&self, table: KVec<kvm_cpuid_entry2>) -> Result {
+        let mut t = self.token()?;
+        let st = t.state();
+        if st.ran {
+            let same = st.guest.cpuid.len() == table.len()
+                && st.guest.cpuid.iter().zip(table.iter()).all(|(a, b)| {
+                    (a.function, a.index, a.flags, a.eax, a.ebx, a.ecx, a.edx)
+                        == (b.function, b.index, b.flags, b.eax, b.ebx, b.ecx, b.edx)
+                });
+            return if same { Ok(()) } else { Err(EBUSY) };
+        }
+        st.guest.cpuid = table;
+        Ok(())
+    }
+
+    /// KVM_GET_CPUID2: a copy of the table KVM_SET_CPUID2 set.
+    pub(crate) fn get_cpuid(&self) -> Result<KVec<kvm_cpuid_entry2>> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let mut out = KVec::with_capacity(st.guest.cpuid.len(), GFP_KERNEL)?;
+        for e in st.guest.cpuid.iter() {
+            out.push(*e, GFP_KERNEL)?;
+        }
+        Ok(out)
+    }
+
+    /// KVM_INTERRUPT: queues an external interrupt, injected as soon as the
+    /// guest can take it (`update_interrupt_window`). Like KVM without an
+    /// in-kernel interrupt controller, a second call before the first was
+    /// injected replaces it: userspace is expected to wait for
+    /// ready_for_interrupt_injection.
+    pub(crate) fn interrupt(&self, vector: u32) -> Result {
+        let vector = u8::try_from(vector).map_err(|_| EINVAL)?;
+        let mut t = self.token()?;
+        t.state().guest.irq = Some(vector);
+        Ok(())
+    }
+
+    /// KVM_SET_SIGNAL_MASK: the signals blocked while KVM_RUN runs (None:
+    /// the thread's own mask).
+    pub(crate) fn set_signal_mask(&self, mask: Option<u64>) -> Result {
+        let mut t = self.token()?;
+        t.state().sigmask = mask;
+        Ok(())
+    }
+
     /// KVM_RUN: runs the guest until an exit that userspace must handle.
     pub(crate) fn run(&self) -> Result {
         let run = self.run_page();
         let mut t = self.token()?;
         let st = t.state();
+        st.ran = true;
+        if let Some(mask) = &st.sigmask {
+            // SAFETY: `mask` is a sigset_t's 8 bytes; deactivated below.
+            unsafe { rvmx_glue_sigmask_activate(mask) };
+        }
+        let r = self.run_locked(st, run);
+        if st.sigmask.is_some() {
+            // SAFETY: pairs with the activation above.
+            unsafe { rvmx_glue_sigmask_deactivate() };
+        }
+        // SAFETY: plain stores to our run page.
+        unsafe {
+            (*run).cr8 = st.guest.cr8;
+            (*run).apic_base = st.guest.msrs.apic_base;
+        }
+        r
+    }
+
+    fn run_locked(&self, st: &mut VcpuState, run: *mut kvm_run) -> Result {
         // Finish the instruction the last exit to userspace left open (the
         // data of an IN or an MMIO read, a hypercall's return value).
         exits::complete_pending(self, st, run, self.pio_page())?;
         // SAFETY: `run` is our run page; userspace may write it at any time,
-        // so it is read with a volatile read.
-        if unsafe { core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile() } != 0 {
+        // so its inputs are read once, with volatile reads.
+        let (immediate_exit, want_window, cr8) = unsafe {
+            (
+                core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile(),
+                core::ptr::addr_of!((*run).request_interrupt_window).read_volatile(),
+                core::ptr::addr_of!((*run).cr8).read_volatile(),
+            )
+        };
+        // As KVM without an in-kernel local APIC: userspace owns the TPR
+        // and hands it in with each KVM_RUN (a value with reserved bits set
+        // is ignored, as KVM's kvm_set_cr8 refuses it).
+        if cr8 >> 4 == 0 {
+            st.guest.cr8 = cr8;
+        }
+        st.guest.want_irq_window = want_window != 0;
+        if immediate_exit != 0 {
             // SAFETY: a plain store to our run page.
             unsafe { (*run).exit_reason = uapi::KVM_EXIT_INTR };
             return Err(EINTR);
@@ -450,25 +638,42 @@ impl Vcpu {
         // SAFETY: we own the FPU registers now, the area is page-aligned and
         // sized for this XCR0 (checked at creation).
         unsafe { hw::xrstor(st.fpu.as_ptr(), self.xsave_mask) };
-        // SAFETY: KERNEL_GS_BASE exists on x86-64; the host's value is put
-        // back below before anything can use it.
-        let host_kgs = unsafe { msr::rdmsr(msr::IA32_KERNEL_GS_BASE) };
-        // SAFETY: as above.
-        unsafe { msr::wrmsr(msr::IA32_KERNEL_GS_BASE, st.kernel_gs_base) };
+        // The guest's XCR0, checked against the host's at XSETBV. Nothing
+        // else on this CPU uses XSAVE until it is put back: preemption is
+        // off and the kernel's FPU is ours (kernel_fpu_begin).
+        if st.guest.xcr0 != self.xsave_mask {
+            hw::xsetbv(st.guest.xcr0);
+        }
+        // SAFETY: preemption is off until `put_host` below, and the CPU
+        // stays in the kernel in between.
+        let host_msrs = unsafe { st.guest.msrs.load_guest() };
         let (ds, es) = hw::read_ds_es();
+        // SAFETY: reads this CPU's number; preemption is off.
+        let cpu = unsafe { rvmx_glue_raw_cpu_id() };
 
         let result = (|| -> Result<Section> {
             let mut v = st.vmcs.load()?;
             st.host_rsp = 0;
             setup_host_cpu_state(&mut v)?;
+            if let Some(vpid) = &st.vpid {
+                if st.flush_tlb || st.last_cpu != Some(cpu) {
+                    if crate::hw::vmx::invvpid_single(vpid.get()).is_err() {
+                        pr_err!("INVVPID failed\n");
+                        return Err(EIO);
+                    }
+                    st.flush_tlb = false;
+                }
+            }
+            st.last_cpu = Some(cpu);
             let mut host = HostCache { cr3: 0, cr4: 0 };
             if st.rip_advance != 0 {
                 let rip = v.read(GUEST_RIP).0;
                 v.write(GUEST_RIP, Natural(rip.wrapping_add(st.rip_advance)))?;
+                clear_interrupt_shadow(&mut v)?;
                 st.rip_advance = 0;
             }
             let mut resume = 0u32;
-            loop {
+            let section = loop {
                 // SAFETY: paired with the enable below; the guest runs with
                 // interrupts off in the host (they cause VM exits instead).
                 unsafe { rvmx_glue_irq_disable() };
@@ -480,68 +685,63 @@ impl Vcpu {
                 if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() || rvmx_glue_softirq_pending() } {
                     // SAFETY: pairs with the disable above.
                     unsafe { rvmx_glue_irq_enable() };
-                    return Ok(Section::Reschedule);
+                    break Section::Reschedule;
                 }
-                let cr3 = hw::read_cr3();
-                if cr3 != host.cr3 {
-                    v.write(HOST_CR3, Natural(cr3))?;
-                    host.cr3 = cr3;
-                }
-                let cr4 = hw::cr4_shadow();
-                if cr4 != host.cr4 {
-                    v.write(HOST_CR4, Natural(cr4))?;
-                    host.cr4 = cr4;
-                }
-                if hw::read_cr2() != st.cr2 {
-                    hw::write_cr2(st.cr2);
+                // Last VMCS updates before the entry, with interrupts off.
+                if let Err(e) = prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2) {
+                    // SAFETY: pairs with the disable above.
+                    unsafe { rvmx_glue_irq_enable() };
+                    return Err(e);
                 }
                 // SAFETY: the VMCS is current (we hold `v`), its host state
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
                 st.cr2 = hw::read_cr2();
+                let reason = if r == 0 { v.read(EXIT_REASON) } else { 0 };
+                // An NMI that exited the guest is the host's: run its handler
+                // now, with interrupts still off, as the NMI would have.
+                if r == 0 && reason == exits::reason::EXCEPTION_OR_NMI {
+                    exits::interrupt::handle_nmi_irqoff(&v);
+                }
                 // SAFETY: pairs with the disable above: a pending host
                 // interrupt (the cause of an external-interrupt exit) is
                 // delivered here.
                 unsafe { rvmx_glue_irq_enable() };
                 if r != 0 {
                     exits::entry_failed(&v, run, r, self.id);
-                    return Ok(Section::ToUser);
+                    break Section::ToUser;
                 }
                 resume = 1;
                 st.exits += 1;
                 let mut ctx = exits::ExitCtx {
                     vmcs: &mut v,
                     regs: &mut st.regs,
+                    guest: &mut st.guest,
                     run,
                     pio: self.pio_page(),
                     pending: &mut st.pending,
                     vcpu_id: self.id,
                     ins_outs_info: self.ins_outs_info,
                 };
-                match exits::handle(&mut ctx)? {
+                let section = match exits::handle(&mut ctx, reason)? {
                     Action::Resume => continue,
-                    Action::ToUser => {
-                        self.publish_exit_info(&v, st.exits);
-                        return Ok(Section::ToUser);
-                    }
-                    Action::EptViolation(f) => {
-                        self.publish_exit_info(&v, st.exits);
-                        return Ok(Section::EptViolation(f));
-                    }
-                    Action::StringIo(s) => {
-                        self.publish_exit_info(&v, st.exits);
-                        return Ok(Section::StringIo(s));
-                    }
-                }
-            }
+                    Action::ToUser => Section::ToUser,
+                    Action::EptViolation(f) => Section::EptViolation(f),
+                    Action::StringIo(s) => Section::StringIo(s),
+                };
+                self.publish_exit_info(&v, st.exits);
+                break section;
+            };
+            self.publish_run_state(&v, &st.guest);
+            Ok(section)
         })();
 
         // Back to the host's world, in reverse order.
         hw::load_ds_es(ds, es);
-        // SAFETY: reads the guest's value, restores the host's (see above).
-        unsafe {
-            st.kernel_gs_base = msr::rdmsr(msr::IA32_KERNEL_GS_BASE);
-            msr::wrmsr(msr::IA32_KERNEL_GS_BASE, host_kgs);
+        // SAFETY: `host_msrs` is what `load_guest` read on this CPU.
+        unsafe { st.guest.msrs.put_host(&host_msrs) };
+        if st.guest.xcr0 != self.xsave_mask {
+            hw::xsetbv(self.xsave_mask);
         }
         // SAFETY: we still own the FPU registers; same area as above.
         unsafe { hw::xsave(st.fpu.as_ptr(), self.xsave_mask) };
@@ -553,8 +753,7 @@ impl Vcpu {
         result
     }
 
-    /// Fills rvmx's exit-information page (for learners and debuggers)
-    /// and the kvm_run fields every exit to userspace carries.
+    /// Fills rvmx's exit-information page (for learners and debuggers).
     fn publish_exit_info(&self, v: &Loaded<'_>, exits: u64) {
         let full = v.read(EXIT_REASON);
         let info = rvmx_exit_info {
@@ -573,16 +772,97 @@ impl Vcpu {
         // SAFETY: the info page is ours and large enough; userspace only
         // reads it.
         unsafe { self.pages[INFO_PAGE].as_ptr::<rvmx_exit_info>().write_volatile(info) };
-        let run = self.run_page();
+    }
+
+    /// The kvm_run fields KVM updates at every return from KVM_RUN that
+    /// depend on the guest's interrupt state (`run` adds CR8 and APIC_BASE).
+    fn publish_run_state(&self, v: &Loaded<'_>, g: &Guest) {
         let rflags = v.read(GUEST_RFLAGS).0;
+        let ready = g.irq.is_none() && interruptible(v);
+        let run = self.run_page();
         // SAFETY: plain stores to our run page.
         unsafe {
             (*run).if_flag = u8::from(rflags & RFLAGS_IF != 0);
-            (*run).ready_for_interrupt_injection = 0;
-            (*run).cr8 = 0;
-            (*run).apic_base = 0xfee0_0800 | if self.id == 0 { 1 << 8 } else { 0 };
+            (*run).ready_for_interrupt_injection = u8::from(ready);
         }
     }
+}
+
+/// The VMCS and CPU updates right before a VM entry, with interrupts off:
+/// a queued interrupt or an interrupt window (only a vCPU that has one pays
+/// for it; done after the last check for signals, so that an injected event
+/// never waits in the VMCS while userspace runs), the host's CR3 and CR4
+/// if they changed (the kernel switches page tables and CR4 bits under us),
+/// and the guest's CR2.
+fn prepare_entry(v: &mut Loaded<'_>, g: &mut Guest, host: &mut HostCache, cr2: u64) -> Result {
+    if g.irq.is_some() || g.want_irq_window {
+        update_interrupt_window(v, g)?;
+    }
+    let cr3 = hw::read_cr3();
+    if cr3 != host.cr3 {
+        v.write(HOST_CR3, Natural(cr3))?;
+        host.cr3 = cr3;
+    }
+    let cr4 = hw::cr4_shadow();
+    if cr4 != host.cr4 {
+        v.write(HOST_CR4, Natural(cr4))?;
+        host.cr4 = cr4;
+    }
+    if hw::read_cr2() != cr2 {
+        hw::write_cr2(cr2);
+    }
+    Ok(())
+}
+
+/// Whether the guest can take an external interrupt at the next VM entry:
+/// RFLAGS.IF set, no STI or MOV SS shadow, and no other event being
+/// injected (SDM Vol. 3C §27.6 and the entry checks of §27.3.1.5).
+fn interruptible(v: &Loaded<'_>) -> bool {
+    v.read(GUEST_RFLAGS).0 & RFLAGS_IF != 0
+        && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
+        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
+}
+
+/// Injects the interrupt KVM_INTERRUPT queued if the guest can take it now;
+/// otherwise, or if the VMM asked for an interrupt window, turns on
+/// "interrupt-window exiting", so that the CPU exits as soon as the guest
+/// can take one (exits/interrupt.rs). This is the interrupt-window protocol
+/// of a userspace interrupt controller (api.rst, KVM_INTERRUPT and
+/// kvm_run.request_interrupt_window).
+fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
+    let mut window = g.want_irq_window;
+    if let Some(vector) = g.irq {
+        if interruptible(v) {
+            // Type 0, external interrupt.
+            v.write(ENTRY_INTR_INFO, u32::from(vector) | exits::INTR_INFO_VALID)?;
+            g.irq = None;
+        } else {
+            window = true;
+        }
+    }
+    set_irq_window_exiting(v, g, window)
+}
+
+/// Turns "interrupt-window exiting" on or off.
+pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
+    if g.irq_window_exiting == on {
+        return Ok(());
+    }
+    let bit = controls::proc::INTERRUPT_WINDOW_EXITING;
+    let c = v.read(PROC_BASED_CONTROLS);
+    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
+    g.irq_window_exiting = on;
+    Ok(())
+}
+
+/// Ends an STI or MOV SS interrupt shadow: called whenever rvmx moves RIP
+/// past an instruction itself, as the CPU would have (KVM does the same).
+pub(crate) fn clear_interrupt_shadow(v: &mut Loaded<'_>) -> Result {
+    let s = v.read(GUEST_INTERRUPTIBILITY);
+    if s & BLOCKING_STI_MOVSS != 0 {
+        v.write(GUEST_INTERRUPTIBILITY, s & !BLOCKING_STI_MOVSS)?;
+    }
+    Ok(())
 }
 
 /// How a guest section ended.
@@ -598,7 +878,7 @@ enum Section {
 }
 
 /// The execution controls, from what rvmx wants and what the CPU allows.
-fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64) -> Result {
+fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: u64, vpid: Option<u16>) -> Result {
     use controls::*;
     let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, 0)?;
     let mut proc_ctl = adjust(
@@ -612,12 +892,15 @@ fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64) ->
             | proc::CR8_STORE_EXITING
             | proc::MWAIT_EXITING
             | proc::MONITOR_EXITING
-            | proc::RDPMC_EXITING,
+            | proc::RDPMC_EXITING
+            | proc::USE_TSC_OFFSETTING
+            | proc::USE_MSR_BITMAPS,
         0,
     )?;
     // With EPT, CR3 accesses need no exits; drop them if the CPU allows.
     proc_ctl &= !((proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING) & !caps.proc.must_be_one);
-    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST, proc2::ENABLE_RDTSCP)?;
+    let vpid_ctl = if vpid.is_some() { proc2::ENABLE_VPID } else { 0 };
+    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | vpid_ctl, proc2::ENABLE_RDTSCP)?;
     let exit_ctl = adjust(
         &caps.exit,
         "VM-exit",
@@ -638,6 +921,11 @@ fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64) ->
     v.write(ENTRY_INTR_INFO, 0)?;
     v.write(VMCS_LINK_POINTER, u64::MAX)?;
     v.write(EPT_POINTER, eptp)?;
+    v.write(MSR_BITMAP, msr_bitmap)?;
+    v.write(TSC_OFFSET, 0)?;
+    if let Some(id) = vpid {
+        v.write(VPID, id)?;
+    }
     // CR0/CR4 bits the host owns: reads return the shadow, writes that
     // would change them exit (exits/cr.rs). CR0.NE must stay 1 and CD/NW 0
     // in VMX; CR4.VMXE must stay 1 but the guest must not see it.

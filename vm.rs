@@ -160,6 +160,11 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether any vCPU was created (and is alive).
+    pub(crate) fn has_vcpus(&self) -> bool {
+        !self.vcpu_ids.lock().is_empty()
+    }
+
     /// Releases a vCPU id (the vCPU was freed, or its creation failed).
     pub(crate) fn remove_vcpu_id(&self, id: u32) {
         let mut ids = self.vcpu_ids.lock();

@@ -8,8 +8,9 @@
 //! whole write: the guest's value goes to the read shadow, the adjusted one
 //! to the VMCS, and turning paging on or off with EFER.LME set enters or
 //! leaves long mode (EFER.LMA and the "IA-32e mode guest" entry control),
-//! as the CPU would. MOV to/from CR8 (the TPR) also exits: there is no
-//! local APIC to give it to, so it is an internal error for now.
+//! as the CPU would. MOV to/from CR8 (the task priority) also exits: there
+//! is no local APIC in the kernel to give it to, so rvmx keeps the value,
+//! and hands it to userspace in kvm_run.cr8 as KVM does without one.
 
 use super::{Action, ExitCtx};
 use crate::hw::cr::*;
@@ -62,6 +63,17 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
                 return ctx.inject_exception(GP, Some(0));
             }
             vcpu::set_cr4(ctx.vmcs, &caps, value)?;
+        }
+        (0, 8) => {
+            if value >> 4 != 0 {
+                return ctx.inject_exception(GP, Some(0));
+            }
+            ctx.guest.cr8 = value;
+        }
+        (1, 8) => {
+            let cr8 = ctx.guest.cr8;
+            // CAST: a 4-bit register number.
+            ctx.set_gpr(((q >> 8) & 15) as usize, cr8)?;
         }
         _ => return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, 28)),
     }

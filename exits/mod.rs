@@ -10,13 +10,16 @@
 //! |-------------------------------------|-----------------|---------------------------|
 //! | 0 exception or NMI, 1 external int. | interrupt.rs    | host handles it, resume   |
 //! | 2 triple fault                      | interrupt.rs    | KVM_EXIT_SHUTDOWN         |
+//! | 7 interrupt window                  | interrupt.rs    | inject, or KVM_EXIT_IRQ_WINDOW_OPEN |
 //! | 10 CPUID                            | cpuid.rs        | answered in the kernel    |
 //! | 12 HLT                              | hlt.rs          | KVM_EXIT_HLT              |
 //! | 18 VMCALL                           | vmcall.rs       | KVM_EXIT_HYPERCALL        |
 //! | 19-27, 50, 53, 59 VMX instructions  | vmx_insn.rs     | #UD injected, resume      |
-//! | 28 control-register access          | cr.rs           | emulated, resume          |
+//! | 28 control-register access (CR0/4/8) | cr.rs           | emulated, resume          |
 //! | 30 I/O instruction (and INS/OUTS)    | io.rs           | KVM_EXIT_IO               |
+//! | 31 RDMSR, 32 WRMSR                  | msr.rs          | emulated, or #GP          |
 //! | 48 EPT violation                    | ept.rs, mmio.rs | memory mapped, or MMIO    |
+//! | 55 XSETBV                           | xsetbv.rs       | guest XCR0 set, or #GP    |
 //! | anything else                       | this file       | KVM_EXIT_INTERNAL_ERROR   |
 //!
 //! A handler runs right after the exit, with the VMCS loaded, preemption
@@ -33,11 +36,13 @@ pub(crate) mod hlt;
 pub(crate) mod interrupt;
 pub(crate) mod io;
 pub(crate) mod mmio;
+pub(crate) mod msr;
 pub(crate) mod vmcall;
 pub(crate) mod vmx_insn;
+pub(crate) mod xsetbv;
 
 use crate::uapi::{self, kvm_run};
-use crate::vcpu::{reg, Vcpu, VcpuState};
+use crate::vcpu::{self, reg, Guest, Vcpu, VcpuState};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
@@ -74,6 +79,9 @@ pub(crate) struct ExitCtx<'a, 'b> {
     pub(crate) vmcs: &'a mut Loaded<'b>,
     /// Guest general-purpose registers (RSP is in the VMCS).
     pub(crate) regs: &'a mut [u64; 16],
+    /// Guest state outside the VMCS: MSRs, CR8, XCR0, CPUID table,
+    /// interrupt queue.
+    pub(crate) guest: &'a mut Guest,
     pub(crate) run: *mut kvm_run,
     /// The port-I/O data page (kvm_run + KVM_PIO_PAGE_OFFSET pages).
     pub(crate) pio: *mut u8,
@@ -88,7 +96,18 @@ impl ExitCtx<'_, '_> {
     pub(crate) fn skip_instruction(&mut self) -> Result {
         let len = self.vmcs.read(EXIT_INSTRUCTION_LEN);
         let rip = self.vmcs.read(GUEST_RIP).0;
-        self.vmcs.write(GUEST_RIP, Natural(rip.wrapping_add(u64::from(len))))
+        self.vmcs.write(GUEST_RIP, Natural(rip.wrapping_add(u64::from(len))))?;
+        vcpu::clear_interrupt_shadow(self.vmcs)
+    }
+
+    /// Writes general-purpose register `n` (RSP goes to the VMCS).
+    pub(crate) fn set_gpr(&mut self, n: usize, v: u64) -> Result {
+        if n == reg::RSP {
+            self.vmcs.write(GUEST_RSP, Natural(v))
+        } else {
+            self.regs[n] = v;
+            Ok(())
+        }
     }
 
     /// Sets kvm_run.exit_reason.
@@ -107,7 +126,7 @@ impl ExitCtx<'_, '_> {
     /// Vol. 3C §27.6, "Event Injection"): vector, type 3 (hardware
     /// exception), error code if `code` is given, valid bit.
     pub(crate) fn inject_exception(&mut self, vector: u8, code: Option<u32>) -> Result<Action> {
-        let mut info = u32::from(vector) | (3 << 8) | (1 << 31);
+        let mut info = u32::from(vector) | (3 << 8) | INTR_INFO_VALID;
         if let Some(c) = code {
             info |= 1 << 11;
             self.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
@@ -141,6 +160,10 @@ fn raw_cpu() -> u32 {
     unsafe { rvmx_glue_raw_cpu_id() }
 }
 
+/// Bit 31 of the VM-entry interruption-information field (and of the exit
+/// and IDT-vectoring ones): the field holds an event.
+pub(crate) const INTR_INFO_VALID: u32 = 1 << 31;
+
 /// A handler for one basic exit reason.
 type Handler = fn(&mut ExitCtx<'_, '_>) -> Result<Action>;
 
@@ -149,6 +172,7 @@ pub(crate) mod reason {
     pub(crate) const EXCEPTION_OR_NMI: u32 = 0;
     pub(crate) const EXTERNAL_INTERRUPT: u32 = 1;
     pub(crate) const TRIPLE_FAULT: u32 = 2;
+    pub(crate) const INTERRUPT_WINDOW: u32 = 7;
     pub(crate) const CPUID: u32 = 10;
     pub(crate) const HLT: u32 = 12;
     pub(crate) const VMCALL: u32 = 18;
@@ -163,9 +187,12 @@ pub(crate) mod reason {
     pub(crate) const VMXON: u32 = 27;
     pub(crate) const CR_ACCESS: u32 = 28;
     pub(crate) const IO_INSTRUCTION: u32 = 30;
+    pub(crate) const RDMSR: u32 = 31;
+    pub(crate) const WRMSR: u32 = 32;
     pub(crate) const EPT_VIOLATION: u32 = 48;
     pub(crate) const INVEPT: u32 = 50;
     pub(crate) const INVVPID: u32 = 53;
+    pub(crate) const XSETBV: u32 = 55;
     pub(crate) const VMFUNC: u32 = 59;
     /// Bit 31 of the exit reason: the VM entry failed (SDM §28.8).
     pub(crate) const ENTRY_FAILURE: u32 = 1 << 31;
@@ -178,6 +205,7 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::EXCEPTION_OR_NMI as usize] = Some(interrupt::exception_or_nmi);
     t[reason::EXTERNAL_INTERRUPT as usize] = Some(interrupt::external_interrupt);
     t[reason::TRIPLE_FAULT as usize] = Some(interrupt::triple_fault);
+    t[reason::INTERRUPT_WINDOW as usize] = Some(interrupt::interrupt_window);
     t[reason::CPUID as usize] = Some(cpuid::cpuid);
     t[reason::HLT as usize] = Some(hlt::hlt);
     t[reason::VMCALL as usize] = Some(vmcall::vmcall);
@@ -195,13 +223,16 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::VMFUNC as usize] = Some(vmx_insn::vmx_instruction);
     t[reason::CR_ACCESS as usize] = Some(cr::cr_access);
     t[reason::IO_INSTRUCTION as usize] = Some(io::io_instruction);
+    t[reason::RDMSR as usize] = Some(msr::rdmsr);
+    t[reason::WRMSR as usize] = Some(msr::wrmsr);
+    t[reason::XSETBV as usize] = Some(xsetbv::xsetbv);
     t[reason::EPT_VIOLATION as usize] = Some(ept::ept_violation);
     t
 };
 
-/// Dispatches one VM exit.
-pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let full = ctx.vmcs.read(EXIT_REASON);
+/// Dispatches one VM exit; `full` is the EXIT_REASON field (the run loop
+/// has read it already).
+pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>, full: u32) -> Result<Action> {
     if full & reason::ENTRY_FAILURE != 0 {
         // The entry failed its guest-state checks (reason 33), MSR loading
         // (34) or a machine-check (41): the guest never ran.

@@ -190,6 +190,19 @@ pub(crate) fn xcr0() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// XSETBV(0): loads XCR0. Callers pass either the host's own XCR0 or a
+/// guest value that `exits::xsetbv::valid_xcr0` accepted (a subset of the
+/// host's, with the CPU's rules), so the instruction cannot fault and the
+/// host's XSAVE area always covers what is enabled.
+pub(crate) fn xsetbv(v: u64) {
+    // SAFETY: as above; XSETBV changes which state components are enabled,
+    // which only the owner of the FPU registers (a guest section) does.
+    unsafe {
+        asm!("xsetbv", in("ecx") 0, in("eax") v as u32, in("edx") (v >> 32) as u32,
+             options(nomem, nostack, preserves_flags));
+    }
+}
+
 /// The size in bytes of an XSAVE area for the current XCR0 (CPUID.0xD.0:EBX).
 pub(crate) fn xsave_size() -> usize {
     core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize

@@ -41,7 +41,6 @@ pub(crate) const IA32_PAT: Msr = Msr(0x277);
 pub(crate) const IA32_EFER: Msr = Msr(0xc000_0080);
 pub(crate) const IA32_FS_BASE: Msr = Msr(0xc000_0100);
 pub(crate) const IA32_GS_BASE: Msr = Msr(0xc000_0101);
-pub(crate) const IA32_KERNEL_GS_BASE: Msr = Msr(0xc000_0102);
 
 /// Reads an MSR on the current CPU.
 ///
@@ -65,9 +64,10 @@ pub(crate) unsafe fn rdmsr(msr: Msr) -> u64 {
 ///
 /// # Safety
 ///
-/// The MSR must exist, and the value must be one the kernel can live with:
-/// rvmx writes only IA32_KERNEL_GS_BASE, swapping the guest's value in
-/// while the guest runs and the host's back before anything uses it.
+/// The MSR must exist, the value must pass the CPU's checks (else WRMSR
+/// faults), and the kernel must be able to live with it: rvmx writes only
+/// the MSRs msrs.rs swaps, the guest's value while the guest runs and the
+/// host's back before anything uses them.
 pub(crate) unsafe fn wrmsr(msr: Msr, value: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe {

@@ -163,3 +163,12 @@ pub(crate) fn invept_single(eptp: u64) -> Result<(), VmxError> {
     // which is reported.
     unsafe { vmx_insn!("invept {t}, [{d}]", t = in(reg) 1u64, d = in(reg) desc.as_ptr()) }
 }
+
+/// INVVPID single-context (type 1): drops every cached linear translation
+/// tagged with `vpid` on this CPU (SDM Vol. 3C §31.3, "INVVPID").
+pub(crate) fn invvpid_single(vpid: u16) -> Result<(), VmxError> {
+    let desc: [u64; 2] = [u64::from(vpid), 0];
+    // SAFETY: INVVPID only invalidates TLB entries; a failure or fault
+    // (VPID 0, type unsupported, outside VMX operation) is reported.
+    unsafe { vmx_insn!("invvpid {t}, [{d}]", t = in(reg) 1u64, d = in(reg) desc.as_ptr()) }
+}

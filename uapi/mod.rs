@@ -20,7 +20,7 @@
 
 include!("uapi_generated.rs");
 
-use kernel::ioctl::{_IO, _IOR, _IOW};
+use kernel::ioctl::{_IO, _IOR, _IOW, _IOWR};
 
 const IO: u32 = KVMIO;
 
@@ -28,20 +28,41 @@ const IO: u32 = KVMIO;
 pub(crate) const KVM_GET_API_VERSION: u32 = _IO(IO, 0x00);
 pub(crate) const KVM_CREATE_VM: u32 = _IO(IO, 0x01);
 pub(crate) const KVM_CHECK_EXTENSION: u32 = _IO(IO, 0x03);
+pub(crate) const KVM_GET_MSR_INDEX_LIST: u32 = _IOWR::<kvm_msr_list>(IO, 0x02);
 pub(crate) const KVM_GET_VCPU_MMAP_SIZE: u32 = _IO(IO, 0x04);
+pub(crate) const KVM_GET_SUPPORTED_CPUID: u32 = _IOWR::<kvm_cpuid2>(IO, 0x05);
 // VM ioctls.
 pub(crate) const KVM_CREATE_VCPU: u32 = _IO(IO, 0x41);
 pub(crate) const KVM_SET_USER_MEMORY_REGION: u32 = _IOW::<kvm_userspace_memory_region>(IO, 0x46);
+pub(crate) const KVM_SET_TSS_ADDR: u32 = _IO(IO, 0x47);
+pub(crate) const KVM_SET_IDENTITY_MAP_ADDR: u32 = _IOW::<u64>(IO, 0x48);
 // vCPU ioctls.
 pub(crate) const KVM_RUN: u32 = _IO(IO, 0x80);
 pub(crate) const KVM_GET_REGS: u32 = _IOR::<kvm_regs>(IO, 0x81);
 pub(crate) const KVM_SET_REGS: u32 = _IOW::<kvm_regs>(IO, 0x82);
 pub(crate) const KVM_GET_SREGS: u32 = _IOR::<kvm_sregs>(IO, 0x83);
 pub(crate) const KVM_SET_SREGS: u32 = _IOW::<kvm_sregs>(IO, 0x84);
+pub(crate) const KVM_INTERRUPT: u32 = _IOW::<kvm_interrupt>(IO, 0x86);
+pub(crate) const KVM_GET_MSRS: u32 = _IOWR::<kvm_msrs>(IO, 0x88);
+pub(crate) const KVM_SET_MSRS: u32 = _IOW::<kvm_msrs>(IO, 0x89);
+pub(crate) const KVM_SET_SIGNAL_MASK: u32 = _IOW::<kvm_signal_mask>(IO, 0x8b);
+pub(crate) const KVM_SET_CPUID2: u32 = _IOW::<kvm_cpuid2>(IO, 0x90);
+pub(crate) const KVM_GET_CPUID2: u32 = _IOWR::<kvm_cpuid2>(IO, 0x91);
 
 // The numbers userspace sees in linux/kvm.h, checked at build time.
 const _: () = assert!(KVM_SET_USER_MEMORY_REGION == 0x4020_ae46);
 const _: () = assert!(KVM_GET_REGS == 0x8090_ae81);
 const _: () = assert!(KVM_SET_SREGS == 0x4138_ae84);
+const _: () = assert!(KVM_GET_MSR_INDEX_LIST == 0xc004_ae02);
+const _: () = assert!(KVM_GET_SUPPORTED_CPUID == 0xc008_ae05);
+const _: () = assert!(KVM_SET_IDENTITY_MAP_ADDR == 0x4008_ae48);
+const _: () = assert!(KVM_INTERRUPT == 0x4004_ae86);
+const _: () = assert!(KVM_GET_MSRS == 0xc008_ae88);
+const _: () = assert!(KVM_SET_MSRS == 0x4008_ae89);
+const _: () = assert!(KVM_SET_SIGNAL_MASK == 0x4004_ae8b);
+const _: () = assert!(KVM_SET_CPUID2 == 0x4008_ae90);
+const _: () = assert!(KVM_GET_CPUID2 == 0xc008_ae91);
+const _: () = assert!(core::mem::size_of::<kvm_cpuid_entry2>() == 40);
+const _: () = assert!(core::mem::size_of::<kvm_msr_entry>() == 16);
 const _: () = assert!(core::mem::size_of::<kvm_run>() == 2352);
 const _: () = assert!(core::mem::size_of::<rvmx_exit_info>() == 64);

@@ -17,6 +17,10 @@ pub(crate) mod pin {
 
 /// Primary processor-based VM-execution controls.
 pub(crate) mod proc {
+    /// Exit as soon as the guest can take an interrupt (vcpu.rs).
+    pub(crate) const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+    /// RDTSC and the TSC MSR read the host's TSC plus the VMCS TSC offset.
+    pub(crate) const USE_TSC_OFFSETTING: u32 = 1 << 3;
     pub(crate) const HLT_EXITING: u32 = 1 << 7;
     pub(crate) const MWAIT_EXITING: u32 = 1 << 10;
     pub(crate) const RDPMC_EXITING: u32 = 1 << 11;
@@ -28,6 +32,8 @@ pub(crate) mod proc {
     pub(crate) const MOV_DR_EXITING: u32 = 1 << 23;
     pub(crate) const MONITOR_EXITING: u32 = 1 << 29;
     pub(crate) const UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
+    /// RDMSR/WRMSR exit only for MSRs whose bit is set in the MSR bitmap.
+    pub(crate) const USE_MSR_BITMAPS: u32 = 1 << 28;
     pub(crate) const ACTIVATE_SECONDARY: u32 = 1 << 31;
     /// Controls rvmx turns off whenever the CPU lets it (they default to 1
     /// on some CPUs; with EPT none of these are needed).
@@ -39,6 +45,8 @@ pub(crate) mod proc {
 pub(crate) mod proc2 {
     pub(crate) const ENABLE_EPT: u32 = 1 << 1;
     pub(crate) const ENABLE_RDTSCP: u32 = 1 << 3;
+    /// Tag the guest's TLB entries with the vCPU's VPID (vpid.rs).
+    pub(crate) const ENABLE_VPID: u32 = 1 << 5;
     pub(crate) const UNRESTRICTED_GUEST: u32 = 1 << 7;
 }
 

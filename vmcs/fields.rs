@@ -86,6 +86,8 @@ fields! {
     HOST_TR_SELECTOR: u16 = 0x0c0c;
 
     // 64-bit fields.
+    MSR_BITMAP: u64 = 0x2004;
+    TSC_OFFSET: u64 = 0x2010;
     EPT_POINTER: u64 = 0x201a;
     GUEST_PHYSICAL_ADDRESS: u64 = 0x2400;
     VMCS_LINK_POINTER: u64 = 0x2800;

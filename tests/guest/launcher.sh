@@ -39,10 +39,13 @@ samples() {
 		"guest kernel: ring 0, long mode; dropping to ring 3" \
 		"guest kernel: system call from ring 3: hello from guest user mode (ring 3)" \
 		"guest kernel: user exited; bye" "status 0"
+	rvmx-run --device $dev --mode long --vcpus 4 /bin/smp64.bin > /tmp/s.out 2>&1; echo "status $?" >> /tmp/s.out
+	expect "$dev: SMP guest, 4 vCPUs x 100,000 LOCK XADD" /tmp/s.out \
+		"smp64: all vCPUs done; counter = 400000" "each vCPU knew its number from CPUID" "status 0"
 }
 
 echo "TAP version 13"
-echo "1..16"
+echo "1..19"
 insmod $MODDIR/rvmx.ko
 samples /dev/rvmx
 expect "exit summary shows the exits by reason" /tmp/l.out "KVM_EXIT_IO (out)" "VM exits in all (rvmx)"
@@ -50,6 +53,8 @@ rvmx-run /nonexistent > /tmp/e1 2>&1; rc=$?
 if [ $rc -eq 2 ] && [ "$(wc -l < /tmp/e1)" -eq 1 ] && ! grep -q panicked /tmp/e1; then ok "missing guest file: one-line error"; else not_ok "missing guest file: one-line error" "rc=$rc $(cat /tmp/e1)"; fi
 rvmx-run --mode bogus /bin/hello16.bin > /tmp/e2 2>&1; rc=$?
 if [ $rc -eq 2 ] && [ "$(wc -l < /tmp/e2)" -eq 1 ]; then ok "bad option: one-line error"; else not_ok "bad option: one-line error" "rc=$rc $(cat /tmp/e2)"; fi
+rvmx-run --vcpus 0 /bin/hello16.bin > /tmp/e5 2>&1; rc=$?
+if [ $rc -eq 2 ] && [ "$(wc -l < /tmp/e5)" -eq 1 ]; then ok "--vcpus 0: one-line error"; else not_ok "--vcpus 0: one-line error" "rc=$rc $(cat /tmp/e5)"; fi
 : > /tmp/empty
 rvmx-run /tmp/empty > /tmp/e3 2>&1; rc=$?
 if [ $rc -eq 2 ] && ! grep -q panicked /tmp/e3; then ok "empty guest file: error, no panic"; else not_ok "empty guest file: error, no panic" "rc=$rc $(cat /tmp/e3)"; fi

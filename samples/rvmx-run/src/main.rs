@@ -2,7 +2,7 @@
 //! its VM exits come back.
 //!
 //!     rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB]
-//!              [--load ADDR] [--quiet] GUEST
+//!              [--vcpus N] [--load ADDR] [--quiet] GUEST
 //!
 //! GUEST is an ELF file (its PT_LOAD segments go to their physical
 //! addresses, execution starts at its entry point) or a flat binary (loaded
@@ -10,6 +10,12 @@
 //! mode given: real mode (CS=0), 32-bit protected mode (flat segments), or
 //! 64-bit long mode (flat segments, the first GiB identity-mapped with 2 MiB
 //! pages, at 0x9000-0xbfff). RSP starts at 0x80000 (grows down).
+//!
+//! With --vcpus N (1-64) the guest is an SMP machine: N vCPUs, each run by
+//! its own thread, all starting at the entry point in the same mode. Each
+//! learns who it is from its registers (EDI = its number, 0..N-1; ESI = N;
+//! its stack starts 4 KiB lower per number) or from CPUID (leaf 1's APIC
+//! ID). The vCPU threads move freely between the host's CPUs.
 //!
 //! What the guest can talk to (the "devices" of this tiny machine):
 //! - a 16550 UART at ports 0x3f8-0x3ff (vm-superio), printed to stdout;
@@ -19,7 +25,8 @@
 //! - hypercalls (VMCALL): nr 1 prints RBX in hex and returns 0; others
 //!   return -1000 (KVM's -KVM_ENOSYS). On /dev/kvm, KVM answers VMCALL in
 //!   the kernel instead (see the README);
-//! - HLT ends the run (status 0): there are no interrupts to wait for.
+//! - HLT ends the vCPU that executes it (there are no interrupts to wait
+//!   for); the run ends with status 0 when every vCPU has halted.
 //!
 //! At the end, a summary of the exits by reason goes to stderr (and, on
 //! rvmx, how many VM exits the kernel handled without coming to userspace,
@@ -31,6 +38,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
+use std::sync::Mutex;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::{Serial, Trigger};
 
@@ -64,13 +72,14 @@ struct Options {
     device: String,
     mode: Mode,
     mem_mib: usize,
+    vcpus: u64,
     load: u64,
     quiet: bool,
     guest: String,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--load ADDR] [--quiet] GUEST");
+    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--vcpus N] [--load ADDR] [--quiet] GUEST");
     std::process::exit(2)
 }
 
@@ -87,7 +96,7 @@ fn parse_num(s: &str) -> Option<u64> {
 }
 
 fn parse_args() -> Options {
-    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, load: 0x1000, quiet: false, guest: String::new() };
+    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, vcpus: 1, load: 0x1000, quiet: false, guest: String::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -102,6 +111,7 @@ fn parse_args() -> Options {
                 }
             }
             "--mem" => o.mem_mib = parse_num(&val()).filter(|&m| (2..=2048).contains(&m)).unwrap_or_else(|| fail("--mem takes 2..2048 (MiB)")) as usize,
+            "--vcpus" => o.vcpus = parse_num(&val()).filter(|&n| (1..=64).contains(&n)).unwrap_or_else(|| fail("--vcpus takes 1..64")),
             "--load" => o.load = parse_num(&val()).unwrap_or_else(|| fail("--load takes an address")),
             "--quiet" => o.quiet = true,
             "-h" | "--help" => usage(),
@@ -184,8 +194,8 @@ fn flat_segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     }
 }
 
-/// Registers and system registers for the chosen mode.
-fn setup_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: Mode, entry: u64) {
+/// Registers and system registers for the chosen mode; vCPU `id` of `n`.
+fn setup_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: Mode, entry: u64, id: u64, n: u64) {
     let mut s = vcpu.get_sregs().unwrap_or_else(|e| fail(format!("KVM_GET_SREGS: {e}")));
     match mode {
         Mode::Real => {
@@ -222,7 +232,7 @@ fn setup_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: Mode, entry: u64) {
         }
     }
     vcpu.set_sregs(&s).unwrap_or_else(|e| fail(format!("KVM_SET_SREGS: {e}")));
-    let regs = kvm_regs { rip: entry, rsp: STACK_TOP, rflags: 2, ..Default::default() };
+    let regs = kvm_regs { rip: entry, rsp: STACK_TOP - id * 0x1000, rflags: 2, rdi: id, rsi: n, ..Default::default() };
     vcpu.set_regs(&regs).unwrap_or_else(|e| fail(format!("KVM_SET_REGS: {e}")));
 }
 
@@ -253,14 +263,20 @@ fn map_exit_info(vcpu: &VcpuFd) -> Option<*const RvmxExitInfo> {
     (p != libc::MAP_FAILED).then_some(p as *const RvmxExitInfo)
 }
 
+/// The devices, shared by the vCPU threads.
 struct Machine {
     serial: Serial<NoIrq, vm_superio::serial::NoEvents, std::io::Stdout>,
     mmio: BTreeMap<u64, u8>,
     exits: BTreeMap<&'static str, u64>,
 }
 
-/// How the run ended.
+/// How a vCPU's run ended.
+#[derive(Clone, Copy)]
 enum End {
+    /// HLT: this vCPU is done.
+    Halted,
+    /// The guest wrote its exit status to the exit port (or failed): the
+    /// whole machine stops with this status.
     Status(i32),
 }
 
@@ -275,93 +291,117 @@ impl Machine {
             *b = if a - MMIO_BASE < 4 { MMIO_ID.to_le_bytes()[(a - MMIO_BASE) as usize] } else { *self.mmio.get(&a).unwrap_or(&0) };
         }
     }
+}
 
-    /// Runs the vCPU until the guest ends (exit port, HLT) or fails.
-    fn run(&mut self, vcpu: &mut VcpuFd) -> End {
-        loop {
-            let exit = match vcpu.run() {
-                Ok(e) => e,
-                Err(e) if e.errno() == libc::EINTR => {
-                    self.count("KVM_EXIT_INTR");
-                    continue;
+/// Runs one vCPU until it halts or the guest ends or fails: KVM_RUN, then
+/// whatever the exit asks of the devices (each exit takes the machine's
+/// lock for as long as it needs the devices).
+fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd) -> End {
+    loop {
+        let exit = match vcpu.run() {
+            Ok(e) => e,
+            Err(e) if e.errno() == libc::EINTR => {
+                machine.lock().unwrap().count("KVM_EXIT_INTR");
+                continue;
+            }
+            Err(e) => {
+                eprintln!("rvmx-run: KVM_RUN failed: {e}");
+                return End::Status(2);
+            }
+        };
+        let mut m = machine.lock().unwrap();
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                m.count("KVM_EXIT_IO (out)");
+                match port {
+                    EXIT_PORT => return End::Status(i32::from(data[0])),
+                    p if (SERIAL_BASE..SERIAL_BASE + 8).contains(&p) => {
+                        let _ = m.serial.write((p - SERIAL_BASE) as u8, data[0]);
+                        let _ = std::io::stdout().flush();
+                    }
+                    _ => {}
                 }
-                Err(e) => {
-                    eprintln!("rvmx-run: KVM_RUN failed: {e}");
-                    return End::Status(2);
+            }
+            VcpuExit::IoIn(port, data) => {
+                m.count("KVM_EXIT_IO (in)");
+                if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) {
+                    data[0] = m.serial.read((port - SERIAL_BASE) as u8);
+                } else {
+                    data.fill(0xff);
                 }
-            };
-            match exit {
-                VcpuExit::IoOut(port, data) => {
-                    self.count("KVM_EXIT_IO (out)");
-                    match port {
-                        EXIT_PORT => return End::Status(i32::from(data[0])),
-                        p if (SERIAL_BASE..SERIAL_BASE + 8).contains(&p) => {
-                            let _ = self.serial.write((p - SERIAL_BASE) as u8, data[0]);
-                            let _ = std::io::stdout().flush();
-                        }
-                        _ => {}
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                m.count("KVM_EXIT_MMIO (read)");
+                if (MMIO_BASE..MMIO_BASE + 4096).contains(&addr) {
+                    m.mmio_read(addr, data);
+                } else {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                m.count("KVM_EXIT_MMIO (write)");
+                if (MMIO_BASE..MMIO_BASE + 4096).contains(&addr) {
+                    for (i, b) in data.iter().enumerate() {
+                        m.mmio.insert(addr + i as u64, *b);
                     }
                 }
-                VcpuExit::IoIn(port, data) => {
-                    self.count("KVM_EXIT_IO (in)");
-                    if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) {
-                        data[0] = self.serial.read((port - SERIAL_BASE) as u8);
-                    } else {
-                        data.fill(0xff);
-                    }
-                }
-                VcpuExit::MmioRead(addr, data) => {
-                    self.count("KVM_EXIT_MMIO (read)");
-                    if (MMIO_BASE..MMIO_BASE + 4096).contains(&addr) {
-                        self.mmio_read(addr, data);
-                    } else {
-                        data.fill(0xff);
-                    }
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    self.count("KVM_EXIT_MMIO (write)");
-                    if (MMIO_BASE..MMIO_BASE + 4096).contains(&addr) {
-                        for (i, b) in data.iter().enumerate() {
-                            self.mmio.insert(addr + i as u64, *b);
-                        }
-                    }
-                }
-                VcpuExit::Hypercall(h) => {
-                    self.count("KVM_EXIT_HYPERCALL");
-                    *h.ret = if h.nr == 1 {
-                        println!("hypercall 1: rbx = {:#x}", h.args[0]);
-                        0
-                    } else {
-                        (-1000i64) as u64
-                    };
-                }
-                VcpuExit::Hlt => {
-                    self.count("KVM_EXIT_HLT");
-                    return End::Status(0);
-                }
-                VcpuExit::Shutdown => {
-                    self.count("KVM_EXIT_SHUTDOWN");
-                    eprintln!("rvmx-run: the guest triple-faulted (KVM_EXIT_SHUTDOWN)");
-                    return End::Status(3);
-                }
-                VcpuExit::FailEntry(reason, cpu) => {
-                    eprintln!("rvmx-run: VM entry failed (KVM_EXIT_FAIL_ENTRY): reason {reason:#x} on CPU {cpu}");
-                    return End::Status(3);
-                }
-                VcpuExit::InternalError => {
-                    let r = vcpu.get_kvm_run();
-                    // SAFETY: the `internal` member is the valid one for this exit.
-                    let i = unsafe { r.__bindgen_anon_1.internal };
-                    eprintln!("rvmx-run: KVM_EXIT_INTERNAL_ERROR: suberror {} data {:#x?}", i.suberror, &i.data[..(i.ndata as usize).min(4)]);
-                    return End::Status(3);
-                }
-                other => {
-                    eprintln!("rvmx-run: unexpected exit {other:?}");
-                    return End::Status(3);
-                }
+            }
+            VcpuExit::Hypercall(h) => {
+                m.count("KVM_EXIT_HYPERCALL");
+                *h.ret = if h.nr == 1 {
+                    println!("hypercall 1: rbx = {:#x}", h.args[0]);
+                    0
+                } else {
+                    (-1000i64) as u64
+                };
+            }
+            VcpuExit::Hlt => {
+                m.count("KVM_EXIT_HLT");
+                return End::Halted;
+            }
+            VcpuExit::Shutdown => {
+                m.count("KVM_EXIT_SHUTDOWN");
+                eprintln!("rvmx-run: the guest triple-faulted (KVM_EXIT_SHUTDOWN)");
+                return End::Status(3);
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                eprintln!("rvmx-run: VM entry failed (KVM_EXIT_FAIL_ENTRY): reason {reason:#x} on CPU {cpu}");
+                return End::Status(3);
+            }
+            VcpuExit::InternalError => {
+                drop(m);
+                let r = vcpu.get_kvm_run();
+                // SAFETY: the `internal` member is the valid one for this exit.
+                let i = unsafe { r.__bindgen_anon_1.internal };
+                eprintln!("rvmx-run: KVM_EXIT_INTERNAL_ERROR: suberror {} data {:#x?}", i.suberror, &i.data[..(i.ndata as usize).min(4)]);
+                return End::Status(3);
+            }
+            other => {
+                eprintln!("rvmx-run: unexpected exit {other:?}");
+                return End::Status(3);
             }
         }
     }
+}
+
+/// The CPUID table for vCPU `id`: what the device supports, without VMX (no
+/// nested virtualization here), with the "hypervisor present" bit, and the
+/// vCPU's number as its APIC ID, as QEMU sets it. KVM starts a vCPU with an
+/// empty CPUID (no long mode) until one is set; rvmx starts with this one.
+fn cpuid_for(kvm: &Kvm, id: u64) -> kvm_bindings::CpuId {
+    let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap_or_else(|e| fail(format!("KVM_GET_SUPPORTED_CPUID: {e}")));
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ecx = (e.ecx & !(1 << 5)) | (1 << 31);
+                e.ebx = (e.ebx & 0x00ff_ffff) | ((id as u32) << 24);
+            }
+            0xb | 0x1f => e.edx = id as u32,
+            _ => {}
+        }
+    }
+    cpuid
 }
 
 fn main() {
@@ -387,38 +427,73 @@ fn main() {
         unsafe { vm.set_user_memory_region(r) }.unwrap_or_else(|e| fail(format!("KVM_SET_USER_MEMORY_REGION: {e}")));
     }
     let entry = load_guest(&mem, &image, o.load);
-    let mut vcpu = vm.create_vcpu(0).unwrap_or_else(|e| fail(format!("KVM_CREATE_VCPU: {e}")));
-    if kvm.check_extension(kvm_ioctls::Cap::ExtCpuid) {
-        // KVM starts vCPUs with an empty CPUID (no long mode): give it what
-        // KVM supports, without VMX and with the hypervisor bit, which is
-        // what rvmx shows until it implements KVM_SET_CPUID2.
-        let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .unwrap_or_else(|e| fail(format!("KVM_GET_SUPPORTED_CPUID: {e}")));
-        for e in cpuid.as_mut_slice() {
-            if e.function == 1 {
-                e.ecx = (e.ecx & !(1 << 5)) | (1 << 31);
-            }
+    let mut vcpus = Vec::new();
+    for id in 0..o.vcpus {
+        let vcpu = vm.create_vcpu(id).unwrap_or_else(|e| fail(format!("KVM_CREATE_VCPU: {e}")));
+        if kvm.check_extension(kvm_ioctls::Cap::ExtCpuid) {
+            vcpu.set_cpuid2(&cpuid_for(&kvm, id)).unwrap_or_else(|e| fail(format!("KVM_SET_CPUID2: {e}")));
         }
-        vcpu.set_cpuid2(&cpuid).unwrap_or_else(|e| fail(format!("KVM_SET_CPUID2: {e}")));
+        setup_vcpu(&vcpu, &mem, o.mode, entry, id, o.vcpus);
+        vcpus.push(vcpu);
     }
-    setup_vcpu(&vcpu, &mem, o.mode, entry);
-    let info = map_exit_info(&vcpu);
+    let infos: Vec<_> = vcpus.iter().filter_map(map_exit_info).collect();
 
-    let mut m = Machine { serial: Serial::new(NoIrq, std::io::stdout()), mmio: BTreeMap::new(), exits: BTreeMap::new() };
-    let End::Status(status) = m.run(&mut vcpu);
+    // One thread per vCPU. The first vCPU to end the guest (exit port,
+    // failure) ends the process with its status, after the summary; if all
+    // halt, the status is 0.
+    let machine = Mutex::new(Machine { serial: Serial::new(NoIrq, std::io::stdout()), mmio: BTreeMap::new(), exits: BTreeMap::new() });
+    let _: () = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for mut vcpu in vcpus {
+            let (tx, machine) = (tx.clone(), &machine);
+            s.spawn(move || {
+                let end = run_vcpu(machine, &mut vcpu);
+                let _ = tx.send(end);
+                // A vCPU thread whose guest ended waits here for the process
+                // to exit rather than dropping its vCPU under the others.
+                if !matches!(end, End::Halted) {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut halted = 0;
+        let status = loop {
+            match rx.recv() {
+                Ok(End::Halted) => {
+                    halted += 1;
+                    if halted == o.vcpus {
+                        break 0;
+                    }
+                }
+                Ok(End::Status(st)) => break st,
+                Err(_) => break 0,
+            }
+        };
+        summary(&o, &machine, &infos, status);
+        std::process::exit(status)
+    });
+}
+
+/// The exit summary on stderr.
+fn summary(o: &Options, machine: &Mutex<Machine>, infos: &[*const RvmxExitInfo], status: i32) {
     let _ = std::io::stdout().flush();
+    let m = machine.lock().unwrap_or_else(|e| e.into_inner());
     if !o.quiet {
         let user: u64 = m.exits.values().sum();
         eprintln!("rvmx-run: guest ended with status {status}; exits to userspace by reason:");
         for (what, n) in &m.exits {
             eprintln!("  {what:<24} {n}");
         }
-        if let Some(p) = info.filter(|_| o.device != "/dev/kvm") {
-            // SAFETY: the page is mapped read-only for the process's life.
-            let i = unsafe { p.read_volatile() };
-            eprintln!("  VM exits in all (rvmx):  {} ({} handled in the kernel)", i.exits, i.exits.saturating_sub(user));
-            eprintln!("  last VM exit: VMX basic reason {}, qualification {:#x}, at RIP {:#x}", i.basic_reason, i.qualification, i.guest_rip);
+        if o.device != "/dev/kvm" && !infos.is_empty() {
+            // SAFETY: the pages are mapped read-only for the process's life.
+            let all: Vec<RvmxExitInfo> = infos.iter().map(|p| unsafe { p.read_volatile() }).collect();
+            let exits: u64 = all.iter().map(|i| i.exits).sum();
+            eprintln!("  VM exits in all (rvmx):  {} ({} handled in the kernel)", exits, exits.saturating_sub(user));
+            let i = &all[0];
+            eprintln!("  vCPU 0's last VM exit: VMX basic reason {}, qualification {:#x}, at RIP {:#x}", i.basic_reason, i.qualification, i.guest_rip);
         }
     }
-    std::process::exit(status);
 }

@@ -31,7 +31,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(21);
+    let mut t = Tap::plan(24);
 
     t.check(kvm.check_extension(Cap::UserMemory), "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) = 1", "");
     t.check(kvm.get_nr_memslots() >= 32, "KVM_CAP_NR_MEMSLOTS >= 32", kvm.get_nr_memslots());
@@ -98,6 +98,29 @@ fn main() {
         let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, vcpu.as_raw_fd(), 16 * 4096) };
         let errno = std::io::Error::last_os_error().raw_os_error();
         t.check(p == libc::MAP_FAILED && errno == Some(libc::EINVAL), "mmap beyond the vCPU pages: EINVAL", format!("{errno:?}"));
+    }
+
+    // Closing in any order frees everything (vm.sh then checks that the
+    // module unloads): the VM fd before its vCPU's fd, and the vCPU fd while
+    // its pages are still mapped; the mapping stays usable until munmap.
+    {
+        let vm4 = kvm.create_vm().unwrap();
+        let mut vcpu4 = vm4.create_vcpu(0).unwrap();
+        let size = kvm.get_vcpu_mmap_size().unwrap();
+        // SAFETY: maps the vCPU's pages; unmapped below.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ, libc::MAP_SHARED, vcpu4.as_raw_fd(), 0) };
+        assert!(p != libc::MAP_FAILED);
+        drop(vm4);
+        let regs = vcpu4.get_regs().map(|r| r.rip).map_err(|e| e.errno());
+        t.expect_eq(regs, Ok(0xfff0), "the VM fd closed first: its vCPU still answers KVM_GET_REGS");
+        let before = vcpu4.get_kvm_run().exit_reason;
+        drop(vcpu4);
+        // SAFETY: the mapping is still ours; kvm_run's exit_reason is at offset 8.
+        let after = unsafe { (p as *const u32).add(2).read_volatile() };
+        t.expect_eq(after, before, "the vCPU fd closed while mapped: the mapping still reads its run page");
+        // SAFETY: unmaps what we mapped.
+        let r = unsafe { libc::munmap(p, size) };
+        t.expect_eq(r, 0, "munmap after both fds are closed");
     }
 
     // Two KVM_RUNs on one vCPU: the second waits; a signal ends its wait.

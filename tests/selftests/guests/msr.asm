@@ -1,0 +1,52 @@
+; msr.asm - the MSR test's guest: 32-bit protected mode (flat CS 0x08, data
+; 0x10, set by the test), paging off, loaded at 0x1000. It loads its own
+; GDT and an IDT with a #GP handler, then:
+;  1. RDMSR of an MSR that does not exist: #GP(0); the handler stores the
+;     vector and error code at 0x500/0x504 and skips the 2-byte RDMSR;
+;  2. WRMSR LSTAR = 0xffffffff_81234560, RDMSR it back, and reports
+;     EDX:EAX with OUT 0x10 (EAX) and OUT 0x11 (EDX);
+;  3. WRMSR of a non-canonical KERNEL_GS_BASE: #GP(0) again (counted at 0x508);
+;  4. HLT.
+bits 32
+org 0x1000
+	lgdt [gdtr]
+	lidt [idtr]
+	mov ecx, 0x12345678		; no such MSR
+	rdmsr
+	mov ecx, 0xc0000082		; IA32_LSTAR
+	mov eax, 0x81234560
+	mov edx, 0xffffffff
+	wrmsr
+	xor eax, eax
+	xor edx, edx
+	rdmsr
+	out 0x10, eax
+	mov eax, edx
+	out 0x11, eax
+	mov ecx, 0xc0000102		; IA32_KERNEL_GS_BASE
+	xor eax, eax
+	mov edx, 0x00008000		; bit 47 set, 63:48 clear: not canonical
+	wrmsr
+	hlt
+
+gp_handler:
+	mov dword [0x500], 13
+	pop dword [0x504]		; the error code
+	inc dword [0x508]
+	add dword [esp], 2		; skip RDMSR/WRMSR (2 bytes)
+	iretd
+
+align 8
+gdt:	dq 0
+	dq 0x00cf9a000000ffff		; 0x08: flat 32-bit code
+	dq 0x00cf92000000ffff		; 0x10: flat data
+gdtr:	dw 23
+	dd gdt
+align 8
+idt:	times 13 dq 0
+	dw gp_handler			; vector 13 (#GP): offset 15:0 (the
+	dw 0x08				; handler is below 64 KiB), selector,
+	dw 0x8e00			; 32-bit interrupt gate, present
+	dw 0				; offset 31:16
+idtr:	dw 14 * 8 - 1
+	dd idt

@@ -1,0 +1,208 @@
+//! Events into the guest, MSRs, CPUID and the other setup calls of issue 4,
+//! on /dev/rvmx or (first argument) /dev/kvm. Prints TAP.
+//!
+//! - Interrupts: guests/irq.asm counts vector 0x20; the test injects N
+//!   through the interrupt-window protocol (request_interrupt_window,
+//!   KVM_EXIT_IRQ_WINDOW_OPEN, ready_for_interrupt_injection, if_flag,
+//!   KVM_INTERRUPT); the guest's count must be exactly N.
+//! - MSRs: guests/msr.asm takes #GP(0) on an MSR that does not exist,
+//!   writes and reads LSTAR, and faults on a non-canonical KERNEL_GS_BASE;
+//!   KVM_GET_MSRS then sees the guest's LSTAR; KVM_SET_MSRS/KVM_GET_MSRS
+//!   round trips and their errors; KVM_GET_MSR_INDEX_LIST.
+//! - CPUID: the guest sees exactly the table KVM_SET_CPUID2 set.
+//! - KVM_SET_SIGNAL_MASK, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR.
+
+use kvm_bindings::{kvm_msr_entry, kvm_sregs, Msrs};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use rvmx_selftests::{ioctl, Tap, TestVm};
+use std::ffi::CString;
+use std::os::unix::io::AsRawFd;
+
+const IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq.bin"));
+const MSR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/msr.bin"));
+const CODE: u64 = 0x1000;
+const LSTAR: u32 = 0xc000_0082;
+const STAR: u32 = 0xc000_0081;
+
+/// KVM_INTERRUPT (_IOW(KVMIO, 0x86, struct kvm_interrupt)): kvm-ioctls
+/// does not wrap it on x86.
+const KVM_INTERRUPT: u64 = 0x4004_ae86;
+/// KVM_SET_SIGNAL_MASK (_IOW(KVMIO, 0x8b, struct kvm_signal_mask)).
+const KVM_SET_SIGNAL_MASK: u64 = 0x4004_ae8b;
+
+fn interrupt(vcpu: &VcpuFd, vector: u32) -> Result<i32, i32> {
+    let irq = vector;
+    // SAFETY: KVM_INTERRUPT reads one u32 (struct kvm_interrupt) at `&irq`.
+    let r = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_INTERRUPT as _, &irq) };
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { Ok(r) }
+}
+
+fn msrs(entries: &[(u32, u64)]) -> Msrs {
+    let e: Vec<_> = entries.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
+    Msrs::from_entries(&e).unwrap()
+}
+
+/// Puts the vCPU in 32-bit protected mode, flat segments, paging off.
+fn protected_mode(vcpu: &VcpuFd) {
+    let mut s: kvm_sregs = vcpu.get_sregs().unwrap();
+    let seg = |selector, type_| kvm_bindings::kvm_segment {
+        base: 0, limit: 0xffff_ffff, selector, type_, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1,
+        avl: 0, unusable: 0, padding: 0,
+    };
+    s.cs = seg(8, 11);
+    s.ds = seg(16, 3);
+    s.es = s.ds;
+    s.ss = s.ds;
+    s.cr0 |= 1;
+    vcpu.set_sregs(&s).unwrap();
+}
+
+fn main() {
+    let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
+    let is_kvm = path.ends_with("kvm");
+    let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
+    let mut t = Tap::plan(24);
+
+    // --- Interrupts through the interrupt-window protocol.
+    const N: u32 = 50;
+    let vm = TestVm::new(&kvm, 2 << 20);
+    vm.write(CODE, IRQ);
+    let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+    let (mut injected, mut windows, mut not_ready_seen, mut bad) = (0u32, 0u32, 0u32, None);
+    let mut exits = 0;
+    while injected < N && exits < 10 * N && bad.is_none() {
+        exits += 1;
+        let exit = vcpu.run().map(|e| format!("{e:?}")).map_err(|e| e.errno());
+        let run = vcpu.get_kvm_run();
+        let (ready, if_flag) = (run.ready_for_interrupt_injection, run.if_flag);
+        match exit.as_deref() {
+            // The guest has IF = 0 here: ask to be told when it can take one.
+            Ok(s) if s.starts_with("IoOut(16") => {
+                if ready == 0 && if_flag == 0 {
+                    not_ready_seen += 1;
+                }
+                run.request_interrupt_window = 1;
+            }
+            Ok("IrqWindowOpen") => {
+                windows += 1;
+                run.request_interrupt_window = 0;
+                if ready == 1 && if_flag == 1 {
+                    match interrupt(&vcpu, 0x20) {
+                        Ok(_) => injected += 1,
+                        Err(e) => bad = Some(format!("KVM_INTERRUPT: errno {e}")),
+                    }
+                } else {
+                    bad = Some(format!("window open but ready={ready} if_flag={if_flag}"));
+                }
+            }
+            Ok("Hlt") => {}
+            other => bad = Some(format!("unexpected {other:?}")),
+        }
+    }
+    // One more round trip delivers the last one and reaches HLT.
+    let _ = vcpu.run();
+    let count = vm.read_u32(0x500) & 0xffff;
+    t.check(bad.is_none(), "interrupt-window protocol: no unexpected exit", format!("{bad:?}"));
+    t.expect_eq(not_ready_seen, N, "with IF = 0: if_flag = 0 and ready_for_interrupt_injection = 0");
+    t.expect_eq(windows, N, "KVM_EXIT_IRQ_WINDOW_OPEN once the guest can take an interrupt");
+    t.expect_eq(count, N, "the guest counted exactly the injected interrupts");
+    // A vector beyond 255 is EINVAL. A second interrupt while the first is
+    // still queued (it is injected only at the next KVM_RUN) replaces it,
+    // as in KVM without an in-kernel interrupt controller; KVM_GET_SREGS
+    // shows the queued one in interrupt_bitmap.
+    t.expect_eq(interrupt(&vcpu, 256), Err(libc::EINVAL), "KVM_INTERRUPT vector 256: EINVAL");
+    let both = (interrupt(&vcpu, 0x20), interrupt(&vcpu, 0x21));
+    let bitmap = vcpu.get_sregs().map(|s| s.interrupt_bitmap).unwrap_or_default();
+    t.expect_eq((both, bitmap), ((Ok(0), Ok(0)), [1u64 << 0x21, 0, 0, 0]), "a second KVM_INTERRUPT replaces the queued one (KVM_GET_SREGS shows it)");
+    drop(vcpu);
+
+    // --- MSRs: the guest's own RDMSR/WRMSR.
+    let vm = TestVm::new(&kvm, 2 << 20);
+    vm.write(CODE, MSR);
+    let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+    protected_mode(&vcpu);
+    let mut outs = Vec::new();
+    let end = loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => outs.push((port, u32::from_le_bytes(data.try_into().unwrap_or([0; 4])))),
+            Ok(other) => break format!("{other:?}"),
+            Err(e) => break format!("errno {}", e.errno()),
+        }
+    };
+    t.expect_eq(end.as_str(), "Hlt", "MSR guest runs to HLT");
+    t.expect_eq((vm.read_u32(0x500), vm.read_u32(0x504)), (13, 0), "RDMSR of a missing MSR: #GP with error code 0 in the guest");
+    t.expect_eq(outs, vec![(0x10, 0x8123_4560), (0x11, 0xffff_ffff)], "guest WRMSR then RDMSR of LSTAR reads back its value");
+    t.expect_eq(vm.read_u32(0x508), 2, "WRMSR of a non-canonical KERNEL_GS_BASE: #GP too");
+    let mut m = msrs(&[(LSTAR, 0)]);
+    let n = vcpu.get_msrs(&mut m).unwrap_or(0);
+    t.expect_eq((n, m.as_slice()[0].data), (1, 0xffff_ffff_8123_4560), "KVM_GET_MSRS sees the LSTAR the guest wrote");
+
+    // --- MSRs from the VMM.
+    let list = kvm.get_msr_index_list().map(|l| l.as_slice().to_vec()).unwrap_or_default();
+    t.check(list.contains(&LSTAR) && list.contains(&STAR) && list.contains(&0xc000_0102),
+            "KVM_GET_MSR_INDEX_LIST lists STAR, LSTAR, KERNEL_GS_BASE", format!("{list:x?}"));
+    let set = msrs(&[(STAR, 0x0023_0010_0000_0000), (0xc000_0084, 0x4700), (0x277, 0x0007_0406_0007_0406)]);
+    let wrote = vcpu.set_msrs(&set).unwrap_or(0);
+    let mut back = msrs(&[(STAR, 0), (0xc000_0084, 0), (0x277, 0)]);
+    let read = vcpu.get_msrs(&mut back).unwrap_or(0);
+    let vals: Vec<u64> = back.as_slice().iter().map(|e| e.data).collect();
+    t.expect_eq((wrote, read, vals), (3, 3, vec![0x0023_0010_0000_0000, 0x4700, 0x0007_0406_0007_0406]), "KVM_SET_MSRS then KVM_GET_MSRS: STAR, SFMASK, PAT");
+    let bad_set = msrs(&[(STAR, 1), (LSTAR, 0x8000_0000_0000), (STAR, 2)]);
+    t.expect_eq(vcpu.set_msrs(&bad_set).map_err(|e| e.errno()), Ok(1), "KVM_SET_MSRS stops at a non-canonical LSTAR (returns 1)");
+    let mut unknown = msrs(&[(STAR, 0), (0x1234_5678, 0)]);
+    t.expect_eq(vcpu.get_msrs(&mut unknown).map_err(|e| e.errno()), Ok(1), "KVM_GET_MSRS stops at an MSR that does not exist");
+    let big = msrs(&[(STAR, 0); 256]);
+    t.expect_eq(vcpu.set_msrs(&big).map_err(|e| e.errno()), Err(libc::E2BIG), "KVM_SET_MSRS of 256 MSRs: E2BIG");
+
+    // --- CPUID: the guest sees the table that was set.
+    let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+    let vmx_offered = cpuid.as_slice().iter().any(|e| e.function == 1 && e.ecx & (1 << 5) != 0);
+    if is_kvm {
+        t.check(true, "KVM_GET_SUPPORTED_CPUID does not offer VMX # SKIP KVM offers it (nested)", "");
+    } else {
+        t.check(!vmx_offered, "KVM_GET_SUPPORTED_CPUID does not offer VMX", "");
+    }
+    t.expect_eq(kvm.get_supported_cpuid(1).map(|_| ()).map_err(|e| e.errno()), Err(libc::E2BIG), "KVM_GET_SUPPORTED_CPUID with room for 1 entry: E2BIG");
+    for e in cpuid.as_mut_slice() {
+        if e.function == 0 {
+            e.ebx = u32::from_le_bytes(*b"Test");
+        }
+    }
+    let vm = TestVm::new(&kvm, 2 << 20);
+    // xor eax, eax; cpuid; out 0x10, eax (66 E7 10); hlt
+    vm.write(CODE, &[0x66, 0x31, 0xc0, 0x0f, 0xa2, 0x66, 0x89, 0xd8, 0x66, 0xe7, 0x10, 0xf4]);
+    let mut v = vm.vm.create_vcpu(0).unwrap();
+    v.set_cpuid2(&cpuid).unwrap();
+    let mut s = v.get_sregs().unwrap();
+    s.cs.selector = 0;
+    s.cs.base = 0;
+    v.set_sregs(&s).unwrap();
+    v.set_regs(&kvm_bindings::kvm_regs { rip: CODE, rflags: 2, ..Default::default() }).unwrap();
+    let seen = match v.run() {
+        Ok(VcpuExit::IoOut(0x10, d)) => u32::from_le_bytes(d.try_into().unwrap_or([0; 4])),
+        _ => 0,
+    };
+    t.expect_eq(seen.to_le_bytes(), *b"Test", "the guest's CPUID leaf 0 EBX is the one KVM_SET_CPUID2 set");
+    let back = v.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map(|c| c.as_slice().len());
+    t.expect_eq(back, Ok(cpuid.as_slice().len()), "KVM_GET_CPUID2 returns the table");
+
+    // --- KVM_SET_SIGNAL_MASK: a bad length is EINVAL; NULL clears.
+    #[repr(C)]
+    struct SigMask { len: u32, set: [u8; 8] }
+    let bad = SigMask { len: 4, set: [0; 8] };
+    // SAFETY: KVM_SET_SIGNAL_MASK reads the header and `len` bytes after it.
+    let r = unsafe { libc::ioctl(v.as_raw_fd(), KVM_SET_SIGNAL_MASK as _, &bad) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    t.check(r < 0 && errno == Some(libc::EINVAL), "KVM_SET_SIGNAL_MASK with len 4: EINVAL", format!("{r} {errno:?}"));
+    t.expect_eq(ioctl(v.as_raw_fd(), KVM_SET_SIGNAL_MASK, 0), Ok(0), "KVM_SET_SIGNAL_MASK(NULL) clears the mask");
+
+    // --- KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR.
+    let vm = kvm.create_vm().unwrap();
+    t.expect_eq((vm.set_tss_address(0xfffb_d000).is_ok(), vm.set_tss_address(0xffff_e000).map_err(|e| e.errno())),
+                (true, Err(libc::EINVAL)), "KVM_SET_TSS_ADDR: accepted below 4G - 3 pages, EINVAL above");
+    let ok = vm.set_identity_map_address(0xfffb_c000).is_ok();
+    let _v = vm.create_vcpu(0).unwrap();
+    t.expect_eq((ok, vm.set_identity_map_address(0xfffb_c000).map_err(|e| e.errno())), (true, Err(libc::EINVAL)),
+                "KVM_SET_IDENTITY_MAP_ADDR: accepted, then EINVAL once a vCPU exists");
+    t.finish();
+}
