@@ -25,6 +25,7 @@ extern "C" {
     fn rvmx_glue_misc_deregister();
     fn rvmx_glue_vm_fd(vm: *const core::ffi::c_void) -> core::ffi::c_int;
     fn rvmx_glue_vcpu_fd(vcpu: *const core::ffi::c_void) -> core::ffi::c_int;
+    fn rvmx_glue_num_online_cpus() -> u32;
 }
 
 fn to_long(r: Result<i32>) -> core::ffi::c_long {
@@ -40,6 +41,28 @@ fn read_arg<T: Default>(arg: usize) -> Result<T> {
     // SAFETY: `v` is a plain `#[repr(C)]` ABI struct of `size` bytes for
     // which every bit pattern is valid.
     let bytes = unsafe { core::slice::from_raw_parts_mut((&mut v as *mut T).cast::<u8>(), size) };
+    UserSlice::new(arg as _, size).reader().read_slice(bytes)?;
+    Ok(v)
+}
+
+/// A zeroed ABI struct on the heap, never on the stack (for the 4 KiB
+/// `kvm_xsave`, too large for the kernel stack).
+fn zeroed_box<T: Default>() -> Result<KBox<T>> {
+    let mut b = KBox::<T>::new_uninit(GFP_KERNEL)?;
+    // SAFETY: `T` is a plain `#[repr(C)]` ABI struct (it derives `Default`
+    // from bindgen): all-zero bytes are a valid value of it.
+    unsafe {
+        core::ptr::write_bytes(b.as_mut_ptr(), 0, 1);
+        Ok(b.assume_init())
+    }
+}
+
+/// As `read_arg`, into a heap allocation.
+fn read_arg_boxed<T: Default>(arg: usize) -> Result<KBox<T>> {
+    let mut v = zeroed_box::<T>()?;
+    let size = core::mem::size_of::<T>();
+    // SAFETY: as in `read_arg`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut((&mut *v as *mut T).cast::<u8>(), size) };
     UserSlice::new(arg as _, size).reader().read_slice(bytes)?;
     Ok(v)
 }
@@ -102,9 +125,14 @@ fn check_extension(cap: usize) -> i32 {
     // CAST: capability numbers are small.
     match cap as u32 {
         KVM_CAP_USER_MEMORY | KVM_CAP_READONLY_MEM | KVM_CAP_IMMEDIATE_EXIT | KVM_CAP_HLT
-        | KVM_CAP_EXT_CPUID | KVM_CAP_SET_TSS_ADDR | KVM_CAP_SET_IDENTITY_MAP_ADDR => 1,
+        | KVM_CAP_EXT_CPUID | KVM_CAP_SET_TSS_ADDR | KVM_CAP_SET_IDENTITY_MAP_ADDR
+        | KVM_CAP_XSAVE | KVM_CAP_XCRS | KVM_CAP_VCPU_EVENTS | KVM_CAP_INTR_SHADOW => 1,
         KVM_CAP_NR_MEMSLOTS => vm::MAX_SLOTS as i32,
-        KVM_CAP_NR_VCPUS | KVM_CAP_MAX_VCPUS | KVM_CAP_MAX_VCPU_ID => vm::MAX_VCPUS as i32,
+        // As KVM: the recommended number is one vCPU per online CPU, the
+        // hard limit (and the ids' bound) is MAX_VCPUS.
+        // SAFETY: reads a counter.
+        KVM_CAP_NR_VCPUS => unsafe { rvmx_glue_num_online_cpus() }.min(vm::MAX_VCPUS) as i32,
+        KVM_CAP_MAX_VCPUS | KVM_CAP_MAX_VCPU_ID => vm::MAX_VCPUS as i32,
         _ => 0,
     }
 }
@@ -188,6 +216,12 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
             install_fd(vcpu, rvmx_glue_vcpu_fd)
         }
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
+        uapi::KVM_GET_DIRTY_LOG => {
+            let log: kvm_dirty_log = read_arg(arg)?;
+            // SAFETY: reads the pointer member of the union (plain integer).
+            let bitmap = unsafe { log.__bindgen_anon_1.padding2 };
+            vm.get_dirty_log(log.slot, bitmap).map(|()| 0)
+        }
         // What KVM needs these for (a real-mode TSS and an identity-mapped
         // page table when the CPU lacks unrestricted guest) rvmx never
         // needs; the calls are accepted with KVM's checks, so that clients
@@ -265,6 +299,21 @@ fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
             let mask: u64 = read_arg(arg + core::mem::size_of::<kvm_signal_mask>())?;
             vcpu.set_signal_mask(Some(mask)).map(|()| 0)
         }
+        uapi::KVM_GET_VCPU_EVENTS => write_arg(arg, &vcpu.get_events()?).map(|()| 0),
+        uapi::KVM_SET_VCPU_EVENTS => vcpu.set_events(&read_arg(arg)?).map(|()| 0),
+        uapi::KVM_GET_FPU => write_arg(arg, &vcpu.get_fpu()?).map(|()| 0),
+        uapi::KVM_SET_FPU => vcpu.set_fpu(&read_arg(arg)?).map(|()| 0),
+        uapi::KVM_GET_XSAVE => {
+            let mut x = zeroed_box::<kvm_xsave>()?;
+            vcpu.get_xsave(&mut x)?;
+            write_arg(arg, &*x).map(|()| 0)
+        }
+        uapi::KVM_SET_XSAVE => {
+            let x: KBox<kvm_xsave> = read_arg_boxed(arg)?;
+            vcpu.set_xsave(&x).map(|()| 0)
+        }
+        uapi::KVM_GET_XCRS => write_arg(arg, &vcpu.get_xcrs()?).map(|()| 0),
+        uapi::KVM_SET_XCRS => vcpu.set_xcrs(&read_arg(arg)?).map(|()| 0),
         uapi::KVM_SET_CPUID2 => {
             let head: kvm_cpuid2 = read_arg(arg)?;
             if head.nent as usize > crate::exits::cpuid::MAX_ENTRIES {

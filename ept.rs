@@ -93,6 +93,23 @@ impl Ept {
         Ok(())
     }
 
+    /// Gives or takes away write permission for the mapped page at `gpa`
+    /// (dirty logging, vm.rs). Taking it away needs an INVEPT afterwards,
+    /// as unmapping does; giving it back needs none: the EPT violation that
+    /// led here already dropped the CPU's cached translation (SDM Vol. 3C
+    /// §29.4.3.1). Returns whether the page was mapped.
+    pub(crate) fn set_writable(&mut self, gpa: u64, writable: bool) -> bool {
+        let Ok(Some(e)) = self.leaf(gpa, false) else {
+            return false;
+        };
+        let v = e.load(Ordering::Acquire);
+        if v & READ == 0 {
+            return false;
+        }
+        e.store(if writable { v | WRITE } else { v & !WRITE }, Ordering::Release);
+        true
+    }
+
     /// Unmaps the guest page at `gpa`. The caller must then invalidate the
     /// CPUs' cached translations (INVEPT) before the host page is reused.
     pub(crate) fn unmap(&mut self, gpa: u64) {

@@ -437,3 +437,8 @@ void rvmx_glue_sigmask_deactivate(void)
 	sigprocmask(SIG_SETMASK, &current->real_blocked, NULL);
 	sigemptyset(&current->real_blocked);
 }
+
+unsigned int rvmx_glue_num_online_cpus(void)
+{
+	return num_online_cpus();
+}

@@ -58,6 +58,9 @@ int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
 int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len);
 int rvmx_glue_vm_fd(void *vm);
 int rvmx_glue_vcpu_fd(void *vcpu);
+void rvmx_glue_sigmask_activate(const u64 *mask);
+void rvmx_glue_sigmask_deactivate(void);
+unsigned int rvmx_glue_num_online_cpus(void);
 
 /* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu.rs). */
 long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);

@@ -14,7 +14,11 @@
 //! a cheap VMRESUME; a section ends only when the run loop must return to
 //! userspace, sleep (to map memory), or let the scheduler run. So a VMCS is
 //! never active on a CPU that the thread has left, nor on a CPU going
-//! offline, and no cross-CPU VMCLEAR is ever needed.
+//! offline, and no cross-CPU VMCLEAR is ever needed. (KVM instead keeps a
+//! VMCS loaded across preemption and uses preempt notifiers to VMCLEAR it
+//! on the old CPU by IPI when the thread moves; rvmx pays a VMCLEAR and
+//! VMPTRLD per section for not needing any of that.) What a move does
+//! need is a VPID flush on the new CPU (vpid.rs), done at section start.
 //!
 //! Lock order: the run token, then `Vm::mem`.
 
@@ -69,8 +73,43 @@ pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
 /// RFLAGS bit 1 is always 1.
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
-/// Guest interruptibility state: blocking by STI and by MOV SS/POP SS.
-const BLOCKING_STI_MOVSS: u32 = 3;
+/// The MXCSR bits a guest may set (the rest are reserved: LDMXCSR and
+/// XRSTOR fault on them). Bit 6 (DAZ) exists on every x86-64 CPU rvmx
+/// supports.
+const MXCSR_VALID: u32 = 0xffff;
+/// Guest interruptibility state (SDM Vol. 3C §25.4.2): blocking by STI
+/// (bit 0) and by MOV SS/POP SS (bit 1), and by NMI (bit 3).
+const BLOCKING_STI: u32 = 1 << 0;
+const BLOCKING_MOVSS: u32 = 1 << 1;
+const BLOCKING_STI_MOVSS: u32 = BLOCKING_STI | BLOCKING_MOVSS;
+const BLOCKING_NMI: u32 = 1 << 3;
+/// Event types in the interruption-information fields.
+const INTR_TYPE_EXTERNAL: u32 = 0;
+const INTR_TYPE_HW_EXCEPTION: u32 = 3;
+
+/// VMX's interrupt-shadow bits in KVM's encoding (KVM_X86_SHADOW_INT_*:
+/// MOV SS is 1, STI is 2; VMX has them the other way round).
+fn shadow_to_kvm(s: u32) -> u8 {
+    let mut k = 0;
+    if s & BLOCKING_MOVSS != 0 {
+        k |= uapi::KVM_X86_SHADOW_INT_MOV_SS as u8;
+    }
+    if s & BLOCKING_STI != 0 {
+        k |= uapi::KVM_X86_SHADOW_INT_STI as u8;
+    }
+    k
+}
+
+fn shadow_from_kvm(k: u8) -> u32 {
+    let mut s = 0;
+    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_MOV_SS != 0 {
+        s |= BLOCKING_MOVSS;
+    }
+    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_STI != 0 {
+        s |= BLOCKING_STI;
+    }
+    s
+}
 
 /// The guest state that neither the VMCS nor `regs` holds, which exit
 /// handlers and ioctls use.
@@ -89,6 +128,10 @@ pub(crate) struct Guest {
     pub(crate) want_irq_window: bool,
     /// Whether "interrupt-window exiting" is on in the VMCS.
     pub(crate) irq_window_exiting: bool,
+    /// The vCPU's VPID, or 0 if it has none (vpid.rs).
+    pub(crate) vpid: u16,
+    /// The host's XCR0 (read at creation, in the host's context).
+    pub(crate) host_xcr0: u64,
 }
 
 /// Everything the run loop changes; owned by whoever holds the run token.
@@ -123,6 +166,9 @@ pub(crate) struct VcpuState {
     ran: bool,
     /// KVM_SET_SIGNAL_MASK's mask, in force during KVM_RUN.
     sigmask: Option<u64>,
+    /// PDPTEs read for the guest's PAE paging, to write before the next
+    /// entry (exits/cr.rs).
+    pdptes: Option<[u64; 4]>,
 }
 
 /// The cached host values vmenter.S's caller refreshes when they change.
@@ -281,15 +327,19 @@ impl Vcpu {
                 irq: None,
                 want_irq_window: false,
                 irq_window_exiting: false,
+                vpid: 0,
+                host_xcr0: hw::xcr0(),
             },
             vpid,
             last_cpu: None,
             flush_tlb: true,
             ran: false,
             sigmask: None,
+            pdptes: None,
         };
         // KVM's reset value of RDX: the CPU signature (family 6).
         state.regs[reg::RDX] = 0x600;
+        state.guest.vpid = state.vpid.as_ref().map_or(0, |v| v.get());
         {
             let mut v = state.vmcs.load()?;
             setup_controls(&mut v, &caps, vm.eptp(), bitmap_pa, state.vpid.as_ref().map(|v| v.get()))?;
@@ -430,11 +480,13 @@ impl Vcpu {
         if s.cr4 & CR4_VMXE != 0 || s.cr4 & !caps.cr4_fixed1 != 0 || s.cr0 >> 32 != 0 {
             return Err(EINVAL);
         }
-        if s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && !long {
-            // PAE paging outside long mode would need the PDPTEs loaded into
-            // the VMCS; rvmx does not do that yet.
-            return Err(EINVAL);
-        }
+        // 32-bit PAE paging: the PDPTEs come from guest memory now, as
+        // KVM loads them (invalid ones: EINVAL).
+        let pdptes = if s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && !long {
+            Some(self.vm.read_pdptes(s.cr3).ok().flatten().ok_or(EINVAL)?)
+        } else {
+            None
+        };
         if s.cr8 >> 4 != 0 || s.apic_base & 0xfff0_0000_0000_02ff != 0 {
             return Err(EINVAL);
         }
@@ -467,6 +519,9 @@ impl Vcpu {
         v.write(GUEST_CR3, Natural(s.cr3))?;
         set_cr0(&mut v, &caps, s.cr0)?;
         set_cr4(&mut v, &caps, s.cr4)?;
+        if let Some(p) = pdptes {
+            write_pdptes(&mut v, &p)?;
+        }
         v.write(GUEST_IA32_EFER, s.efer)?;
         set_long_mode(&mut v, s.efer & EFER_LMA != 0)
     }
@@ -503,8 +558,9 @@ impl Vcpu {
     }
 
     /// KVM_SET_CPUID2: the table the guest's CPUID reads from now on. After
-    /// the first KVM_RUN only the same table is accepted (EBUSY otherwise),
-    /// as in KVM since 6.0: changing CPUID under a running guest is unsound.
+    /// the first KVM_RUN only the same table is accepted (EINVAL otherwise,
+    /// as KVM's kvm_cpuid_check_equal answers): changing CPUID under a
+    /// running guest is unsound.
     pub(crate) fn set_cpuid(&self, table: KVec<kvm_cpuid_entry2>) -> Result {
         let mut t = self.token()?;
         let st = t.state();
@@ -514,7 +570,7 @@ impl Vcpu {
                     (a.function, a.index, a.flags, a.eax, a.ebx, a.ecx, a.edx)
                         == (b.function, b.index, b.flags, b.eax, b.ebx, b.ecx, b.edx)
                 });
-            return if same { Ok(()) } else { Err(EBUSY) };
+            return if same { Ok(()) } else { Err(EINVAL) };
         }
         st.guest.cpuid = table;
         Ok(())
@@ -549,6 +605,187 @@ impl Vcpu {
         let mut t = self.token()?;
         t.state().sigmask = mask;
         Ok(())
+    }
+
+    /// KVM_GET_FPU: the x87 and SSE state, from the legacy (FXSAVE-format)
+    /// region at the start of the guest's XSAVE image.
+    pub(crate) fn get_fpu(&self) -> Result<uapi::kvm_fpu> {
+        let mut t = self.token()?;
+        let img = t.state().fpu.as_ptr::<u8>();
+        let mut f = uapi::kvm_fpu::default();
+        // SAFETY: the image is a page we own; the offsets are those of the
+        // FXSAVE layout (SDM Vol. 1 §10.5.1), all within its first 512 bytes.
+        unsafe {
+            let rd16 = |o: usize| img.add(o).cast::<u16>().read_unaligned();
+            let rd64 = |o: usize| img.add(o).cast::<u64>().read_unaligned();
+            f.fcw = rd16(0);
+            f.fsw = rd16(2);
+            f.ftwx = *img.add(4);
+            f.last_opcode = rd16(6);
+            f.last_ip = rd64(8);
+            f.last_dp = rd64(16);
+            f.mxcsr = img.add(24).cast::<u32>().read_unaligned();
+            core::ptr::copy_nonoverlapping(img.add(32), f.fpr.as_mut_ptr().cast::<u8>(), 128);
+            core::ptr::copy_nonoverlapping(img.add(160), f.xmm.as_mut_ptr().cast::<u8>(), 256);
+        }
+        Ok(f)
+    }
+
+    /// KVM_SET_FPU: the inverse of `get_fpu`; marks x87 and SSE state as
+    /// present in the image's header, so the next XRSTOR loads them. An
+    /// MXCSR with reserved bits set is EINVAL (XRSTOR would fault on it).
+    pub(crate) fn set_fpu(&self, f: &uapi::kvm_fpu) -> Result {
+        if f.mxcsr & !MXCSR_VALID != 0 {
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        let img = t.state().fpu.as_ptr::<u8>();
+        // SAFETY: as in `get_fpu`; XSTATE_BV is at offset 512.
+        unsafe {
+            let wr16 = |o: usize, v: u16| img.add(o).cast::<u16>().write_unaligned(v);
+            let wr64 = |o: usize, v: u64| img.add(o).cast::<u64>().write_unaligned(v);
+            wr16(0, f.fcw);
+            wr16(2, f.fsw);
+            *img.add(4) = f.ftwx;
+            wr16(6, f.last_opcode);
+            wr64(8, f.last_ip);
+            wr64(16, f.last_dp);
+            img.add(24).cast::<u32>().write_unaligned(f.mxcsr);
+            core::ptr::copy_nonoverlapping(f.fpr.as_ptr().cast::<u8>(), img.add(32), 128);
+            core::ptr::copy_nonoverlapping(f.xmm.as_ptr().cast::<u8>(), img.add(160), 256);
+            let bv = img.add(512).cast::<u64>();
+            bv.write(bv.read() | 3);
+        }
+        Ok(())
+    }
+
+    /// KVM_GET_XSAVE: the guest's XSAVE image, in the standard (not
+    /// compacted) format, as XSAVE stored it.
+    pub(crate) fn get_xsave(&self, out: &mut uapi::kvm_xsave) -> Result {
+        let mut t = self.token()?;
+        // SAFETY: both are 4096 bytes; the image is ours.
+        unsafe { core::ptr::copy_nonoverlapping(t.state().fpu.as_ptr::<u8>(), out.region.as_mut_ptr().cast::<u8>(), 4096) };
+        Ok(())
+    }
+
+    /// KVM_SET_XSAVE, with the checks XRSTOR itself would make (a header
+    /// with components the host does not enable, a compacted image, non-zero
+    /// reserved header bytes, a bad MXCSR: EINVAL), so that loading the
+    /// image can never fault.
+    pub(crate) fn set_xsave(&self, x: &uapi::kvm_xsave) -> Result {
+        let b = |o: usize| u64::from(x.region[o / 4]) | u64::from(x.region[o / 4 + 1]) << 32;
+        let (xstate_bv, xcomp_bv) = (b(512), b(520));
+        let reserved_clear = (528..576).step_by(8).all(|o| b(o) == 0);
+        if xstate_bv & !self.xsave_mask != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        // SAFETY: both are 4096 bytes; the image is ours.
+        unsafe { core::ptr::copy_nonoverlapping(x.region.as_ptr().cast::<u8>(), t.state().fpu.as_ptr::<u8>(), 4096) };
+        Ok(())
+    }
+
+    /// KVM_GET_XCRS: XCR0, the only extended control register.
+    pub(crate) fn get_xcrs(&self) -> Result<uapi::kvm_xcrs> {
+        let mut t = self.token()?;
+        let mut x = uapi::kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+        x.xcrs[0].value = t.state().guest.xcr0;
+        Ok(x)
+    }
+
+    /// KVM_SET_XCRS: XCR0 from the first entry naming it (KVM's checks:
+    /// at most 16 entries, no flags, a value XSETBV would accept).
+    pub(crate) fn set_xcrs(&self, x: &uapi::kvm_xcrs) -> Result {
+        if x.nr_xcrs as usize > x.xcrs.len() || x.flags != 0 {
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        if let Some(e) = x.xcrs[..x.nr_xcrs as usize].iter().find(|e| e.xcr == 0) {
+            if !exits::xsetbv::valid_xcr0(e.value, self.xsave_mask) {
+                return Err(EINVAL);
+            }
+            t.state().guest.xcr0 = e.value;
+        }
+        Ok(())
+    }
+
+    /// KVM_GET_VCPU_EVENTS: the events waiting for the next VM entry (an
+    /// exception rvmx injected, the interrupt KVM_INTERRUPT queued), the
+    /// guest's interrupt shadow and NMI blocking, in KVM's encoding.
+    pub(crate) fn get_events(&self) -> Result<uapi::kvm_vcpu_events> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let irq = st.guest.irq;
+        let v = st.vmcs.load()?;
+        let mut e = uapi::kvm_vcpu_events::default();
+        let info = v.read(ENTRY_INTR_INFO);
+        if info & exits::INTR_INFO_VALID != 0 {
+            // CAST: the vector is bits 7:0.
+            let nr = info as u8;
+            match (info >> 8) & 7 {
+                INTR_TYPE_HW_EXCEPTION => {
+                    e.exception.injected = 1;
+                    e.exception.nr = nr;
+                    e.exception.has_error_code = u8::from(info & (1 << 11) != 0);
+                    e.exception.error_code = v.read(ENTRY_EXCEPTION_ERROR_CODE);
+                }
+                INTR_TYPE_EXTERNAL => {
+                    e.interrupt.injected = 1;
+                    e.interrupt.nr = nr;
+                }
+                _ => {}
+            }
+        }
+        if let Some(nr) = irq {
+            e.interrupt.injected = 1;
+            e.interrupt.nr = nr;
+        }
+        let shadow = v.read(GUEST_INTERRUPTIBILITY);
+        e.interrupt.shadow = shadow_to_kvm(shadow);
+        e.nmi.masked = u8::from(shadow & BLOCKING_NMI != 0);
+        e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING | uapi::KVM_VCPUEVENT_VALID_SHADOW;
+        Ok(e)
+    }
+
+    /// KVM_SET_VCPU_EVENTS, with KVM's checks; what rvmx cannot deliver (a
+    /// pending or injected NMI, a soft interrupt, SMM, a pending triple
+    /// fault, exception payloads) is refused with EINVAL rather than
+    /// dropped.
+    pub(crate) fn set_events(&self, e: &uapi::kvm_vcpu_events) -> Result {
+        use uapi::*;
+        let known = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | KVM_VCPUEVENT_VALID_SHADOW
+            | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+        if e.flags & !known != 0 || e.flags & KVM_VCPUEVENT_VALID_PAYLOAD != 0 {
+            return Err(EINVAL);
+        }
+        if e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2) {
+            return Err(EINVAL);
+        }
+        let nmi = e.nmi.injected != 0 || (e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 && e.nmi.pending != 0);
+        let smm = e.flags & KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0);
+        let triple = e.flags & KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0 && e.triple_fault.pending != 0;
+        if nmi || smm || triple || (e.interrupt.injected != 0 && e.interrupt.soft != 0) {
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        let st = t.state();
+        st.guest.irq = (e.interrupt.injected != 0).then_some(e.interrupt.nr);
+        let mut v = st.vmcs.load()?;
+        let mut info = 0;
+        if e.exception.injected != 0 {
+            info = u32::from(e.exception.nr) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
+            if e.exception.has_error_code != 0 {
+                info |= 1 << 11;
+                v.write(ENTRY_EXCEPTION_ERROR_CODE, e.exception.error_code)?;
+            }
+        }
+        v.write(ENTRY_INTR_INFO, info)?;
+        let mut shadow = v.read(GUEST_INTERRUPTIBILITY);
+        if e.flags & KVM_VCPUEVENT_VALID_SHADOW != 0 {
+            shadow = (shadow & !BLOCKING_STI_MOVSS) | shadow_from_kvm(e.interrupt.shadow);
+        }
+        shadow = if e.nmi.masked != 0 { shadow | BLOCKING_NMI } else { shadow & !BLOCKING_NMI };
+        v.write(GUEST_INTERRUPTIBILITY, shadow)
     }
 
     /// KVM_RUN: runs the guest until an exit that userspace must handle.
@@ -620,6 +857,16 @@ impl Vcpu {
                         return Ok(());
                     }
                 }
+                Section::LoadPdptes(cr3) => match self.vm.read_pdptes(cr3) {
+                    Ok(Some(p)) => st.pdptes = Some(p),
+                    // Reserved bits set, or no memory there: the CPU would
+                    // have refused the MOV with #GP; rvmx has already done
+                    // it, so it says so rather than guess.
+                    _ => {
+                        exits::report_internal_error(run, uapi::KVM_INTERNAL_ERROR_EMULATION, exits::reason::CR_ACCESS);
+                        return Ok(());
+                    }
+                },
             }
         }
     }
@@ -665,6 +912,9 @@ impl Vcpu {
                 }
             }
             st.last_cpu = Some(cpu);
+            if let Some(p) = st.pdptes.take() {
+                write_pdptes(&mut v, &p)?;
+            }
             let mut host = HostCache { cr3: 0, cr4: 0 };
             if st.rip_advance != 0 {
                 let rip = v.read(GUEST_RIP).0;
@@ -728,6 +978,7 @@ impl Vcpu {
                     Action::ToUser => Section::ToUser,
                     Action::EptViolation(f) => Section::EptViolation(f),
                     Action::StringIo(s) => Section::StringIo(s),
+                    Action::LoadPdptes(cr3) => Section::LoadPdptes(cr3),
                 };
                 self.publish_exit_info(&v, st.exits);
                 break section;
@@ -875,6 +1126,8 @@ enum Section {
     EptViolation(exits::ept::EptFault),
     /// INS/OUTS: guest memory to read or write (sleeps).
     StringIo(exits::io::StringIo),
+    /// PAE paging was turned on: load the PDPTEs from this CR3 (sleeps).
+    LoadPdptes(u64),
 }
 
 /// The execution controls, from what rvmx wants and what the CPU allows.
@@ -985,6 +1238,21 @@ pub(crate) fn set_cr0(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr0: u64)
 pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64) -> Result {
     v.write(CR4_READ_SHADOW, Natural(cr4))?;
     v.write(GUEST_CR4, Natural(cr4 | caps.cr4_fixed0))
+}
+
+/// Whether the guest uses 32-bit PAE paging (CR0.PG, CR4.PAE, not long
+/// mode): then VM entry loads its PDPTEs from the VMCS.
+pub(crate) fn pae_paging(v: &Loaded<'_>) -> bool {
+    v.read(CR0_READ_SHADOW).0 & CR0_PG != 0
+        && v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0
+        && v.read(GUEST_IA32_EFER) & EFER_LMA == 0
+}
+
+fn write_pdptes(v: &mut Loaded<'_>, p: &[u64; 4]) -> Result {
+    v.write(GUEST_PDPTE0, p[0])?;
+    v.write(GUEST_PDPTE1, p[1])?;
+    v.write(GUEST_PDPTE2, p[2])?;
+    v.write(GUEST_PDPTE3, p[3])
 }
 
 /// The "IA-32e mode guest" VM-entry control must match EFER.LMA.

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A VM: its guest-physical memory (the memory slots userspace registers
-//! with KVM_SET_USER_MEMORY_REGION, and the EPT built from them), and the
-//! ids of its vCPUs. A VM belongs to the process that created it: its
+//! with KVM_SET_USER_MEMORY_REGION, and the EPT built from them, with dirty
+//! logging), and the ids of its vCPUs. A VM belongs to the process that created it: its
 //! memory is that process's memory.
 //!
 //! Lock order: a vCPU's run token (vcpu.rs) before `Vm::mem`.
@@ -72,12 +72,38 @@ struct Slot {
     readonly: bool,
     /// Pages mapped in EPT so far, by page index within the slot.
     pinned: RBTree<u64, PinnedPage>,
+    /// With KVM_MEM_LOG_DIRTY_PAGES: one bit per page of the slot, set when
+    /// the guest (or rvmx for it) wrote the page since the last
+    /// KVM_GET_DIRTY_LOG.
+    dirty: Option<KVec<u64>>,
 }
 
 impl Slot {
     fn contains(&self, gpa: u64) -> bool {
         gpa >= self.gpa && gpa - self.gpa < self.size
     }
+
+    fn pages(&self) -> u64 {
+        self.size / PAGE
+    }
+
+    fn mark_dirty(&mut self, index: u64) {
+        if let Some(bits) = &mut self.dirty {
+            // CAST: `index` < pages, and the bitmap has a bit per page.
+            bits[(index / 64) as usize] |= 1 << (index % 64);
+        }
+    }
+}
+
+/// A cleared dirty bitmap for `pages` pages (64 per word, as KVM sizes it).
+fn new_bitmap(pages: u64) -> Result<KVec<u64>> {
+    // CAST: a slot has at most 2^31 pages, so at most 2^25 words.
+    let words = pages.div_ceil(64) as usize;
+    let mut v = KVec::with_capacity(words, GFP_KERNEL)?;
+    for _ in 0..words {
+        v.push(0, GFP_KERNEL)?;
+    }
+    Ok(v)
 }
 
 /// Guest memory: the slots and the EPT that maps them.
@@ -175,9 +201,9 @@ impl Vm {
 
     /// KVM_SET_USER_MEMORY_REGION, with KVM's checks and errors.
     pub(crate) fn set_memory_region(&self, r: &uapi::kvm_userspace_memory_region) -> Result {
-        let readonly = u64::from(r.flags) & u64::from(uapi::KVM_MEM_READONLY) != 0;
-        // Dirty logging is not implemented yet: refuse rather than ignore.
-        if r.flags & !uapi::KVM_MEM_READONLY != 0 {
+        let readonly = r.flags & uapi::KVM_MEM_READONLY != 0;
+        let log_dirty = r.flags & uapi::KVM_MEM_LOG_DIRTY_PAGES != 0;
+        if r.flags & !(uapi::KVM_MEM_READONLY | uapi::KVM_MEM_LOG_DIRTY_PAGES) != 0 {
             return Err(EINVAL);
         }
         if r.slot >= MAX_SLOTS {
@@ -213,6 +239,23 @@ impl Vm {
                 return Err(EINVAL);
             }
             if s.gpa == r.guest_phys_addr {
+                // Same place: at most dirty logging is turned on or off.
+                let logging = mem.slots[pos].dirty.is_some();
+                match (logging, log_dirty) {
+                    (false, true) => {
+                        // From now on every write must fault once: take
+                        // write permission away from the mapped pages.
+                        let Memory { ept, slots } = &mut *mem;
+                        let slot = &mut slots[pos];
+                        slot.dirty = Some(new_bitmap(slot.pages())?);
+                        for (&index, _) in slot.pinned.iter() {
+                            ept.set_writable(slot.gpa + index * PAGE, false);
+                        }
+                        invept_everywhere(self.eptp);
+                    }
+                    (true, false) => mem.slots[pos].dirty = None,
+                    _ => {}
+                }
                 return Ok(());
             }
         }
@@ -227,6 +270,7 @@ impl Vm {
             uaddr: r.userspace_addr,
             readonly,
             pinned: RBTree::new(),
+            dirty: if log_dirty { Some(new_bitmap(r.memory_size / PAGE)?) } else { None },
         };
         mem.slots.push(new, GFP_KERNEL)?;
         if let Some(pos) = existing {
@@ -262,7 +306,13 @@ impl Vm {
         let index = (gpa - slot.gpa) / PAGE;
         let page_gpa = slot.gpa + index * PAGE;
         if slot.pinned.get(&index).is_some() {
-            // Mapped already (another vCPU got here first).
+            // Mapped already: another vCPU got here first, or this is a
+            // write to a page that dirty logging write-protected. The page
+            // is dirty now, and writable until the next KVM_GET_DIRTY_LOG.
+            if write {
+                slot.mark_dirty(index);
+                ept.set_writable(page_gpa, true);
+            }
             return Ok(Fault::Mapped);
         }
         let mut page = core::ptr::null_mut();
@@ -275,17 +325,24 @@ impl Vm {
         // SAFETY: `page` is a pinned page.
         let hpa = unsafe { rvmx_glue_page_to_phys(page) };
         slot.pinned.try_create_and_insert(index, pinned, GFP_KERNEL)?;
-        ept.map(page_gpa, hpa, !slot.readonly)?;
+        // With dirty logging, a page that was only read is mapped read-only,
+        // so that its first write faults and is recorded.
+        ept.map(page_gpa, hpa, !slot.readonly && (write || slot.dirty.is_none()))?;
+        if write {
+            slot.mark_dirty(index);
+        }
         Ok(Fault::Mapped)
     }
 
     /// Writes guest-physical memory (the data of a string IN). Fails with
     /// EFAULT where no slot backs `gpa` or the slot is read-only.
     pub(crate) fn write_guest(&self, mut gpa: u64, buf: &[u8]) -> Result {
-        let mem = self.mem.lock();
+        let mut mem = self.mem.lock();
         let mut done = 0;
         while done < buf.len() {
-            let slot = mem.slots.iter().find(|s| s.contains(gpa) && !s.readonly).ok_or(EFAULT)?;
+            let slot = mem.slots.iter_mut().find(|s| s.contains(gpa) && !s.readonly).ok_or(EFAULT)?;
+            // rvmx writes for the guest: that dirties the page too.
+            slot.mark_dirty((gpa - slot.gpa) / PAGE);
             let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
             // SAFETY: `buf[done..done + n]` is valid for reads; the
             // destination is the VM process's memory (we run in it).
@@ -296,6 +353,70 @@ impl Vm {
             gpa += n as u64;
         }
         Ok(())
+    }
+
+    /// KVM_GET_DIRTY_LOG: copies slot `slot`'s dirty bitmap to `uaddr` and
+    /// clears it, as KVM does without KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2:
+    /// under the memory lock, the bitmap is taken and the pages it names are
+    /// write-protected again, every CPU's cached translations are flushed,
+    /// and only then is the bitmap copied out. A write before the flush is
+    /// in memory by the time userspace reads the pages; a write after it
+    /// faults and is in the next bitmap. So every page written since the
+    /// last call is reported, and no other.
+    pub(crate) fn get_dirty_log(&self, slot_id: u32, uaddr: u64) -> Result {
+        // KVM: address space (bits 31:16) 0, ids below KVM_USER_MEM_SLOTS.
+        if slot_id >> 16 != 0 || slot_id & 0xffff >= 32767 {
+            return Err(EINVAL);
+        }
+        let bits = {
+            let mut mem = self.mem.lock();
+            let Memory { ept, slots } = &mut *mem;
+            let slot = slots.iter_mut().find(|s| s.id == slot_id).ok_or(ENOENT)?;
+            let gpa = slot.gpa;
+            if slot.dirty.is_none() {
+                return Err(ENOENT);
+            }
+            let bits = slot.dirty.replace(new_bitmap(slot.pages())?).ok_or(ENOENT)?;
+            let mut any = false;
+            for (w, &word) in bits.iter().enumerate() {
+                let mut m = word;
+                while m != 0 {
+                    let index = w as u64 * 64 + u64::from(m.trailing_zeros());
+                    ept.set_writable(gpa + index * PAGE, false);
+                    m &= m - 1;
+                    any = true;
+                }
+            }
+            if any {
+                invept_everywhere(self.eptp);
+            }
+            bits
+        };
+        let len = bits.len() * 8;
+        // SAFETY: `bits` is `len` bytes of plain integers; the destination is
+        // checked by the copy.
+        kernel::error::to_result(unsafe { rvmx_glue_copy_to_user(uaddr, bits.as_ptr().cast(), len as u64) })
+    }
+
+    /// The four PDPTEs of 32-bit PAE paging, from the 32-byte table at
+    /// guest-physical `cr3` (bits 31:5), or `None` if one that is present
+    /// has reserved bits set (the CPU would refuse it with #GP). Fails with
+    /// EFAULT if no slot backs the table.
+    pub(crate) fn read_pdptes(&self, cr3: u64) -> Result<Option<[u64; 4]>> {
+        let mut raw = [0u8; 32];
+        self.read_guest(cr3 & 0xffff_ffe0, &mut raw)?;
+        let maxphy = crate::hw::cpuid(0x8000_0008, 0)[0] & 0xff;
+        // Bits 2:1 and 8:5 are reserved, and every address bit the CPU
+        // does not have.
+        let reserved = 0x1e6 | (u64::MAX << maxphy);
+        let mut p = [0u64; 4];
+        for (i, e) in p.iter_mut().enumerate() {
+            *e = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().map_err(|_| EINVAL)?);
+            if *e & 1 != 0 && *e & reserved != 0 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(p))
     }
 
     /// Reads guest-physical memory (for decoding the instruction behind an

@@ -37,7 +37,7 @@ pub(crate) fn cpuid(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let leaf = ctx.regs[reg::RAX] as u32;
     let sub = ctx.regs[reg::RCX] as u32;
     let mut r = if ctx.guest.cpuid.is_empty() {
-        let mut r = filtered(leaf, sub);
+        let mut r = filtered(leaf, sub, ctx.guest.host_xcr0);
         match leaf {
             1 => r[1] = (r[1] & 0x00ff_ffff) | (ctx.vcpu_id << 24),
             0xb | 0x1f => r[3] = ctx.vcpu_id,
@@ -66,8 +66,9 @@ fn lookup(table: &[kvm_cpuid_entry2], leaf: u32, sub: u32) -> [u32; 4] {
         .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
 }
 
-/// The host's CPUID (leaf, subleaf), edited to what rvmx supports.
-fn filtered(leaf: u32, sub: u32) -> [u32; 4] {
+/// The host's CPUID (leaf, subleaf), edited to what rvmx supports on a host
+/// running with XCR0 `host_xcr0`.
+fn filtered(leaf: u32, sub: u32, host_xcr0: u64) -> [u32; 4] {
     let mut r = hw::cpuid(leaf, sub);
     match leaf {
         1 => {
@@ -97,10 +98,9 @@ fn filtered(leaf: u32, sub: u32) -> [u32; 4] {
         0xd if sub == 1 => r[0] &= !((1 << 3) | (1 << 4)), // XSAVES, XFD
         0xd if sub == 0 => {
             // The state components a guest may enable: those the host has.
-            let xcr0 = hw::xcr0();
             // CAST: low and high halves of XCR0.
-            r[0] &= xcr0 as u32;
-            r[3] &= (xcr0 >> 32) as u32;
+            r[0] &= host_xcr0 as u32;
+            r[3] &= (host_xcr0 >> 32) as u32;
         }
         0x8000_0001 if !rdtscp_allowed() => r[3] &= !(1 << 27),
         0x4000_0000 => r = [0x4000_0001, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
@@ -118,9 +118,11 @@ fn rdtscp_allowed() -> bool {
 
 /// KVM_GET_SUPPORTED_CPUID: every leaf and subleaf of `filtered`.
 pub(crate) fn supported() -> Result<KVec<kvm_cpuid_entry2>> {
+    // An ioctl, not a guest section: the CPU's XCR0 is the host's.
+    let host_xcr0 = hw::xcr0();
     let mut v = KVec::new();
     let mut add = |leaf: u32, sub: u32, indexed: bool| -> Result {
-        let r = filtered(leaf, sub);
+        let r = filtered(leaf, sub, host_xcr0);
         let e = kvm_cpuid_entry2 {
             function: leaf,
             index: if indexed { sub } else { 0 },
@@ -163,9 +165,8 @@ pub(crate) fn supported() -> Result<KVec<kvm_cpuid_entry2>> {
                 }
             }
             0xd => {
-                let xcr0 = hw::xcr0();
                 for sub in 0..64 {
-                    if sub < 2 || xcr0 & (1 << sub) != 0 {
+                    if sub < 2 || host_xcr0 & (1 << sub) != 0 {
                         add(0xd, sub, true)?;
                     }
                 }

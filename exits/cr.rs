@@ -8,7 +8,7 @@
 //! whole write: the guest's value goes to the read shadow, the adjusted one
 //! to the VMCS, and turning paging on or off with EFER.LME set enters or
 //! leaves long mode (EFER.LMA and the "IA-32e mode guest" entry control),
-//! as the CPU would. MOV to/from CR8 (the task priority) also exits: there
+//! and loads the PDPTEs of 32-bit PAE paging, as the CPU would. MOV to/from CR8 (the task priority) also exits: there
 //! is no local APIC in the kernel to give it to, so rvmx keeps the value,
 //! and hands it to userspace in kvm_run.cr8 as KVM does without one.
 
@@ -46,10 +46,6 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
                         return ctx.inject_exception(GP, Some(0));
                     }
                     efer |= EFER_LMA;
-                } else if cr4 & CR4_PAE != 0 {
-                    // PAE paging outside long mode needs the PDPTEs loaded
-                    // into the VMCS: not done yet.
-                    return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, 28));
                 }
             } else if value & CR0_PG == 0 {
                 efer &= !EFER_LMA;
@@ -57,12 +53,14 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             vcpu::set_cr0(ctx.vmcs, &caps, value)?;
             ctx.vmcs.write(GUEST_IA32_EFER, efer)?;
             vcpu::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
+            ctx.flush_guest_tlb()?;
         }
         (0, 4) => {
             if value & CR4_VMXE != 0 || value & !caps.cr4_fixed1 != 0 {
                 return ctx.inject_exception(GP, Some(0));
             }
             vcpu::set_cr4(ctx.vmcs, &caps, value)?;
+            ctx.flush_guest_tlb()?;
         }
         (0, 8) => {
             if value >> 4 != 0 {
@@ -78,5 +76,13 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         _ => return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, 28)),
     }
     ctx.skip_instruction()?;
+    // 32-bit PAE paging: the CPU translates through four page-directory-
+    // pointer entries (PDPTEs) that MOV to CR0/CR4 loads from the table at
+    // CR3, and that VM entry loads from the VMCS. rvmx performed the write,
+    // so it loads them: reading guest memory may sleep, so the run loop
+    // does it outside the guest section (vm.rs `read_pdptes`).
+    if cr <= 4 && access == 0 && vcpu::pae_paging(ctx.vmcs) {
+        return Ok(Action::LoadPdptes(ctx.vmcs.read(GUEST_CR3).0));
+    }
     Ok(Action::Resume)
 }

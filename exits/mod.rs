@@ -56,6 +56,9 @@ pub(crate) enum Action {
     EptViolation(ept::EptFault),
     /// Leave the guest section and start a string I/O (may sleep).
     StringIo(io::StringIo),
+    /// Leave the guest section and load the PDPTEs from the table at this
+    /// guest-physical CR3 (PAE paging was turned on; may sleep).
+    LoadPdptes(u64),
 }
 
 /// Instruction state left open by an exit to userspace, finished at the
@@ -100,6 +103,17 @@ impl ExitCtx<'_, '_> {
         vcpu::clear_interrupt_shadow(self.vmcs)
     }
 
+    /// Drops the guest's cached linear translations on this CPU, as a MOV
+    /// to CR0 or CR4 that changes paging does on bare metal when the CPU
+    /// executes it (rvmx emulated it instead). Without a VPID every VM entry
+    /// flushes them anyway.
+    pub(crate) fn flush_guest_tlb(&mut self) -> Result {
+        if self.guest.vpid != 0 && crate::hw::vmx::invvpid_single(self.guest.vpid).is_err() {
+            return Err(EIO);
+        }
+        Ok(())
+    }
+
     /// Writes general-purpose register `n` (RSP goes to the VMCS).
     pub(crate) fn set_gpr(&mut self, n: usize, v: u64) -> Result {
         if n == reg::RSP {
@@ -139,16 +153,23 @@ impl ExitCtx<'_, '_> {
     /// reason and the CPU go to userspace (`data[0]`, `data[1]`), as KVM
     /// reports an unexpected exit reason.
     pub(crate) fn internal_error(&mut self, suberror: u32, reason: u32) -> Action {
-        // SAFETY: `run` is the vCPU's run page; plain stores to the
-        // `internal` member of its exit union.
-        unsafe {
-            let r = &mut *self.run;
-            r.__bindgen_anon_1.internal.suberror = suberror;
-            r.__bindgen_anon_1.internal.ndata = 2;
-            r.__bindgen_anon_1.internal.data[0] = u64::from(reason);
-            r.__bindgen_anon_1.internal.data[1] = u64::from(raw_cpu());
-        }
-        self.exit_to_user(uapi::KVM_EXIT_INTERNAL_ERROR)
+        report_internal_error(self.run, suberror, reason);
+        Action::ToUser
+    }
+}
+
+/// Fills the run page for KVM_EXIT_INTERNAL_ERROR: the suberror, the raw
+/// exit reason and the CPU (`data[0]`, `data[1]`).
+pub(crate) fn report_internal_error(run: *mut kvm_run, suberror: u32, reason: u32) {
+    // SAFETY: `run` is the vCPU's run page; plain stores to its exit reason
+    // and the `internal` member of its exit union.
+    unsafe {
+        let r = &mut *run;
+        r.exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
+        r.__bindgen_anon_1.internal.suberror = suberror;
+        r.__bindgen_anon_1.internal.ndata = 2;
+        r.__bindgen_anon_1.internal.data[0] = u64::from(reason);
+        r.__bindgen_anon_1.internal.data[1] = u64::from(raw_cpu());
     }
 }
 

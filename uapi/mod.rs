@@ -33,6 +33,7 @@ pub(crate) const KVM_GET_VCPU_MMAP_SIZE: u32 = _IO(IO, 0x04);
 pub(crate) const KVM_GET_SUPPORTED_CPUID: u32 = _IOWR::<kvm_cpuid2>(IO, 0x05);
 // VM ioctls.
 pub(crate) const KVM_CREATE_VCPU: u32 = _IO(IO, 0x41);
+pub(crate) const KVM_GET_DIRTY_LOG: u32 = _IOW::<kvm_dirty_log>(IO, 0x42);
 pub(crate) const KVM_SET_USER_MEMORY_REGION: u32 = _IOW::<kvm_userspace_memory_region>(IO, 0x46);
 pub(crate) const KVM_SET_TSS_ADDR: u32 = _IO(IO, 0x47);
 pub(crate) const KVM_SET_IDENTITY_MAP_ADDR: u32 = _IOW::<u64>(IO, 0x48);
@@ -46,8 +47,16 @@ pub(crate) const KVM_INTERRUPT: u32 = _IOW::<kvm_interrupt>(IO, 0x86);
 pub(crate) const KVM_GET_MSRS: u32 = _IOWR::<kvm_msrs>(IO, 0x88);
 pub(crate) const KVM_SET_MSRS: u32 = _IOW::<kvm_msrs>(IO, 0x89);
 pub(crate) const KVM_SET_SIGNAL_MASK: u32 = _IOW::<kvm_signal_mask>(IO, 0x8b);
+pub(crate) const KVM_GET_FPU: u32 = _IOR::<kvm_fpu>(IO, 0x8c);
+pub(crate) const KVM_SET_FPU: u32 = _IOW::<kvm_fpu>(IO, 0x8d);
 pub(crate) const KVM_SET_CPUID2: u32 = _IOW::<kvm_cpuid2>(IO, 0x90);
 pub(crate) const KVM_GET_CPUID2: u32 = _IOWR::<kvm_cpuid2>(IO, 0x91);
+pub(crate) const KVM_GET_VCPU_EVENTS: u32 = _IOR::<kvm_vcpu_events>(IO, 0x9f);
+pub(crate) const KVM_SET_VCPU_EVENTS: u32 = _IOW::<kvm_vcpu_events>(IO, 0xa0);
+pub(crate) const KVM_GET_XSAVE: u32 = _IOR::<kvm_xsave>(IO, 0xa4);
+pub(crate) const KVM_SET_XSAVE: u32 = _IOW::<kvm_xsave>(IO, 0xa5);
+pub(crate) const KVM_GET_XCRS: u32 = _IOR::<kvm_xcrs>(IO, 0xa6);
+pub(crate) const KVM_SET_XCRS: u32 = _IOW::<kvm_xcrs>(IO, 0xa7);
 
 // The numbers userspace sees in linux/kvm.h, checked at build time.
 const _: () = assert!(KVM_SET_USER_MEMORY_REGION == 0x4020_ae46);
@@ -64,5 +73,11 @@ const _: () = assert!(KVM_SET_CPUID2 == 0x4008_ae90);
 const _: () = assert!(KVM_GET_CPUID2 == 0xc008_ae91);
 const _: () = assert!(core::mem::size_of::<kvm_cpuid_entry2>() == 40);
 const _: () = assert!(core::mem::size_of::<kvm_msr_entry>() == 16);
+const _: () = assert!(KVM_GET_DIRTY_LOG == 0x4010_ae42);
+const _: () = assert!(KVM_GET_FPU == 0x81a0_ae8c);
+const _: () = assert!(KVM_SET_XSAVE == 0x5000_aea5);
+const _: () = assert!(KVM_GET_XCRS == 0x8188_aea6);
+const _: () = assert!(core::mem::size_of::<kvm_xsave>() == 4096);
+const _: () = assert!(KVM_GET_VCPU_EVENTS == 0x8040_ae9f);
 const _: () = assert!(core::mem::size_of::<kvm_run>() == 2352);
 const _: () = assert!(core::mem::size_of::<rvmx_exit_info>() == 64);

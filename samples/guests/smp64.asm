@@ -11,12 +11,19 @@
 ; threads move between them. Then it says it is done and halts. vCPU 0
 ; waits until all are done, prints the total (exactly N x 100,000) on the
 ; serial port and ends the guest through the exit port.
+;
+; The guest takes no interrupts (rvmx-run injects none), but it runs with
+; RFLAGS.IF set: vCPU 0 spins while it waits, and Bochs 2.7, unlike real
+; hardware, gives the host its timer interrupts (as VM exits) only while a
+; guest has IF set. Without them the host could not preempt the spinning
+; vCPU to run the others on that CPU.
 bits 64
 org 0x1000
 
 ROUNDS equ 100000
 
 start:
+	sti				; see below
 	mov eax, 1
 	cpuid
 	shr ebx, 24			; EBX = APIC ID, which rvmx-run sets to EDI

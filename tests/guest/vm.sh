@@ -18,17 +18,21 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..12"
+echo "1..16"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
 sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
+sub "dirty logging, slot changes, FPU state on rvmx (subtests)" memory /dev/rvmx
+sub "exit-path benchmark on rvmx" bench /dev/rvmx
 if rmmod rvmx; then ok "rvmx unloads after the VMs are closed"; else not_ok "rvmx unloads after the VMs are closed" "$(grep ^rvmx /proc/modules)"; fi
 if modprobe kvm_intel; then ok "modprobe kvm_intel"; else not_ok "modprobe kvm_intel"; fi
 sub "the same guests on KVM (subtests)" guests /dev/kvm
 sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
 sub "the same SMP guests on KVM (subtests)" smp /dev/kvm
 sub "the same events on KVM (subtests)" events /dev/kvm
+sub "the same memory tests on KVM (subtests)" memory /dev/kvm
+sub "the same benchmark on KVM" bench /dev/kvm
 if rmmod kvm_intel && rmmod kvm; then ok "kvm unloads"; else not_ok "kvm unloads"; fi
 [ $fails -eq 0 ]

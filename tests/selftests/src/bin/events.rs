@@ -17,6 +17,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use rvmx_selftests::{ioctl, Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
 
 const IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq.bin"));
 const MSR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/msr.bin"));
@@ -35,6 +36,19 @@ fn interrupt(vcpu: &VcpuFd, vector: u32) -> Result<i32, i32> {
     // SAFETY: KVM_INTERRUPT reads one u32 (struct kvm_interrupt) at `&irq`.
     let r = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_INTERRUPT as _, &irq) };
     if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { Ok(r) }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {}
+
+/// An empty handler without SA_RESTART, so a signal ends KVM_RUN (EINTR)
+/// instead of killing the process.
+fn install_handler(sig: libc::c_int) {
+    // SAFETY: installs an async-signal-safe empty handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
 }
 
 fn msrs(entries: &[(u32, u64)]) -> Msrs {
@@ -61,7 +75,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(24);
+    let mut t = Tap::plan(33);
 
     // --- Interrupts through the interrupt-window protocol.
     const N: u32 = 50;
@@ -121,6 +135,9 @@ fn main() {
     vm.write(CODE, MSR);
     let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
     protected_mode(&vcpu);
+    let mut s = vcpu.get_sregs().unwrap();
+    s.cr4 |= (1 << 18) | (1 << 9); // OSXSAVE (XSETBV allowed), OSFXSR
+    vcpu.set_sregs(&s).unwrap();
     let mut outs = Vec::new();
     let end = loop {
         match vcpu.run() {
@@ -132,10 +149,39 @@ fn main() {
     t.expect_eq(end.as_str(), "Hlt", "MSR guest runs to HLT");
     t.expect_eq((vm.read_u32(0x500), vm.read_u32(0x504)), (13, 0), "RDMSR of a missing MSR: #GP with error code 0 in the guest");
     t.expect_eq(outs, vec![(0x10, 0x8123_4560), (0x11, 0xffff_ffff)], "guest WRMSR then RDMSR of LSTAR reads back its value");
-    t.expect_eq(vm.read_u32(0x508), 2, "WRMSR of a non-canonical KERNEL_GS_BASE: #GP too");
+    t.expect_eq(vm.read_u32(0x508), 3, "WRMSR of a non-canonical KERNEL_GS_BASE, XSETBV of XCR0 without x87: #GP too");
+    let xcr0 = vcpu.get_xcrs().map(|x| x.xcrs[0].value).map_err(|e| e.errno());
+    t.expect_eq(xcr0, Ok(3), "the guest's XSETBV of XCR0 = 3 took effect (KVM_GET_XCRS)");
     let mut m = msrs(&[(LSTAR, 0)]);
     let n = vcpu.get_msrs(&mut m).unwrap_or(0);
     t.expect_eq((n, m.as_slice()[0].data), (1, 0xffff_ffff_8123_4560), "KVM_GET_MSRS sees the LSTAR the guest wrote");
+
+    // --- KVM_SET_VCPU_EVENTS: an exception with an error code reaches the
+    // guest's handler (the MSR guest's #GP handler, from HLTs at 0x1ff0).
+    vm.write(0x1ff0, &[0xf4; 4]);
+    vm.write(0x50c, &1u32.to_le_bytes()); // the handler skips one HLT
+    let mut regs = vcpu.get_regs().unwrap();
+    regs.rip = 0x1ff0;
+    vcpu.set_regs(&regs).unwrap();
+    let mut ev = vcpu.get_vcpu_events().unwrap_or_default();
+    ev.exception.injected = 1;
+    ev.exception.nr = 13;
+    ev.exception.has_error_code = 1;
+    ev.exception.error_code = 0x1234;
+    ev.flags = 0;
+    let set = vcpu.set_vcpu_events(&ev).map_err(|e| e.errno());
+    let end = vcpu.run().map(|e| format!("{e:?}")).map_err(|e| e.errno());
+    t.expect_eq((set, end, vm.read_u32(0x504), vm.read_u32(0x508)), (Ok(()), Ok("Hlt".to_string()), 0x1234, 4),
+                "KVM_SET_VCPU_EVENTS: #GP with error code 0x1234 reaches the guest's handler");
+    ev.exception.nr = 2;
+    let nmi_vector = vcpu.set_vcpu_events(&ev).map_err(|e| e.errno());
+    ev.exception.nr = 13;
+    ev.flags = 1 << 12;
+    t.expect_eq((nmi_vector, vcpu.set_vcpu_events(&ev).map_err(|e| e.errno())), (Err(libc::EINVAL), Err(libc::EINVAL)),
+                "KVM_SET_VCPU_EVENTS: exception vector 2, unknown flags: EINVAL");
+    let _ = interrupt(&vcpu, 0x30);
+    let ev = vcpu.get_vcpu_events().map(|e| (e.interrupt.injected, e.interrupt.nr)).map_err(|e| e.errno());
+    t.expect_eq(ev, Ok((1, 0x30)), "KVM_GET_VCPU_EVENTS shows the interrupt KVM_INTERRUPT queued");
 
     // --- MSRs from the VMM.
     let list = kvm.get_msr_index_list().map(|l| l.as_slice().to_vec()).unwrap_or_default();
@@ -185,6 +231,89 @@ fn main() {
     t.expect_eq(seen.to_le_bytes(), *b"Test", "the guest's CPUID leaf 0 EBX is the one KVM_SET_CPUID2 set");
     let back = v.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map(|c| c.as_slice().len());
     t.expect_eq(back, Ok(cpuid.as_slice().len()), "KVM_GET_CPUID2 returns the table");
+
+    // --- KVM_SET_CPUID2 after KVM_RUN: only the same table (EINVAL
+    // otherwise, as KVM since 6.0); table-size errors.
+    let same = v.set_cpuid2(&cpuid).map_err(|e| e.errno());
+    let mut other = cpuid.clone();
+    for e in other.as_mut_slice() {
+        if e.function == 0 {
+            e.ebx ^= 1;
+        }
+    }
+    t.expect_eq((same, v.set_cpuid2(&other).map_err(|e| e.errno())), (Ok(()), Err(libc::EINVAL)),
+                "KVM_SET_CPUID2 after KVM_RUN: the same table is accepted, another is EINVAL");
+    let big: [u32; 2] = [257, 0]; // struct kvm_cpuid2 { nent, padding }
+    // SAFETY: the kernel reads the 8-byte header and refuses before the entries.
+    let r = unsafe { libc::ioctl(v.as_raw_fd(), 0x4008_ae90u64 as _, big.as_ptr()) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    t.check(r < 0 && errno == Some(libc::E2BIG), "KVM_SET_CPUID2 with 257 entries: E2BIG", format!("{r} {errno:?}"));
+    t.expect_eq(v.get_cpuid2(1).map(|_| ()).map_err(|e| e.errno()), Err(libc::E2BIG), "KVM_GET_CPUID2 with room for 1 entry: E2BIG");
+    let mut list: [u32; 2] = [1, 0]; // struct kvm_msr_list { nmsrs, indices[1] }
+    // SAFETY: the kernel writes the count back and refuses before the indices.
+    let r = unsafe { libc::ioctl(kvm.as_raw_fd(), 0xc004_ae02u64 as _, list.as_mut_ptr()) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    t.check(r < 0 && errno == Some(libc::E2BIG) && list[0] > 1, "KVM_GET_MSR_INDEX_LIST with room for 1: E2BIG, and the count",
+            format!("{r} {errno:?} {}", list[0]));
+
+    // --- KVM_SET_SIGNAL_MASK: the mask in force during KVM_RUN. The thread
+    // blocks SIGUSR2, the vCPU's mask blocks nothing: a SIGUSR2 sent while
+    // the guest spins ends KVM_RUN with EINTR, and the thread's own mask is
+    // back afterwards (the way QEMU kicks its vCPU threads).
+    install_handler(libc::SIGUSR2);
+    install_handler(libc::SIGUSR1);
+    let vm2 = TestVm::new(&kvm, 0x80000);
+    vm2.write(CODE, &[0xfb, 0xeb, 0xfe]); // sti; jmp $ (STI: see guests.rs)
+    let mut spin = vm2.real_mode_vcpu(&kvm, 0, CODE);
+    #[repr(C)]
+    struct Mask { len: u32, set: u64 }
+    let none_blocked = Mask { len: 8, set: 0 };
+    // SAFETY: KVM_SET_SIGNAL_MASK reads the header and 8 bytes of sigset.
+    let r = unsafe { libc::ioctl(spin.as_raw_fd(), KVM_SET_SIGNAL_MASK as _, &none_blocked) };
+    let fallback = std::sync::atomic::AtomicBool::new(false);
+    let tid = std::sync::atomic::AtomicI32::new(0);
+    let kill = |sig: libc::c_int| {
+        // SAFETY: signals a thread of this process.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid.load(Ordering::SeqCst), sig) };
+    };
+    let (result, still_blocked) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+            // SAFETY: blocks SIGUSR2 in this thread only.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let r = spin.run().map(|e| format!("{e:?}")).map_err(|e| e.errno());
+            // SAFETY: reads this thread's mask.
+            let blocked = unsafe {
+                let mut cur: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+                libc::sigismember(&cur, libc::SIGUSR2) == 1
+            };
+            (r, blocked)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        kill(libc::SIGUSR2);
+        for _ in 0..30 {
+            if h.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !h.is_finished() {
+            // The mask did not let SIGUSR2 through: end the run another way.
+            fallback.store(true, Ordering::SeqCst);
+            kill(libc::SIGUSR1); // not blocked
+        }
+        h.join().unwrap()
+    });
+    let ok = r == 0 && result == Err(libc::EINTR) && !fallback.load(Ordering::SeqCst) && still_blocked;
+    t.check(ok, "KVM_SET_SIGNAL_MASK: a signal the thread blocks but the vCPU's mask allows ends KVM_RUN",
+            format!("set {r}, run {result:?}, needed fallback {}, thread mask restored {still_blocked}", fallback.load(Ordering::SeqCst)));
 
     // --- KVM_SET_SIGNAL_MASK: a bad length is EINVAL; NULL clears.
     #[repr(C)]

@@ -253,7 +253,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(25);
+    let mut t = Tap::plan(27);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -439,6 +439,45 @@ fn main() {
     let mut g = Guest::real(&kvm, &[0xb8, 0xef, 0xbe, 0xad, 0xde, 0xe7, 0x18, 0xf4]); // mov eax, 0xdeadbeef; out 0x18, eax; hlt
     protected_mode(&mut g);
     t.expect_eq(run(&mut g, 0), Exit::Out(0x18, vec![0xef, 0xbe, 0xad, 0xde]), "32-bit protected mode: OUT of EAX");
+
+    // 8b. 32-bit PAE paging. The PDPT at 0x20000 has two present entries:
+    //     the first GiB and the second both map GPA 0 with one 2 MiB page, so
+    //     virtual 0x40005000 is guest-physical 0x5000, which holds a magic.
+    //     First set up by KVM_SET_SREGS, then turned on by the guest itself
+    //     with a MOV to CR0 that also clears CD/NW (which exits to rvmx, so
+    //     rvmx must load the PDPTEs; without the CD/NW change the CPU would).
+    let pae_tables = |g: &Guest| {
+        g.write_u64(0x20000, 0x21000 | 1);
+        g.write_u64(0x20008, 0x21000 | 1);
+        g.write_u64(0x21000, 0x83); // 2 MiB page at 0: present, writable, PS
+        g.write(0x5000, &0x5041_4521u32.to_le_bytes());
+    };
+    let read_magic = [0xa1, 0x00, 0x50, 0x00, 0x40, 0xe7, 0x19, 0xf4]; // mov eax, [0x40005000]; out 0x19, eax; hlt
+    let mut g = Guest::real(&kvm, &read_magic);
+    pae_tables(&g);
+    protected_mode(&mut g);
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.cr3 = 0x20000;
+    s.cr4 |= 1 << 5; // PAE
+    s.cr0 |= 1 << 31; // PG
+    let set = g.vcpu.set_sregs(&s).map_err(|e| e.errno());
+    let out = run(&mut g, 0);
+    t.expect_eq((set, out), (Ok(()), Exit::Out(0x19, 0x5041_4521u32.to_le_bytes().to_vec())), "32-bit PAE paging set by KVM_SET_SREGS");
+    let mut code = vec![
+        0x0f, 0x20, 0xc0, // mov eax, cr0
+        0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, 0x80000000 (PG)
+        0x25, 0xff, 0xff, 0xff, 0x9f, // and eax, 0x9fffffff (CD, NW off)
+        0x0f, 0x22, 0xc0, // mov cr0, eax
+    ];
+    code.extend_from_slice(&read_magic);
+    let mut g = Guest::real(&kvm, &code);
+    pae_tables(&g);
+    protected_mode(&mut g);
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.cr3 = 0x20000;
+    s.cr4 |= 1 << 5; // PAE, paging still off
+    g.vcpu.set_sregs(&s).unwrap();
+    t.expect_eq(run(&mut g, 0), Exit::Out(0x19, 0x5041_4521u32.to_le_bytes().to_vec()), "32-bit PAE paging turned on by the guest (MOV to CR0 that exits)");
 
     // 9-10. 64-bit long mode: a 64-bit MMIO store through the guest's own
     //       page tables, and a 32-bit OUT.

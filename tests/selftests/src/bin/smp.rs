@@ -116,7 +116,18 @@ fn smp_run(kvm: &Kvm, n: u64, code: &[u8], rounds: u32, shuffle: bool) -> (u32, 
 fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(5);
+    let mut t = Tap::plan(7);
+
+    // Limits, as KVM reports them: NR_VCPUS (recommended) and MAX_VCPUS
+    // (hard); rvmx allows 64 per VM.
+    let (nr, max) = (kvm.get_nr_vcpus(), kvm.get_max_vcpus());
+    t.check(nr >= 1 && nr <= max && max >= 64, "KVM_CAP_NR_VCPUS <= KVM_CAP_MAX_VCPUS, and at least 64", format!("nr {nr}, max {max}"));
+    let vm = kvm.create_vm().unwrap();
+    let all: Vec<_> = (0..64).filter_map(|id| vm.create_vcpu(id).ok()).collect();
+    let more: Vec<_> = (0..8).filter_map(|_| kvm.create_vm().ok()).collect();
+    let vcpus_in_each = more.iter().filter(|v| v.create_vcpu(0).is_ok()).count();
+    t.expect_eq((all.len(), more.len(), vcpus_in_each), (64, 8, 8), "64 vCPUs in one VM, and 8 more VMs at once");
+    drop((all, more, vm));
 
     for n in [4u64, 16] {
         let start = std::time::Instant::now();
