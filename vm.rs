@@ -75,7 +75,7 @@ struct Slot {
     /// With KVM_MEM_LOG_DIRTY_PAGES: one bit per page of the slot, set when
     /// the guest (or rvmx for it) wrote the page since the last
     /// KVM_GET_DIRTY_LOG.
-    dirty: Option<KVec<u64>>,
+    dirty: Option<KVVec<u64>>,
 }
 
 impl Slot {
@@ -96,14 +96,12 @@ impl Slot {
 }
 
 /// A cleared dirty bitmap for `pages` pages (64 per word, as KVM sizes it).
-fn new_bitmap(pages: u64) -> Result<KVec<u64>> {
+/// Up to 256 MiB for the largest slot, so kvmalloc (vmalloc when large),
+/// and a failure is ENOMEM for the caller, not a warning in the log.
+fn new_bitmap(pages: u64) -> Result<KVVec<u64>> {
     // CAST: a slot has at most 2^31 pages, so at most 2^25 words.
     let words = pages.div_ceil(64) as usize;
-    let mut v = KVec::with_capacity(words, GFP_KERNEL)?;
-    for _ in 0..words {
-        v.push(0, GFP_KERNEL)?;
-    }
-    Ok(v)
+    Ok(KVVec::from_elem(0, words, GFP_KERNEL | kernel::alloc::flags::__GFP_NOWARN)?)
 }
 
 /// Guest memory: the slots and the EPT that maps them.
