@@ -62,7 +62,7 @@ void rvmx_glue_sigmask_activate(const u64 *mask);
 void rvmx_glue_sigmask_deactivate(void);
 unsigned int rvmx_glue_num_online_cpus(void);
 
-/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu.rs). */
+/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu/). */
 long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
 void rvmx_vm_release(void *vm);
 long rvmx_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);

@@ -15,7 +15,7 @@
 //!   EFER, PAT, SYSENTER_CS/ESP/EIP, FS and GS base (segment base fields);
 //!   the TSC is the host's TSC plus the VMCS's TSC offset;
 //! - in `GuestMsrs::swapped`, loaded into the CPU by rvmx for each guest
-//!   section (vcpu.rs) because VM entry and exit do not switch them and the
+//!   section (vcpu/mod.rs) because VM entry and exit do not switch them and the
 //!   host needs its own values only on system-call entry and in user mode:
 //!   KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK, TSC_AUX;
 //! - only in `GuestMsrs` (emulated, no hardware effect): APIC_BASE (there is

@@ -5,7 +5,7 @@
 //! logging), and the ids of its vCPUs. A VM belongs to the process that created it: its
 //! memory is that process's memory.
 //!
-//! Lock order: a vCPU's run token (vcpu.rs) before `Vm::mem`.
+//! Lock order: a vCPU's run token (vcpu/mod.rs) before `Vm::mem`.
 
 use crate::ept::Ept;
 use crate::uapi;
@@ -213,6 +213,13 @@ impl Vm {
         if r.memory_size / PAGE > MAX_SLOT_PAGES
             || r.guest_phys_addr.checked_add(r.memory_size).is_none()
         {
+            return Err(EINVAL);
+        }
+        // Guest-physical addresses end at the CPU's physical-address width
+        // (CPUID 0x80000008:EAX[7:0]), as KVM checks: the guest cannot reach
+        // beyond it, and EPT's four levels would alias addresses above it.
+        let maxphy = crate::hw::cpuid(0x8000_0008, 0)[0] & 0xff;
+        if r.memory_size != 0 && r.guest_phys_addr + r.memory_size > 1u64 << maxphy.min(48) {
             return Err(EINVAL);
         }
         // SAFETY: checks a range; dereferences nothing.

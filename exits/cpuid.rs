@@ -111,7 +111,7 @@ fn filtered(leaf: u32, sub: u32, host_xcr0: u64) -> [u32; 4] {
 }
 
 /// RDTSCP and RDPID raise #UD in the guest unless the "enable RDTSCP"
-/// control is on, which rvmx turns on where the CPU allows it (vcpu.rs).
+/// control is on, which rvmx turns on where the CPU allows it (vcpu/setup.rs).
 fn rdtscp_allowed() -> bool {
     crate::vmxon::caps().is_some_and(|c| c.proc2.may_be_one & crate::vmcs::controls::proc2::ENABLE_RDTSCP != 0)
 }

@@ -7,7 +7,7 @@
 //! exiting" are on), so the host keeps its interrupts.
 //!
 //! The guest's: there is no interrupt controller in the kernel. Userspace
-//! queues an interrupt with KVM_INTERRUPT; vcpu.rs injects it at a VM entry
+//! queues an interrupt with KVM_INTERRUPT; vcpu/events.rs injects it at a VM entry
 //! when the guest can take it, or asks the CPU for an *interrupt-window
 //! exit* (reason 7) for the moment it can. The same exit tells a VMM that
 //! set kvm_run.request_interrupt_window that it may inject now.
@@ -57,7 +57,7 @@ pub(crate) fn exception_or_nmi(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
 }
 
 /// Reason 7: the guest can take an interrupt now. The window exit is
-/// turned off (vcpu.rs turns it on again while still needed); a queued
+/// turned off (vcpu/events.rs turns it on again while still needed); a queued
 /// interrupt is injected at the coming entry, and a VMM that asked for the
 /// window and has nothing queued hears KVM_EXIT_IRQ_WINDOW_OPEN.
 pub(crate) fn interrupt_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {

@@ -17,7 +17,7 @@ pub(crate) mod pin {
 
 /// Primary processor-based VM-execution controls.
 pub(crate) mod proc {
-    /// Exit as soon as the guest can take an interrupt (vcpu.rs).
+    /// Exit as soon as the guest can take an interrupt (vcpu/events.rs).
     pub(crate) const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
     /// RDTSC and the TSC MSR read the host's TSC plus the VMCS TSC offset.
     pub(crate) const USE_TSC_OFFSETTING: u32 = 1 << 3;

@@ -10,7 +10,7 @@
 //! - `Loaded` exists only while that VMCS is current on this CPU with
 //!   preemption disabled: it is the only way to VMREAD/VMWRITE, and its
 //!   `Drop` VMCLEARs, so a VMCS is never left active on a CPU that the vCPU
-//!   thread may leave (see vcpu.rs for why that scheme is correct).
+//!   thread may leave (see vcpu/mod.rs for why that scheme is correct).
 //! - `fields` lists the field encodings, typed by width.
 
 pub(crate) mod controls;

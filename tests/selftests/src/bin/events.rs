@@ -1,14 +1,16 @@
 //! Events into the guest, MSRs, CPUID and the other setup calls of issue 4,
 //! on /dev/rvmx or (first argument) /dev/kvm. Prints TAP.
 //!
-//! - Interrupts: guests/irq.asm counts vector 0x20; the test injects N
-//!   through the interrupt-window protocol (request_interrupt_window,
-//!   KVM_EXIT_IRQ_WINDOW_OPEN, ready_for_interrupt_injection, if_flag,
-//!   KVM_INTERRUPT); the guest's count must be exactly N.
+//! - Interrupts: guests/irq.asm (real mode) and irq32.asm (an IDT) count
+//!   vector 0x20; the test injects N through the interrupt-window protocol
+//!   (request_interrupt_window, KVM_EXIT_IRQ_WINDOW_OPEN,
+//!   ready_for_interrupt_injection, if_flag, KVM_INTERRUPT); the guest's
+//!   count must be exactly N. KVM_GET/SET_VCPU_EVENTS.
 //! - MSRs: guests/msr.asm takes #GP(0) on an MSR that does not exist,
 //!   writes and reads LSTAR, and faults on a non-canonical KERNEL_GS_BASE;
 //!   KVM_GET_MSRS then sees the guest's LSTAR; KVM_SET_MSRS/KVM_GET_MSRS
-//!   round trips and their errors; KVM_GET_MSR_INDEX_LIST.
+//!   round trips and their errors; KVM_GET_MSR_INDEX_LIST; the guest's
+//!   XSETBV.
 //! - CPUID: the guest sees exactly the table KVM_SET_CPUID2 set.
 //! - KVM_SET_SIGNAL_MASK, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR.
 
@@ -20,6 +22,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
 
 const IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq.bin"));
+const IRQ32: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq32.bin"));
 const MSR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/msr.bin"));
 const CODE: u64 = 0x1000;
 const LSTAR: u32 = 0xc000_0082;
@@ -51,6 +54,49 @@ fn install_handler(sig: libc::c_int) {
     }
 }
 
+/// Plays a userspace interrupt controller for `n` interrupts of vector
+/// 0x20 against guests/irq.asm or irq32.asm: at each OUT (the guest has
+/// IF = 0) it asks for an interrupt window; at KVM_EXIT_IRQ_WINDOW_OPEN it
+/// injects with KVM_INTERRUPT. Returns what went wrong, if anything, how
+/// often the guest was correctly reported not ready, how many windows
+/// opened, and the guest's count of interrupts taken.
+fn irq_protocol(vm: &TestVm, vcpu: &mut VcpuFd, n: u32) -> (Option<String>, u32, u32, u32) {
+    let (mut injected, mut windows, mut not_ready_seen, mut bad) = (0u32, 0u32, 0u32, None);
+    let mut exits = 0;
+    while injected < n && exits < 10 * n && bad.is_none() {
+        exits += 1;
+        let exit = vcpu.run().map(|e| format!("{e:?}")).map_err(|e| e.errno());
+        let run = vcpu.get_kvm_run();
+        let (ready, if_flag) = (run.ready_for_interrupt_injection, run.if_flag);
+        match exit.as_deref() {
+            // The guest has IF = 0 here: ask to be told when it can take one.
+            Ok(s) if s.starts_with("IoOut(16") => {
+                if ready == 0 && if_flag == 0 {
+                    not_ready_seen += 1;
+                }
+                run.request_interrupt_window = 1;
+            }
+            Ok("IrqWindowOpen") => {
+                windows += 1;
+                run.request_interrupt_window = 0;
+                if ready == 1 && if_flag == 1 {
+                    match interrupt(vcpu, 0x20) {
+                        Ok(_) => injected += 1,
+                        Err(e) => bad = Some(format!("KVM_INTERRUPT: errno {e}")),
+                    }
+                } else {
+                    bad = Some(format!("window open but ready={ready} if_flag={if_flag}"));
+                }
+            }
+            Ok("Hlt") => {}
+            other => bad = Some(format!("unexpected {other:?}")),
+        }
+    }
+    // One more round trip delivers the last one and reaches HLT.
+    let _ = vcpu.run();
+    (bad, not_ready_seen, windows, vm.read_u32(0x500) & 0xffff)
+}
+
 fn msrs(entries: &[(u32, u64)]) -> Msrs {
     let e: Vec<_> = entries.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
     Msrs::from_entries(&e).unwrap()
@@ -75,47 +121,24 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(33);
+    let mut t = Tap::plan(34);
 
-    // --- Interrupts through the interrupt-window protocol.
+    // --- Interrupts through the interrupt-window protocol, into the
+    // real-mode IVT and into a 32-bit IDT.
     const N: u32 = 50;
+    let vm = TestVm::new(&kvm, 2 << 20);
+    vm.write(CODE, IRQ32);
+    let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+    protected_mode(&vcpu);
+    let (bad, not_ready_seen, windows, count) = irq_protocol(&vm, &mut vcpu, N);
+    t.check(bad.is_none() && not_ready_seen == N && windows == N && count == N,
+            "32-bit guest with an IDT: N interrupts through the window protocol, counted exactly",
+            format!("{bad:?}, not ready {not_ready_seen}, windows {windows}, count {count} (N = {N})"));
+    drop(vcpu);
     let vm = TestVm::new(&kvm, 2 << 20);
     vm.write(CODE, IRQ);
     let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
-    let (mut injected, mut windows, mut not_ready_seen, mut bad) = (0u32, 0u32, 0u32, None);
-    let mut exits = 0;
-    while injected < N && exits < 10 * N && bad.is_none() {
-        exits += 1;
-        let exit = vcpu.run().map(|e| format!("{e:?}")).map_err(|e| e.errno());
-        let run = vcpu.get_kvm_run();
-        let (ready, if_flag) = (run.ready_for_interrupt_injection, run.if_flag);
-        match exit.as_deref() {
-            // The guest has IF = 0 here: ask to be told when it can take one.
-            Ok(s) if s.starts_with("IoOut(16") => {
-                if ready == 0 && if_flag == 0 {
-                    not_ready_seen += 1;
-                }
-                run.request_interrupt_window = 1;
-            }
-            Ok("IrqWindowOpen") => {
-                windows += 1;
-                run.request_interrupt_window = 0;
-                if ready == 1 && if_flag == 1 {
-                    match interrupt(&vcpu, 0x20) {
-                        Ok(_) => injected += 1,
-                        Err(e) => bad = Some(format!("KVM_INTERRUPT: errno {e}")),
-                    }
-                } else {
-                    bad = Some(format!("window open but ready={ready} if_flag={if_flag}"));
-                }
-            }
-            Ok("Hlt") => {}
-            other => bad = Some(format!("unexpected {other:?}")),
-        }
-    }
-    // One more round trip delivers the last one and reaches HLT.
-    let _ = vcpu.run();
-    let count = vm.read_u32(0x500) & 0xffff;
+    let (bad, not_ready_seen, windows, count) = irq_protocol(&vm, &mut vcpu, N);
     t.check(bad.is_none(), "interrupt-window protocol: no unexpected exit", format!("{bad:?}"));
     t.expect_eq(not_ready_seen, N, "with IF = 0: if_flag = 0 and ready_for_interrupt_injection = 0");
     t.expect_eq(windows, N, "KVM_EXIT_IRQ_WINDOW_OPEN once the guest can take an interrupt");

@@ -66,7 +66,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(16);
+    let mut t = Tap::plan(17);
 
     // --- Dirty logging: exactly the pages written since the last call.
     let vm = TestVm::new(&kvm, LOG_GPA as usize);
@@ -102,9 +102,12 @@ fn main() {
     // 2 MiB bitmap is allocated, and reports nothing.
     const BIG: u64 = 64 << 30;
     // SAFETY: the range is never accessed (no vCPU runs there).
-    let big = unsafe { vm.vm.set_user_memory_region(region(3, 1 << 40, BIG, 0x1000_0000_0000, KVM_MEM_LOG_DIRTY_PAGES)) };
+    let big = unsafe { vm.vm.set_user_memory_region(region(3, 1 << 32, BIG, 0x1000_0000_0000, KVM_MEM_LOG_DIRTY_PAGES)) };
     let log = vm.vm.get_dirty_log(3, BIG as usize).map(|b| b.iter().map(|w| w.count_ones()).sum::<u32>()).map_err(|e| e.errno());
     t.expect_eq((big.map_err(|e| e.errno()), log), (Ok(()), Ok(0)), "a 64 GiB logged slot: accepted, nothing dirty");
+    // SAFETY: refused, never mapped.
+    let beyond = unsafe { vm.vm.set_user_memory_region(region(4, 1 << 52, 4096, logged, 0)) };
+    t.expect_eq(beyond.map_err(|e| e.errno()), Err(libc::EINVAL), "a slot beyond the physical-address width: EINVAL");
     drop(vcpu);
 
     // --- A slot replaced while a vCPU runs: once KVM_SET_USER_MEMORY_REGION

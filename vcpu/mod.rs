@@ -2,7 +2,10 @@
 
 //! A vCPU: its VMCS, the guest registers the VMCS does not hold, the pages
 //! it shares with userspace (kvm_run, port-I/O data, rvmx's exit
-//! information), and the run loop that enters the guest and handles VM exits.
+//! information), its register and MSR/CPUID ioctls, and the run loop that
+//! enters the guest and handles VM exits. Beside it: `setup.rs` (how the
+//! VMCS is filled in), `events.rs` (interrupts and exceptions into the
+//! guest), `fpu.rs` (the FPU/XSAVE ioctls).
 //!
 //! # When is the VMCS loaded?
 //!
@@ -22,22 +25,30 @@
 //!
 //! Lock order: the run token, then `Vm::mem`.
 
+mod events;
+mod fpu;
+mod setup;
+
+pub(crate) use events::{clear_interrupt_shadow, set_irq_window_exiting};
+pub(crate) use setup::{pae_paging, set_cr0, set_cr4, set_long_mode};
+use events::{interruptible, update_interrupt_window};
+use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, setup_host_cpu_state, write_pdptes, write_seg};
+
 use crate::exits::{self, Action, Pending};
-use crate::msrs::GuestMsrs;
-use crate::vpid::Vpid;
-use crate::hw::{self, cr::*, msr};
+use crate::hw::{self, cr::*};
 use crate::kpage::KernelPage;
-use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_segment, kvm_sregs, rvmx_exit_info};
+use crate::msrs::GuestMsrs;
+use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_sregs, rvmx_exit_info};
 use crate::vm::{Fault, Vm};
 use crate::vmcs::{controls, fields::*, Loaded, Vmcs};
 use crate::vmxon;
+use crate::vpid::Vpid;
 use core::cell::UnsafeCell;
 use kernel::sync::Arc;
 use kernel::{new_condvar, new_mutex, prelude::*, sync::{CondVar, Mutex}};
 
 extern "C" {
     fn rvmx_vmenter(regs: *mut u64, resume: u32, host_rsp: *mut u64) -> i32;
-    static rvmx_vmexit: u8;
     fn rvmx_glue_irq_disable();
     fn rvmx_glue_irq_enable();
     fn rvmx_glue_need_resched() -> bool;
@@ -73,44 +84,6 @@ pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
 /// RFLAGS bit 1 is always 1.
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
-/// The MXCSR bits a guest may set (the rest are reserved: LDMXCSR and
-/// XRSTOR fault on them). Bit 6 (DAZ) exists on every x86-64 CPU rvmx
-/// supports.
-const MXCSR_VALID: u32 = 0xffff;
-/// Guest interruptibility state (SDM Vol. 3C §25.4.2): blocking by STI
-/// (bit 0) and by MOV SS/POP SS (bit 1), and by NMI (bit 3).
-const BLOCKING_STI: u32 = 1 << 0;
-const BLOCKING_MOVSS: u32 = 1 << 1;
-const BLOCKING_STI_MOVSS: u32 = BLOCKING_STI | BLOCKING_MOVSS;
-const BLOCKING_NMI: u32 = 1 << 3;
-/// Event types in the interruption-information fields.
-const INTR_TYPE_EXTERNAL: u32 = 0;
-const INTR_TYPE_HW_EXCEPTION: u32 = 3;
-
-/// VMX's interrupt-shadow bits in KVM's encoding (KVM_X86_SHADOW_INT_*:
-/// MOV SS is 1, STI is 2; VMX has them the other way round).
-fn shadow_to_kvm(s: u32) -> u8 {
-    let mut k = 0;
-    if s & BLOCKING_MOVSS != 0 {
-        k |= uapi::KVM_X86_SHADOW_INT_MOV_SS as u8;
-    }
-    if s & BLOCKING_STI != 0 {
-        k |= uapi::KVM_X86_SHADOW_INT_STI as u8;
-    }
-    k
-}
-
-fn shadow_from_kvm(k: u8) -> u32 {
-    let mut s = 0;
-    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_MOV_SS != 0 {
-        s |= BLOCKING_MOVSS;
-    }
-    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_STI != 0 {
-        s |= BLOCKING_STI;
-    }
-    s
-}
-
 /// The guest state that neither the VMCS nor `regs` holds, which exit
 /// handlers and ioctls use.
 pub(crate) struct Guest {
@@ -223,65 +196,6 @@ impl RunToken<'_> {
         // SAFETY: we hold the token (type invariant of `Vcpu`), and
         // `&mut self` makes this the only reference.
         unsafe { &mut *self.vcpu.state.get() }
-    }
-}
-
-fn seg_ar(s: &kvm_segment) -> u32 {
-    if s.unusable != 0 || s.present == 0 {
-        return 1 << 16;
-    }
-    u32::from(s.type_ & 15)
-        | u32::from(s.s & 1) << 4
-        | u32::from(s.dpl & 3) << 5
-        | u32::from(s.present & 1) << 7
-        | u32::from(s.avl & 1) << 12
-        | u32::from(s.l & 1) << 13
-        | u32::from(s.db & 1) << 14
-        | u32::from(s.g & 1) << 15
-}
-
-fn write_seg(v: &mut Loaded<'_>, f: &SegmentFields, s: &kvm_segment) -> Result {
-    v.write(f.selector, s.selector)?;
-    v.write(f.base, Natural(s.base))?;
-    v.write(f.limit, s.limit)?;
-    v.write(f.access_rights, seg_ar(s))
-}
-
-fn read_seg(v: &Loaded<'_>, f: &SegmentFields) -> kvm_segment {
-    let ar = v.read(f.access_rights);
-    // CAST: each field is the few bits masked out of the access rights.
-    kvm_segment {
-        base: v.read(f.base).0,
-        limit: v.read(f.limit),
-        selector: v.read(f.selector),
-        type_: (ar & 15) as u8,
-        s: (ar >> 4 & 1) as u8,
-        dpl: (ar >> 5 & 3) as u8,
-        present: (ar >> 7 & 1) as u8,
-        avl: (ar >> 12 & 1) as u8,
-        l: (ar >> 13 & 1) as u8,
-        db: (ar >> 14 & 1) as u8,
-        g: (ar >> 15 & 1) as u8,
-        unusable: (ar >> 16 & 1) as u8,
-        padding: 0,
-    }
-}
-
-fn segment(selector: u16, base: u64, limit: u32, type_: u8, s: u8) -> kvm_segment {
-    kvm_segment {
-        base,
-        limit,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db: 0,
-        s,
-        l: 0,
-        g: 0,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
     }
 }
 
@@ -587,205 +501,12 @@ impl Vcpu {
         Ok(out)
     }
 
-    /// KVM_INTERRUPT: queues an external interrupt, injected as soon as the
-    /// guest can take it (`update_interrupt_window`). Like KVM without an
-    /// in-kernel interrupt controller, a second call before the first was
-    /// injected replaces it: userspace is expected to wait for
-    /// ready_for_interrupt_injection.
-    pub(crate) fn interrupt(&self, vector: u32) -> Result {
-        let vector = u8::try_from(vector).map_err(|_| EINVAL)?;
-        let mut t = self.token()?;
-        t.state().guest.irq = Some(vector);
-        Ok(())
-    }
-
     /// KVM_SET_SIGNAL_MASK: the signals blocked while KVM_RUN runs (None:
     /// the thread's own mask).
     pub(crate) fn set_signal_mask(&self, mask: Option<u64>) -> Result {
         let mut t = self.token()?;
         t.state().sigmask = mask;
         Ok(())
-    }
-
-    /// KVM_GET_FPU: the x87 and SSE state, from the legacy (FXSAVE-format)
-    /// region at the start of the guest's XSAVE image.
-    pub(crate) fn get_fpu(&self) -> Result<uapi::kvm_fpu> {
-        let mut t = self.token()?;
-        let img = t.state().fpu.as_ptr::<u8>();
-        let mut f = uapi::kvm_fpu::default();
-        // SAFETY: the image is a page we own; the offsets are those of the
-        // FXSAVE layout (SDM Vol. 1 §10.5.1), all within its first 512 bytes.
-        unsafe {
-            let rd16 = |o: usize| img.add(o).cast::<u16>().read_unaligned();
-            let rd64 = |o: usize| img.add(o).cast::<u64>().read_unaligned();
-            f.fcw = rd16(0);
-            f.fsw = rd16(2);
-            f.ftwx = *img.add(4);
-            f.last_opcode = rd16(6);
-            f.last_ip = rd64(8);
-            f.last_dp = rd64(16);
-            f.mxcsr = img.add(24).cast::<u32>().read_unaligned();
-            core::ptr::copy_nonoverlapping(img.add(32), f.fpr.as_mut_ptr().cast::<u8>(), 128);
-            core::ptr::copy_nonoverlapping(img.add(160), f.xmm.as_mut_ptr().cast::<u8>(), 256);
-        }
-        Ok(f)
-    }
-
-    /// KVM_SET_FPU: the inverse of `get_fpu`; marks x87 and SSE state as
-    /// present in the image's header, so the next XRSTOR loads them. An
-    /// MXCSR with reserved bits set is EINVAL (XRSTOR would fault on it).
-    pub(crate) fn set_fpu(&self, f: &uapi::kvm_fpu) -> Result {
-        if f.mxcsr & !MXCSR_VALID != 0 {
-            return Err(EINVAL);
-        }
-        let mut t = self.token()?;
-        let img = t.state().fpu.as_ptr::<u8>();
-        // SAFETY: as in `get_fpu`; XSTATE_BV is at offset 512.
-        unsafe {
-            let wr16 = |o: usize, v: u16| img.add(o).cast::<u16>().write_unaligned(v);
-            let wr64 = |o: usize, v: u64| img.add(o).cast::<u64>().write_unaligned(v);
-            wr16(0, f.fcw);
-            wr16(2, f.fsw);
-            *img.add(4) = f.ftwx;
-            wr16(6, f.last_opcode);
-            wr64(8, f.last_ip);
-            wr64(16, f.last_dp);
-            img.add(24).cast::<u32>().write_unaligned(f.mxcsr);
-            core::ptr::copy_nonoverlapping(f.fpr.as_ptr().cast::<u8>(), img.add(32), 128);
-            core::ptr::copy_nonoverlapping(f.xmm.as_ptr().cast::<u8>(), img.add(160), 256);
-            let bv = img.add(512).cast::<u64>();
-            bv.write(bv.read() | 3);
-        }
-        Ok(())
-    }
-
-    /// KVM_GET_XSAVE: the guest's XSAVE image, in the standard (not
-    /// compacted) format, as XSAVE stored it.
-    pub(crate) fn get_xsave(&self, out: &mut uapi::kvm_xsave) -> Result {
-        let mut t = self.token()?;
-        // SAFETY: both are 4096 bytes; the image is ours.
-        unsafe { core::ptr::copy_nonoverlapping(t.state().fpu.as_ptr::<u8>(), out.region.as_mut_ptr().cast::<u8>(), 4096) };
-        Ok(())
-    }
-
-    /// KVM_SET_XSAVE, with the checks XRSTOR itself would make (a header
-    /// with components the host does not enable, a compacted image, non-zero
-    /// reserved header bytes, a bad MXCSR: EINVAL), so that loading the
-    /// image can never fault.
-    pub(crate) fn set_xsave(&self, x: &uapi::kvm_xsave) -> Result {
-        let b = |o: usize| u64::from(x.region[o / 4]) | u64::from(x.region[o / 4 + 1]) << 32;
-        let (xstate_bv, xcomp_bv) = (b(512), b(520));
-        let reserved_clear = (528..576).step_by(8).all(|o| b(o) == 0);
-        if xstate_bv & !self.xsave_mask != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
-            return Err(EINVAL);
-        }
-        let mut t = self.token()?;
-        // SAFETY: both are 4096 bytes; the image is ours.
-        unsafe { core::ptr::copy_nonoverlapping(x.region.as_ptr().cast::<u8>(), t.state().fpu.as_ptr::<u8>(), 4096) };
-        Ok(())
-    }
-
-    /// KVM_GET_XCRS: XCR0, the only extended control register.
-    pub(crate) fn get_xcrs(&self) -> Result<uapi::kvm_xcrs> {
-        let mut t = self.token()?;
-        let mut x = uapi::kvm_xcrs { nr_xcrs: 1, ..Default::default() };
-        x.xcrs[0].value = t.state().guest.xcr0;
-        Ok(x)
-    }
-
-    /// KVM_SET_XCRS: XCR0 from the first entry naming it (KVM's checks:
-    /// at most 16 entries, no flags, a value XSETBV would accept).
-    pub(crate) fn set_xcrs(&self, x: &uapi::kvm_xcrs) -> Result {
-        if x.nr_xcrs as usize > x.xcrs.len() || x.flags != 0 {
-            return Err(EINVAL);
-        }
-        let mut t = self.token()?;
-        if let Some(e) = x.xcrs[..x.nr_xcrs as usize].iter().find(|e| e.xcr == 0) {
-            if !exits::xsetbv::valid_xcr0(e.value, self.xsave_mask) {
-                return Err(EINVAL);
-            }
-            t.state().guest.xcr0 = e.value;
-        }
-        Ok(())
-    }
-
-    /// KVM_GET_VCPU_EVENTS: the events waiting for the next VM entry (an
-    /// exception rvmx injected, the interrupt KVM_INTERRUPT queued), the
-    /// guest's interrupt shadow and NMI blocking, in KVM's encoding.
-    pub(crate) fn get_events(&self) -> Result<uapi::kvm_vcpu_events> {
-        let mut t = self.token()?;
-        let st = t.state();
-        let irq = st.guest.irq;
-        let v = st.vmcs.load()?;
-        let mut e = uapi::kvm_vcpu_events::default();
-        let info = v.read(ENTRY_INTR_INFO);
-        if info & exits::INTR_INFO_VALID != 0 {
-            // CAST: the vector is bits 7:0.
-            let nr = info as u8;
-            match (info >> 8) & 7 {
-                INTR_TYPE_HW_EXCEPTION => {
-                    e.exception.injected = 1;
-                    e.exception.nr = nr;
-                    e.exception.has_error_code = u8::from(info & (1 << 11) != 0);
-                    e.exception.error_code = v.read(ENTRY_EXCEPTION_ERROR_CODE);
-                }
-                INTR_TYPE_EXTERNAL => {
-                    e.interrupt.injected = 1;
-                    e.interrupt.nr = nr;
-                }
-                _ => {}
-            }
-        }
-        if let Some(nr) = irq {
-            e.interrupt.injected = 1;
-            e.interrupt.nr = nr;
-        }
-        let shadow = v.read(GUEST_INTERRUPTIBILITY);
-        e.interrupt.shadow = shadow_to_kvm(shadow);
-        e.nmi.masked = u8::from(shadow & BLOCKING_NMI != 0);
-        e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING | uapi::KVM_VCPUEVENT_VALID_SHADOW;
-        Ok(e)
-    }
-
-    /// KVM_SET_VCPU_EVENTS, with KVM's checks; what rvmx cannot deliver (a
-    /// pending or injected NMI, a soft interrupt, SMM, a pending triple
-    /// fault, exception payloads) is refused with EINVAL rather than
-    /// dropped.
-    pub(crate) fn set_events(&self, e: &uapi::kvm_vcpu_events) -> Result {
-        use uapi::*;
-        let known = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | KVM_VCPUEVENT_VALID_SHADOW
-            | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
-        if e.flags & !known != 0 || e.flags & KVM_VCPUEVENT_VALID_PAYLOAD != 0 {
-            return Err(EINVAL);
-        }
-        if e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2) {
-            return Err(EINVAL);
-        }
-        let nmi = e.nmi.injected != 0 || (e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 && e.nmi.pending != 0);
-        let smm = e.flags & KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0);
-        let triple = e.flags & KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0 && e.triple_fault.pending != 0;
-        if nmi || smm || triple || (e.interrupt.injected != 0 && e.interrupt.soft != 0) {
-            return Err(EINVAL);
-        }
-        let mut t = self.token()?;
-        let st = t.state();
-        st.guest.irq = (e.interrupt.injected != 0).then_some(e.interrupt.nr);
-        let mut v = st.vmcs.load()?;
-        let mut info = 0;
-        if e.exception.injected != 0 {
-            info = u32::from(e.exception.nr) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
-            if e.exception.has_error_code != 0 {
-                info |= 1 << 11;
-                v.write(ENTRY_EXCEPTION_ERROR_CODE, e.exception.error_code)?;
-            }
-        }
-        v.write(ENTRY_INTR_INFO, info)?;
-        let mut shadow = v.read(GUEST_INTERRUPTIBILITY);
-        if e.flags & KVM_VCPUEVENT_VALID_SHADOW != 0 {
-            shadow = (shadow & !BLOCKING_STI_MOVSS) | shadow_from_kvm(e.interrupt.shadow);
-        }
-        shadow = if e.nmi.masked != 0 { shadow | BLOCKING_NMI } else { shadow & !BLOCKING_NMI };
-        v.write(GUEST_INTERRUPTIBILITY, shadow)
     }
 
     /// KVM_RUN: runs the guest until an exit that userspace must handle.
@@ -1065,57 +786,6 @@ fn prepare_entry(v: &mut Loaded<'_>, g: &mut Guest, host: &mut HostCache, cr2: u
     Ok(())
 }
 
-/// Whether the guest can take an external interrupt at the next VM entry:
-/// RFLAGS.IF set, no STI or MOV SS shadow, and no other event being
-/// injected (SDM Vol. 3C §27.6 and the entry checks of §27.3.1.5).
-fn interruptible(v: &Loaded<'_>) -> bool {
-    v.read(GUEST_RFLAGS).0 & RFLAGS_IF != 0
-        && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
-        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
-}
-
-/// Injects the interrupt KVM_INTERRUPT queued if the guest can take it now;
-/// otherwise, or if the VMM asked for an interrupt window, turns on
-/// "interrupt-window exiting", so that the CPU exits as soon as the guest
-/// can take one (exits/interrupt.rs). This is the interrupt-window protocol
-/// of a userspace interrupt controller (api.rst, KVM_INTERRUPT and
-/// kvm_run.request_interrupt_window).
-fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
-    let mut window = g.want_irq_window;
-    if let Some(vector) = g.irq {
-        if interruptible(v) {
-            // Type 0, external interrupt.
-            v.write(ENTRY_INTR_INFO, u32::from(vector) | exits::INTR_INFO_VALID)?;
-            g.irq = None;
-        } else {
-            window = true;
-        }
-    }
-    set_irq_window_exiting(v, g, window)
-}
-
-/// Turns "interrupt-window exiting" on or off.
-pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
-    if g.irq_window_exiting == on {
-        return Ok(());
-    }
-    let bit = controls::proc::INTERRUPT_WINDOW_EXITING;
-    let c = v.read(PROC_BASED_CONTROLS);
-    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
-    g.irq_window_exiting = on;
-    Ok(())
-}
-
-/// Ends an STI or MOV SS interrupt shadow: called whenever rvmx moves RIP
-/// past an instruction itself, as the CPU would have (KVM does the same).
-pub(crate) fn clear_interrupt_shadow(v: &mut Loaded<'_>) -> Result {
-    let s = v.read(GUEST_INTERRUPTIBILITY);
-    if s & BLOCKING_STI_MOVSS != 0 {
-        v.write(GUEST_INTERRUPTIBILITY, s & !BLOCKING_STI_MOVSS)?;
-    }
-    Ok(())
-}
-
 /// How a guest section ended.
 enum Section {
     /// An exit for userspace: kvm_run says which.
@@ -1128,169 +798,6 @@ enum Section {
     StringIo(exits::io::StringIo),
     /// PAE paging was turned on: load the PDPTEs from this CR3 (sleeps).
     LoadPdptes(u64),
-}
-
-/// The execution controls, from what rvmx wants and what the CPU allows.
-fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: u64, vpid: Option<u16>) -> Result {
-    use controls::*;
-    let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, 0)?;
-    let mut proc_ctl = adjust(
-        &caps.proc,
-        "processor-based",
-        proc::HLT_EXITING
-            | proc::UNCONDITIONAL_IO_EXITING
-            | proc::ACTIVATE_SECONDARY
-            | proc::MOV_DR_EXITING
-            | proc::CR8_LOAD_EXITING
-            | proc::CR8_STORE_EXITING
-            | proc::MWAIT_EXITING
-            | proc::MONITOR_EXITING
-            | proc::RDPMC_EXITING
-            | proc::USE_TSC_OFFSETTING
-            | proc::USE_MSR_BITMAPS,
-        0,
-    )?;
-    // With EPT, CR3 accesses need no exits; drop them if the CPU allows.
-    proc_ctl &= !((proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING) & !caps.proc.must_be_one);
-    let vpid_ctl = if vpid.is_some() { proc2::ENABLE_VPID } else { 0 };
-    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | vpid_ctl, proc2::ENABLE_RDTSCP)?;
-    let exit_ctl = adjust(
-        &caps.exit,
-        "VM-exit",
-        exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
-        exit::SAVE_IA32_PAT | exit::LOAD_IA32_PAT,
-    )?;
-    let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER, entry::LOAD_IA32_PAT)?;
-    v.write(PIN_BASED_CONTROLS, pin_ctl)?;
-    v.write(PROC_BASED_CONTROLS, proc_ctl)?;
-    v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
-    v.write(EXIT_CONTROLS, exit_ctl)?;
-    v.write(ENTRY_CONTROLS, entry_ctl & !entry::IA32E_MODE_GUEST)?;
-    v.write(EXCEPTION_BITMAP, 0)?;
-    v.write(CR3_TARGET_COUNT, 0)?;
-    v.write(EXIT_MSR_STORE_COUNT, 0)?;
-    v.write(EXIT_MSR_LOAD_COUNT, 0)?;
-    v.write(ENTRY_MSR_LOAD_COUNT, 0)?;
-    v.write(ENTRY_INTR_INFO, 0)?;
-    v.write(VMCS_LINK_POINTER, u64::MAX)?;
-    v.write(EPT_POINTER, eptp)?;
-    v.write(MSR_BITMAP, msr_bitmap)?;
-    v.write(TSC_OFFSET, 0)?;
-    if let Some(id) = vpid {
-        v.write(VPID, id)?;
-    }
-    // CR0/CR4 bits the host owns: reads return the shadow, writes that
-    // would change them exit (exits/cr.rs). CR0.NE must stay 1 and CD/NW 0
-    // in VMX; CR4.VMXE must stay 1 but the guest must not see it.
-    v.write(CR0_GUEST_HOST_MASK, Natural(CR0_NE | CR0_CD | CR0_NW | (caps.cr0_fixed0 & !(CR0_PE | CR0_PG))))?;
-    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | !caps.cr4_fixed1))
-}
-
-/// Host state that is the same on every CPU and for every thread.
-fn setup_host_constant_state(v: &mut Loaded<'_>) -> Result {
-    let (cs, ss) = hw::read_cs_ss();
-    v.write(HOST_CS_SELECTOR, cs)?;
-    v.write(HOST_SS_SELECTOR, ss)?;
-    // Null data selectors are allowed in the host state and are what a
-    // 64-bit kernel runs with; DS/ES are put back after each guest section.
-    v.write(HOST_DS_SELECTOR, 0)?;
-    v.write(HOST_ES_SELECTOR, 0)?;
-    v.write(HOST_FS_SELECTOR, 0)?;
-    v.write(HOST_GS_SELECTOR, 0)?;
-    v.write(HOST_TR_SELECTOR, hw::str_selector())?;
-    v.write(HOST_CR0, Natural(hw::read_cr0()))?;
-    v.write(HOST_IDTR_BASE, Natural(hw::sidt().base))?;
-    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
-    unsafe {
-        // CAST: IA32_SYSENTER_CS holds a selector in its low bits.
-        v.write(HOST_IA32_SYSENTER_CS, msr::rdmsr(msr::IA32_SYSENTER_CS) as u32)?;
-        v.write(HOST_IA32_SYSENTER_EIP, Natural(msr::rdmsr(msr::IA32_SYSENTER_EIP)))?;
-        v.write(HOST_IA32_EFER, msr::rdmsr(msr::IA32_EFER))?;
-        v.write(HOST_IA32_PAT, msr::rdmsr(msr::IA32_PAT))?;
-    }
-    // Only the address of the label is taken; nothing is read.
-    let exit_rip = core::ptr::addr_of!(rvmx_vmexit) as u64;
-    v.write(HOST_RIP, Natural(exit_rip))
-}
-
-/// Host state that differs between CPUs (GDT, TSS, per-CPU GS base, entry
-/// stack) or threads (FS base): written at the start of each guest section.
-fn setup_host_cpu_state(v: &mut Loaded<'_>) -> Result {
-    v.write(HOST_GDTR_BASE, Natural(hw::sgdt().base))?;
-    v.write(HOST_TR_BASE, Natural(hw::tss_base()))?;
-    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
-    unsafe {
-        v.write(HOST_FS_BASE, Natural(msr::rdmsr(msr::IA32_FS_BASE)))?;
-        v.write(HOST_GS_BASE, Natural(msr::rdmsr(msr::IA32_GS_BASE)))?;
-        v.write(HOST_IA32_SYSENTER_ESP, Natural(msr::rdmsr(msr::IA32_SYSENTER_ESP)))
-    }
-}
-
-/// Writes the guest's CR0: the VMCS holds what the CPU runs with (NE forced
-/// on, CD/NW off, as KVM does), the read shadow what the guest believes.
-pub(crate) fn set_cr0(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr0: u64) -> Result {
-    let forced = caps.cr0_fixed0 & !(CR0_PE | CR0_PG);
-    v.write(CR0_READ_SHADOW, Natural(cr0))?;
-    v.write(GUEST_CR0, Natural((cr0 & !(CR0_CD | CR0_NW)) | forced))
-}
-
-/// Writes the guest's CR4 (VMXE forced on but hidden by the shadow).
-pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64) -> Result {
-    v.write(CR4_READ_SHADOW, Natural(cr4))?;
-    v.write(GUEST_CR4, Natural(cr4 | caps.cr4_fixed0))
-}
-
-/// Whether the guest uses 32-bit PAE paging (CR0.PG, CR4.PAE, not long
-/// mode): then VM entry loads its PDPTEs from the VMCS.
-pub(crate) fn pae_paging(v: &Loaded<'_>) -> bool {
-    v.read(CR0_READ_SHADOW).0 & CR0_PG != 0
-        && v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0
-        && v.read(GUEST_IA32_EFER) & EFER_LMA == 0
-}
-
-fn write_pdptes(v: &mut Loaded<'_>, p: &[u64; 4]) -> Result {
-    v.write(GUEST_PDPTE0, p[0])?;
-    v.write(GUEST_PDPTE1, p[1])?;
-    v.write(GUEST_PDPTE2, p[2])?;
-    v.write(GUEST_PDPTE3, p[3])
-}
-
-/// The "IA-32e mode guest" VM-entry control must match EFER.LMA.
-pub(crate) fn set_long_mode(v: &mut Loaded<'_>, on: bool) -> Result {
-    let e = v.read(ENTRY_CONTROLS);
-    let bit = controls::entry::IA32E_MODE_GUEST;
-    v.write(ENTRY_CONTROLS, if on { e | bit } else { e & !bit })
-}
-
-/// The architectural reset state (SDM Vol. 3A §10.1.1, table 10-1), as KVM
-/// sets it: real mode, CS.base 0xffff0000, IP 0xfff0.
-fn reset_guest_state(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps) -> Result {
-    let data = segment(0, 0, 0xffff, 3, 1);
-    write_seg(v, &GUEST_CS, &segment(0xf000, 0xffff_0000, 0xffff, 11, 1))?;
-    for f in [&GUEST_DS, &GUEST_ES, &GUEST_FS, &GUEST_GS, &GUEST_SS] {
-        write_seg(v, f, &data)?;
-    }
-    write_seg(v, &GUEST_LDTR, &segment(0, 0, 0xffff, 2, 0))?;
-    write_seg(v, &GUEST_TR, &segment(0, 0, 0xffff, 11, 0))?;
-    v.write(GUEST_GDTR_BASE, Natural(0))?;
-    v.write(GUEST_GDTR_LIMIT, 0xffff)?;
-    v.write(GUEST_IDTR_BASE, Natural(0))?;
-    v.write(GUEST_IDTR_LIMIT, 0xffff)?;
-    v.write(GUEST_RIP, Natural(0xfff0))?;
-    v.write(GUEST_RSP, Natural(0))?;
-    v.write(GUEST_RFLAGS, Natural(RFLAGS_FIXED))?;
-    set_cr0(v, caps, CR0_CD | CR0_NW | (1 << 4))?;
-    set_cr4(v, caps, 0)?;
-    v.write(GUEST_CR3, Natural(0))?;
-    v.write(GUEST_DR7, Natural(0x400))?;
-    v.write(GUEST_IA32_EFER, 0)?;
-    v.write(GUEST_IA32_PAT, 0x0007_0406_0007_0406)?;
-    v.write(GUEST_SYSENTER_CS, 0)?;
-    v.write(GUEST_SYSENTER_ESP, Natural(0))?;
-    v.write(GUEST_SYSENTER_EIP, Natural(0))?;
-    v.write(GUEST_INTERRUPTIBILITY, 0)?;
-    v.write(GUEST_ACTIVITY_STATE, 0)?;
-    v.write(GUEST_PENDING_DBG_EXCEPTIONS, Natural(0))
 }
 
 impl VcpuState {

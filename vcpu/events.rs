@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Events into the guest: the interrupt KVM_INTERRUPT queues and the
+//! interrupt-window protocol that delivers it, the guest's interrupt
+//! shadow, and KVM_GET/SET_VCPU_EVENTS. The exits involved are in
+//! exits/interrupt.rs; the run loop calls `update_interrupt_window` right
+//! before each VM entry that has something to deliver.
+
+use super::{Guest, Vcpu, RFLAGS_IF};
+use crate::exits;
+use crate::uapi;
+use crate::vmcs::{controls, fields::*, Loaded};
+use kernel::prelude::*;
+
+/// Guest interruptibility state (SDM Vol. 3C §25.4.2): blocking by STI
+/// (bit 0) and by MOV SS/POP SS (bit 1), and by NMI (bit 3).
+const BLOCKING_STI: u32 = 1 << 0;
+const BLOCKING_MOVSS: u32 = 1 << 1;
+
+const BLOCKING_STI_MOVSS: u32 = BLOCKING_STI | BLOCKING_MOVSS;
+const BLOCKING_NMI: u32 = 1 << 3;
+
+/// Event types in the interruption-information fields.
+const INTR_TYPE_EXTERNAL: u32 = 0;
+const INTR_TYPE_HW_EXCEPTION: u32 = 3;
+
+/// VMX's interrupt-shadow bits in KVM's encoding (KVM_X86_SHADOW_INT_*:
+/// MOV SS is 1, STI is 2; VMX has them the other way round).
+fn shadow_to_kvm(s: u32) -> u8 {
+    let mut k = 0;
+    if s & BLOCKING_MOVSS != 0 {
+        k |= uapi::KVM_X86_SHADOW_INT_MOV_SS as u8;
+    }
+    if s & BLOCKING_STI != 0 {
+        k |= uapi::KVM_X86_SHADOW_INT_STI as u8;
+    }
+    k
+}
+
+fn shadow_from_kvm(k: u8) -> u32 {
+    let mut s = 0;
+    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_MOV_SS != 0 {
+        s |= BLOCKING_MOVSS;
+    }
+    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_STI != 0 {
+        s |= BLOCKING_STI;
+    }
+    s
+}
+
+/// Whether the guest can take an external interrupt at the next VM entry:
+/// RFLAGS.IF set, no STI or MOV SS shadow, and no other event being
+/// injected (SDM Vol. 3C §27.6 and the entry checks of §27.3.1.5).
+pub(super) fn interruptible(v: &Loaded<'_>) -> bool {
+    v.read(GUEST_RFLAGS).0 & RFLAGS_IF != 0
+        && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
+        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
+}
+
+/// Injects the interrupt KVM_INTERRUPT queued if the guest can take it now;
+/// otherwise, or if the VMM asked for an interrupt window, turns on
+/// "interrupt-window exiting", so that the CPU exits as soon as the guest
+/// can take one (exits/interrupt.rs). This is the interrupt-window protocol
+/// of a userspace interrupt controller (api.rst, KVM_INTERRUPT and
+/// kvm_run.request_interrupt_window).
+pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
+    let mut window = g.want_irq_window;
+    if let Some(vector) = g.irq {
+        if interruptible(v) {
+            // Type 0, external interrupt.
+            v.write(ENTRY_INTR_INFO, u32::from(vector) | exits::INTR_INFO_VALID)?;
+            g.irq = None;
+        } else {
+            window = true;
+        }
+    }
+    set_irq_window_exiting(v, g, window)
+}
+
+/// Turns "interrupt-window exiting" on or off.
+pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
+    if g.irq_window_exiting == on {
+        return Ok(());
+    }
+    let bit = controls::proc::INTERRUPT_WINDOW_EXITING;
+    let c = v.read(PROC_BASED_CONTROLS);
+    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
+    g.irq_window_exiting = on;
+    Ok(())
+}
+
+/// Ends an STI or MOV SS interrupt shadow: called whenever rvmx moves RIP
+/// past an instruction itself, as the CPU would have (KVM does the same).
+pub(crate) fn clear_interrupt_shadow(v: &mut Loaded<'_>) -> Result {
+    let s = v.read(GUEST_INTERRUPTIBILITY);
+    if s & BLOCKING_STI_MOVSS != 0 {
+        v.write(GUEST_INTERRUPTIBILITY, s & !BLOCKING_STI_MOVSS)?;
+    }
+    Ok(())
+}
+
+impl Vcpu {
+    /// KVM_INTERRUPT: queues an external interrupt, injected as soon as the
+    /// guest can take it (`update_interrupt_window`). Like KVM without an
+    /// in-kernel interrupt controller, a second call before the first was
+    /// injected replaces it: userspace is expected to wait for
+    /// ready_for_interrupt_injection.
+    pub(crate) fn interrupt(&self, vector: u32) -> Result {
+        let vector = u8::try_from(vector).map_err(|_| EINVAL)?;
+        let mut t = self.token()?;
+        t.state().guest.irq = Some(vector);
+        Ok(())
+    }
+
+    /// KVM_GET_VCPU_EVENTS: the events waiting for the next VM entry (an
+    /// exception rvmx injected, the interrupt KVM_INTERRUPT queued), the
+    /// guest's interrupt shadow and NMI blocking, in KVM's encoding.
+    pub(crate) fn get_events(&self) -> Result<uapi::kvm_vcpu_events> {
+        let mut t = self.token()?;
+        let st = t.state();
+        let irq = st.guest.irq;
+        let v = st.vmcs.load()?;
+        let mut e = uapi::kvm_vcpu_events::default();
+        let info = v.read(ENTRY_INTR_INFO);
+        if info & exits::INTR_INFO_VALID != 0 {
+            // CAST: the vector is bits 7:0.
+            let nr = info as u8;
+            match (info >> 8) & 7 {
+                INTR_TYPE_HW_EXCEPTION => {
+                    e.exception.injected = 1;
+                    e.exception.nr = nr;
+                    e.exception.has_error_code = u8::from(info & (1 << 11) != 0);
+                    e.exception.error_code = v.read(ENTRY_EXCEPTION_ERROR_CODE);
+                }
+                INTR_TYPE_EXTERNAL => {
+                    e.interrupt.injected = 1;
+                    e.interrupt.nr = nr;
+                }
+                _ => {}
+            }
+        }
+        if let Some(nr) = irq {
+            e.interrupt.injected = 1;
+            e.interrupt.nr = nr;
+        }
+        let shadow = v.read(GUEST_INTERRUPTIBILITY);
+        e.interrupt.shadow = shadow_to_kvm(shadow);
+        e.nmi.masked = u8::from(shadow & BLOCKING_NMI != 0);
+        e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING | uapi::KVM_VCPUEVENT_VALID_SHADOW;
+        Ok(e)
+    }
+
+    /// KVM_SET_VCPU_EVENTS, with KVM's checks; what rvmx cannot deliver (a
+    /// pending or injected NMI, a soft interrupt, SMM, a pending triple
+    /// fault, exception payloads) is refused with EINVAL rather than
+    /// dropped.
+    pub(crate) fn set_events(&self, e: &uapi::kvm_vcpu_events) -> Result {
+        use uapi::*;
+        let known = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | KVM_VCPUEVENT_VALID_SHADOW
+            | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+        if e.flags & !known != 0 || e.flags & KVM_VCPUEVENT_VALID_PAYLOAD != 0 {
+            return Err(EINVAL);
+        }
+        if e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2) {
+            return Err(EINVAL);
+        }
+        let nmi = e.nmi.injected != 0 || (e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 && e.nmi.pending != 0);
+        let smm = e.flags & KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0);
+        let triple = e.flags & KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0 && e.triple_fault.pending != 0;
+        if nmi || smm || triple || (e.interrupt.injected != 0 && e.interrupt.soft != 0) {
+            return Err(EINVAL);
+        }
+        let mut t = self.token()?;
+        let st = t.state();
+        st.guest.irq = (e.interrupt.injected != 0).then_some(e.interrupt.nr);
+        let mut v = st.vmcs.load()?;
+        let mut info = 0;
+        if e.exception.injected != 0 {
+            info = u32::from(e.exception.nr) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
+            if e.exception.has_error_code != 0 {
+                info |= 1 << 11;
+                v.write(ENTRY_EXCEPTION_ERROR_CODE, e.exception.error_code)?;
+            }
+        }
+        v.write(ENTRY_INTR_INFO, info)?;
+        let mut shadow = v.read(GUEST_INTERRUPTIBILITY);
+        if e.flags & KVM_VCPUEVENT_VALID_SHADOW != 0 {
+            shadow = (shadow & !BLOCKING_STI_MOVSS) | shadow_from_kvm(e.interrupt.shadow);
+        }
+        shadow = if e.nmi.masked != 0 { shadow | BLOCKING_NMI } else { shadow & !BLOCKING_NMI };
+        v.write(GUEST_INTERRUPTIBILITY, shadow)
+    }
+}
+
