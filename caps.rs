@@ -206,17 +206,25 @@ impl VmxCaps {
         self.proc2.allows(PROC2_VPID) && self.ept_vpid & VPID_INVVPID != 0 && self.ept_vpid & VPID_INVVPID_SINGLE != 0
     }
 
+    /// Whether NMIs can be injected into guests: the "virtual NMIs" control
+    /// (the CPU tracks the guest's NMI blocking) and NMI-window exits.
+    pub(crate) fn virtual_nmis(&self) -> bool {
+        self.pin.allows(crate::vmcs::controls::pin::VIRTUAL_NMIS)
+            && self.proc.allows(crate::vmcs::controls::proc::NMI_WINDOW_EXITING)
+    }
+
     /// Logs one readable line of what the CPU offers.
     pub(crate) fn log(&self) {
         let yn = |b: bool| if b { "yes" } else { "no" };
         pr_info!(
-            "VMX revision {:#x}, VMCS {} bytes, true controls {}; EPT yes (2M pages {}, A/D bits {}), unrestricted guest yes, VPID {}, preemption timer {}, PML {}\n",
+            "VMX revision {:#x}, VMCS {} bytes, true controls {}; EPT yes (2M pages {}, A/D bits {}), unrestricted guest yes, VPID {}, virtual NMIs {}, preemption timer {}, PML {}\n",
             self.revision_id,
             self.region_size,
             yn(self.true_ctls),
             yn(self.ept_vpid & EPT_2M_PAGES != 0),
             yn(self.ept_vpid & EPT_AD != 0),
             yn(self.vpid_usable()),
+            yn(self.virtual_nmis()),
             yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
             yn(self.proc2.allows(PROC2_PML)),
         );

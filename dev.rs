@@ -13,7 +13,7 @@ use crate::vm::{self, Vm};
 use kernel::sync::Arc;
 use kernel::{
     prelude::*,
-    types::ForeignOwnable,
+    types::{AsBytes, ForeignOwnable, FromBytes},
     uaccess::UserSlice,
 };
 
@@ -35,70 +35,59 @@ fn to_long(r: Result<i32>) -> core::ffi::c_long {
     }
 }
 
-fn read_arg<T: Default>(arg: usize) -> Result<T> {
-    let mut v = T::default();
+// Copying ioctl arguments: the ABI structs are marked `FromBytes` (any bit
+// pattern is a valid value) and `AsBytes` (no uninitialized padding) in
+// uapi/mod.rs, so the kernel's `UserSlice` reader and writer copy them
+// safely.
+
+fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
+    UserSlice::new(arg as _, core::mem::size_of::<T>()).reader().read()
+}
+
+fn write_arg<T: AsBytes>(arg: usize, v: &T) -> Result {
+    UserSlice::new(arg as _, core::mem::size_of::<T>()).writer().write(v)
+}
+
+/// As `read_arg`, into a heap allocation: for the 4 KiB `kvm_xsave`, too
+/// large to pass through the kernel stack.
+fn read_arg_boxed<T: FromBytes>(arg: usize) -> Result<KBox<T>> {
+    let mut v = zeroed_box::<T>()?;
     let size = core::mem::size_of::<T>();
-    // SAFETY: `v` is a plain `#[repr(C)]` ABI struct of `size` bytes for
-    // which every bit pattern is valid.
-    let bytes = unsafe { core::slice::from_raw_parts_mut((&mut v as *mut T).cast::<u8>(), size) };
+    // SAFETY: `v` is a `T` we own, `size` bytes; `T: FromBytes`, so every
+    // byte pattern the copy leaves there is a valid `T`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut((&mut *v as *mut T).cast::<u8>(), size) };
     UserSlice::new(arg as _, size).reader().read_slice(bytes)?;
     Ok(v)
 }
 
-/// A zeroed ABI struct on the heap, never on the stack (for the 4 KiB
-/// `kvm_xsave`, too large for the kernel stack).
-fn zeroed_box<T: Default>() -> Result<KBox<T>> {
+/// A zeroed ABI struct on the heap, never on the stack.
+fn zeroed_box<T: FromBytes>() -> Result<KBox<T>> {
     let mut b = KBox::<T>::new_uninit(GFP_KERNEL)?;
-    // SAFETY: `T` is a plain `#[repr(C)]` ABI struct (it derives `Default`
-    // from bindgen): all-zero bytes are a valid value of it.
+    // SAFETY: `T: FromBytes`: all-zero bytes are a valid `T`.
     unsafe {
         core::ptr::write_bytes(b.as_mut_ptr(), 0, 1);
         Ok(b.assume_init())
     }
 }
 
-/// As `read_arg`, into a heap allocation.
-fn read_arg_boxed<T: Default>(arg: usize) -> Result<KBox<T>> {
-    let mut v = zeroed_box::<T>()?;
-    let size = core::mem::size_of::<T>();
-    // SAFETY: as in `read_arg`.
-    let bytes = unsafe { core::slice::from_raw_parts_mut((&mut *v as *mut T).cast::<u8>(), size) };
-    UserSlice::new(arg as _, size).reader().read_slice(bytes)?;
-    Ok(v)
-}
-
 /// Reads an array of `n` ABI structs from userspace address `uaddr`.
-fn read_array<T: Default + Copy>(uaddr: usize, n: usize) -> Result<KVec<T>> {
+fn read_array<T: FromBytes>(uaddr: usize, n: usize) -> Result<KVec<T>> {
+    let mut reader = UserSlice::new(uaddr as _, n * core::mem::size_of::<T>()).reader();
     let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
     for _ in 0..n {
-        v.push(T::default(), GFP_KERNEL)?;
+        v.push(reader.read()?, GFP_KERNEL)?;
     }
-    let size = n * core::mem::size_of::<T>();
-    // SAFETY: `v` holds `n` plain `#[repr(C)]` ABI structs, `size` bytes,
-    // for which every bit pattern is valid.
-    let bytes = unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size) };
-    UserSlice::new(uaddr as _, size).reader().read_slice(bytes)?;
     Ok(v)
 }
 
 /// Writes an array of ABI structs to userspace address `uaddr`.
-fn write_array<T>(uaddr: usize, v: &[T]) -> Result {
-    let size = core::mem::size_of_val(v);
-    // SAFETY: plain `#[repr(C)]` ABI structs without padding holes.
-    let bytes = unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size) };
-    UserSlice::new(uaddr as _, size).writer().write_slice(bytes)
+fn write_array<T: AsBytes>(uaddr: usize, v: &[T]) -> Result {
+    let mut writer = UserSlice::new(uaddr as _, core::mem::size_of_val(v)).writer();
+    v.iter().try_for_each(|e| writer.write(e))
 }
 
 /// Most MSRs one KVM_GET_MSRS/KVM_SET_MSRS may name (KVM's MAX_IO_MSRS).
 const MAX_IO_MSRS: u32 = 256;
-
-fn write_arg<T>(arg: usize, v: &T) -> Result {
-    let size = core::mem::size_of::<T>();
-    // SAFETY: `v` is a plain `#[repr(C)]` ABI struct of `size` bytes with
-    // no padding holes (KVM's structs have explicit padding).
-    let bytes = unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size) };
-    UserSlice::new(arg as _, size).writer().write_slice(bytes)
-}
 
 /// Hands `obj` to a new anonymous file (kglue.c's `rvmx_glue_vm_fd` or
 /// `rvmx_glue_vcpu_fd`) and returns its descriptor. The file's
@@ -132,6 +121,7 @@ fn check_extension(cap: usize) -> i32 {
         // hard limit (and the ids' bound) is MAX_VCPUS.
         // SAFETY: reads a counter.
         KVM_CAP_NR_VCPUS => unsafe { rvmx_glue_num_online_cpus() }.min(vm::MAX_VCPUS) as i32,
+        KVM_CAP_USER_NMI => i32::from(crate::vmxon::caps().is_some_and(|c| c.virtual_nmis())),
         KVM_CAP_MAX_VCPUS | KVM_CAP_MAX_VCPU_ID => vm::MAX_VCPUS as i32,
         _ => 0,
     }
@@ -299,6 +289,7 @@ fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
             let mask: u64 = read_arg(arg + core::mem::size_of::<kvm_signal_mask>())?;
             vcpu.set_signal_mask(Some(mask)).map(|()| 0)
         }
+        uapi::KVM_NMI => vcpu.nmi().map(|()| 0),
         uapi::KVM_GET_VCPU_EVENTS => write_arg(arg, &vcpu.get_events()?).map(|()| 0),
         uapi::KVM_SET_VCPU_EVENTS => vcpu.set_events(&read_arg(arg)?).map(|()| 0),
         uapi::KVM_GET_FPU => write_arg(arg, &vcpu.get_fpu()?).map(|()| 0),

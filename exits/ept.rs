@@ -29,8 +29,15 @@ pub(crate) struct EptFault {
 }
 
 pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
+    // Bit 12: the faulting access was the guest's IRET from an NMI handler,
+    // which had already unblocked NMIs. The IRET runs again after the
+    // fault is resolved, so the blocking must be put back (SDM Vol. 3C
+    // §28.2.3), unless the exit interrupted an event's delivery.
+    if q & (1 << 12) != 0 && ctx.vmcs.read(IDT_VECTORING_INFO) & super::INTR_INFO_VALID == 0 {
+        crate::vcpu::set_nmi_blocking(ctx.vmcs, true)?;
+    }
     let v = &ctx.vmcs;
-    let q = v.read(EXIT_QUALIFICATION).0;
     let cs_ar = v.read(GUEST_CS_AR);
     Ok(Action::EptViolation(EptFault {
         gpa: v.read(GUEST_PHYSICAL_ADDRESS),

@@ -7,10 +7,12 @@
 //! exiting" are on), so the host keeps its interrupts.
 //!
 //! The guest's: there is no interrupt controller in the kernel. Userspace
-//! queues an interrupt with KVM_INTERRUPT; vcpu/events.rs injects it at a VM entry
-//! when the guest can take it, or asks the CPU for an *interrupt-window
-//! exit* (reason 7) for the moment it can. The same exit tells a VMM that
-//! set kvm_run.request_interrupt_window that it may inject now.
+//! queues an interrupt with KVM_INTERRUPT; vcpu/events.rs injects it at a
+//! VM entry when the guest can take it, or asks the CPU for an
+//! *interrupt-window exit* (reason 7) for the moment it can. The same exit
+//! tells a VMM that set kvm_run.request_interrupt_window that it may inject
+//! now. NMIs from KVM_NMI go the same way, with *NMI-window exits*
+//! (reason 8) for when the guest's NMI handler has returned.
 //!
 //! And the guest's triple fault, which on bare metal would reset the
 //! machine.
@@ -65,6 +67,14 @@ pub(crate) fn interrupt_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     if ctx.guest.irq.is_none() && ctx.guest.want_irq_window {
         return Ok(ctx.exit_to_user(uapi::KVM_EXIT_IRQ_WINDOW_OPEN));
     }
+    Ok(Action::Resume)
+}
+
+/// Reason 8: the guest's NMI blocking ended (it executed IRET from its NMI
+/// handler): the NMI-window exit is turned off, and the pending NMI is
+/// injected at the coming entry (vcpu/events.rs).
+pub(crate) fn nmi_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    vcpu::set_nmi_window_exiting(ctx.vmcs, ctx.guest, false)?;
     Ok(Action::Resume)
 }
 

@@ -11,6 +11,7 @@
 //! | 0 exception or NMI, 1 external int. | interrupt.rs    | host handles it, resume   |
 //! | 2 triple fault                      | interrupt.rs    | KVM_EXIT_SHUTDOWN         |
 //! | 7 interrupt window                  | interrupt.rs    | inject, or KVM_EXIT_IRQ_WINDOW_OPEN |
+//! | 8 NMI window                        | interrupt.rs    | inject the pending NMI    |
 //! | 10 CPUID                            | cpuid.rs        | answered in the kernel    |
 //! | 12 HLT                              | hlt.rs          | KVM_EXIT_HLT              |
 //! | 18 VMCALL                           | vmcall.rs       | KVM_EXIT_HYPERCALL        |
@@ -194,6 +195,7 @@ pub(crate) mod reason {
     pub(crate) const EXTERNAL_INTERRUPT: u32 = 1;
     pub(crate) const TRIPLE_FAULT: u32 = 2;
     pub(crate) const INTERRUPT_WINDOW: u32 = 7;
+    pub(crate) const NMI_WINDOW: u32 = 8;
     pub(crate) const CPUID: u32 = 10;
     pub(crate) const HLT: u32 = 12;
     pub(crate) const VMCALL: u32 = 18;
@@ -227,6 +229,7 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::EXTERNAL_INTERRUPT as usize] = Some(interrupt::external_interrupt);
     t[reason::TRIPLE_FAULT as usize] = Some(interrupt::triple_fault);
     t[reason::INTERRUPT_WINDOW as usize] = Some(interrupt::interrupt_window);
+    t[reason::NMI_WINDOW as usize] = Some(interrupt::nmi_window);
     t[reason::CPUID as usize] = Some(cpuid::cpuid);
     t[reason::HLT as usize] = Some(hlt::hlt);
     t[reason::VMCALL as usize] = Some(vmcall::vmcall);
@@ -292,6 +295,12 @@ fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
     if matches!((idt >> 8) & 7, 4..=6) {
         let len = ctx.vmcs.read(EXIT_INSTRUCTION_LEN);
         ctx.vmcs.write(ENTRY_INSTRUCTION_LEN, len)?;
+    }
+    // An NMI whose delivery was interrupted left the guest's (virtual) NMI
+    // blocking set; it must be clear for the NMI to be injected again (SDM
+    // Vol. 3C §28.2.4; KVM does the same).
+    if (idt >> 8) & 7 == 2 {
+        vcpu::set_nmi_blocking(ctx.vmcs, false)?;
     }
     // Bit 12 is undefined in IDT-vectoring information and reserved in
     // the entry field.

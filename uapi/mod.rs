@@ -21,6 +21,30 @@
 include!("uapi_generated.rs");
 
 use kernel::ioctl::{_IO, _IOR, _IOW, _IOWR};
+use kernel::types::{AsBytes, FromBytes};
+
+/// Marks the ABI structs that ioctls copy from and to userspace (dev.rs).
+macro_rules! abi_structs {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: a C struct of `linux/kvm.h` (or `uapi/rvmx.h`) made of
+            // integers, integer arrays and, in `kvm_dirty_log`, a pointer-
+            // or-integer union: every bit pattern is a valid value. Their
+            // padding is spelled out as named fields, so they have no
+            // uninitialized bytes (the layouts are checked against KVM's
+            // sizes below).
+            unsafe impl FromBytes for $t {}
+            // SAFETY: as above.
+            unsafe impl AsBytes for $t {}
+        )*
+    };
+}
+
+abi_structs!(
+    kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_msrs, kvm_msr_entry, kvm_msr_list,
+    kvm_cpuid2, kvm_cpuid_entry2, kvm_interrupt, kvm_signal_mask, kvm_fpu, kvm_xsave, kvm_xcrs,
+    kvm_vcpu_events, kvm_dirty_log,
+);
 
 const IO: u32 = KVMIO;
 
@@ -51,6 +75,7 @@ pub(crate) const KVM_GET_FPU: u32 = _IOR::<kvm_fpu>(IO, 0x8c);
 pub(crate) const KVM_SET_FPU: u32 = _IOW::<kvm_fpu>(IO, 0x8d);
 pub(crate) const KVM_SET_CPUID2: u32 = _IOW::<kvm_cpuid2>(IO, 0x90);
 pub(crate) const KVM_GET_CPUID2: u32 = _IOWR::<kvm_cpuid2>(IO, 0x91);
+pub(crate) const KVM_NMI: u32 = _IO(IO, 0x9a);
 pub(crate) const KVM_GET_VCPU_EVENTS: u32 = _IOR::<kvm_vcpu_events>(IO, 0x9f);
 pub(crate) const KVM_SET_VCPU_EVENTS: u32 = _IOW::<kvm_vcpu_events>(IO, 0xa0);
 pub(crate) const KVM_GET_XSAVE: u32 = _IOR::<kvm_xsave>(IO, 0xa4);
@@ -79,5 +104,11 @@ const _: () = assert!(KVM_SET_XSAVE == 0x5000_aea5);
 const _: () = assert!(KVM_GET_XCRS == 0x8188_aea6);
 const _: () = assert!(core::mem::size_of::<kvm_xsave>() == 4096);
 const _: () = assert!(KVM_GET_VCPU_EVENTS == 0x8040_ae9f);
+const _: () = assert!(core::mem::size_of::<kvm_regs>() == 144);
+const _: () = assert!(core::mem::size_of::<kvm_sregs>() == 312);
+const _: () = assert!(core::mem::size_of::<kvm_fpu>() == 416);
+const _: () = assert!(core::mem::size_of::<kvm_xcrs>() == 392);
+const _: () = assert!(core::mem::size_of::<kvm_vcpu_events>() == 64);
+const _: () = assert!(core::mem::size_of::<kvm_dirty_log>() == 16);
 const _: () = assert!(core::mem::size_of::<kvm_run>() == 2352);
 const _: () = assert!(core::mem::size_of::<rvmx_exit_info>() == 64);

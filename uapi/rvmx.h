@@ -20,7 +20,8 @@
  *              KVM_SET_SREGS, KVM_INTERRUPT, KVM_GET_MSRS, KVM_SET_MSRS,
  *              KVM_SET_CPUID2, KVM_GET_CPUID2, KVM_SET_SIGNAL_MASK,
  *              KVM_GET_FPU, KVM_SET_FPU, KVM_GET_XSAVE, KVM_SET_XSAVE,
- *              KVM_GET_XCRS, KVM_SET_XCRS, mmap
+ *              KVM_GET_XCRS, KVM_SET_XCRS, KVM_GET_VCPU_EVENTS,
+ *              KVM_SET_VCPU_EVENTS, KVM_NMI, mmap
  * Anything else answers ENOTTY (on /dev/rvmx) or EINVAL (VM and vCPU fds,
  * as KVM does for numbers it does not know).
  */

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Events into the guest: the interrupt KVM_INTERRUPT queues and the
-//! interrupt-window protocol that delivers it, the guest's interrupt
-//! shadow, and KVM_GET/SET_VCPU_EVENTS. The exits involved are in
+//! interrupt-window protocol that delivers it, the NMIs KVM_NMI queues (and
+//! NMI windows), the guest's interrupt shadow, and KVM_GET/SET_VCPU_EVENTS. The exits involved are in
 //! exits/interrupt.rs; the run loop calls `update_interrupt_window` right
 //! before each VM entry that has something to deliver.
 
@@ -22,7 +22,10 @@ const BLOCKING_NMI: u32 = 1 << 3;
 
 /// Event types in the interruption-information fields.
 const INTR_TYPE_EXTERNAL: u32 = 0;
+const INTR_TYPE_NMI: u32 = 2;
 const INTR_TYPE_HW_EXCEPTION: u32 = 3;
+/// How many NMIs may wait (KVM's limit: one being handled, one latched).
+const MAX_PENDING_NMIS: u8 = 2;
 
 /// VMX's interrupt-shadow bits in KVM's encoding (KVM_X86_SHADOW_INT_*:
 /// MOV SS is 1, STI is 2; VMX has them the other way round).
@@ -77,6 +80,52 @@ pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Resu
     set_irq_window_exiting(v, g, window)
 }
 
+/// Whether the guest can take an NMI at the next VM entry: no NMI
+/// blocking (an NMI handler that has not returned yet), no MOV SS shadow,
+/// and no other event being injected. These are the conditions under
+/// which the CPU takes an NMI-window exit (SDM Vol. 3C, "NMI-Window
+/// Exiting"), so a window exit always finds the NMI allowed. (An STI
+/// shadow does not block injecting an NMI: the entry checks allow it.)
+fn nmi_allowed(v: &Loaded<'_>) -> bool {
+    v.read(GUEST_INTERRUPTIBILITY) & (BLOCKING_MOVSS | BLOCKING_NMI) == 0
+        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
+}
+
+/// Injects a pending NMI (from KVM_NMI) if the guest can take it now, and
+/// keeps "NMI-window exiting" on while one stays pending, so that the CPU
+/// exits when the guest's NMI handler has returned (exits/interrupt.rs).
+/// Needs the "virtual NMIs" control: without it KVM_NMI is refused.
+pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
+    if g.nmi_pending > 0 && nmi_allowed(v) {
+        // Vector 2, type 2 (NMI). The CPU sets virtual-NMI blocking.
+        v.write(ENTRY_INTR_INFO, 2 | (INTR_TYPE_NMI << 8) | exits::INTR_INFO_VALID)?;
+        g.nmi_pending -= 1;
+    }
+    set_nmi_window_exiting(v, g, g.nmi_pending > 0)
+}
+
+/// Turns "NMI-window exiting" on or off.
+pub(crate) fn set_nmi_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
+    if g.nmi_window_exiting == on {
+        return Ok(());
+    }
+    let bit = controls::proc::NMI_WINDOW_EXITING;
+    let c = v.read(PROC_BASED_CONTROLS);
+    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
+    g.nmi_window_exiting = on;
+    Ok(())
+}
+
+/// Sets or clears the guest's (virtual) NMI blocking.
+pub(crate) fn set_nmi_blocking(v: &mut Loaded<'_>, on: bool) -> Result {
+    let s = v.read(GUEST_INTERRUPTIBILITY);
+    let n = if on { s | BLOCKING_NMI } else { s & !BLOCKING_NMI };
+    if n != s {
+        v.write(GUEST_INTERRUPTIBILITY, n)?;
+    }
+    Ok(())
+}
+
 /// Turns "interrupt-window exiting" on or off.
 pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
     if g.irq_window_exiting == on {
@@ -100,6 +149,19 @@ pub(crate) fn clear_interrupt_shadow(v: &mut Loaded<'_>) -> Result {
 }
 
 impl Vcpu {
+    /// KVM_NMI: queues an NMI for the guest. As on hardware (and in KVM),
+    /// at most two wait: more are merged. EOPNOTSUPP on a CPU without the
+    /// "virtual NMIs" control (KVM_CAP_USER_NMI says which).
+    pub(crate) fn nmi(&self) -> Result {
+        if !self.virtual_nmis {
+            return Err(crate::caps::eopnotsupp());
+        }
+        let mut t = self.token()?;
+        let g = &mut t.state().guest;
+        g.nmi_pending = (g.nmi_pending + 1).min(MAX_PENDING_NMIS);
+        Ok(())
+    }
+
     /// KVM_INTERRUPT: queues an external interrupt, injected as soon as the
     /// guest can take it (`update_interrupt_window`). Like KVM without an
     /// in-kernel interrupt controller, a second call before the first was
@@ -118,7 +180,7 @@ impl Vcpu {
     pub(crate) fn get_events(&self) -> Result<uapi::kvm_vcpu_events> {
         let mut t = self.token()?;
         let st = t.state();
-        let irq = st.guest.irq;
+        let (irq, nmis) = (st.guest.irq, st.guest.nmi_pending);
         let v = st.vmcs.load()?;
         let mut e = uapi::kvm_vcpu_events::default();
         let info = v.read(ENTRY_INTR_INFO);
@@ -136,6 +198,7 @@ impl Vcpu {
                     e.interrupt.injected = 1;
                     e.interrupt.nr = nr;
                 }
+                INTR_TYPE_NMI => e.nmi.injected = 1,
                 _ => {}
             }
         }
@@ -146,14 +209,15 @@ impl Vcpu {
         let shadow = v.read(GUEST_INTERRUPTIBILITY);
         e.interrupt.shadow = shadow_to_kvm(shadow);
         e.nmi.masked = u8::from(shadow & BLOCKING_NMI != 0);
+        e.nmi.pending = u8::from(nmis > 0);
         e.flags = uapi::KVM_VCPUEVENT_VALID_NMI_PENDING | uapi::KVM_VCPUEVENT_VALID_SHADOW;
         Ok(e)
     }
 
     /// KVM_SET_VCPU_EVENTS, with KVM's checks; what rvmx cannot deliver (a
-    /// pending or injected NMI, a soft interrupt, SMM, a pending triple
-    /// fault, exception payloads) is refused with EINVAL rather than
-    /// dropped.
+    /// soft interrupt, SMM, a pending triple fault, exception payloads,
+    /// NMIs on a CPU without virtual NMIs) is refused with EINVAL rather
+    /// than dropped.
     pub(crate) fn set_events(&self, e: &uapi::kvm_vcpu_events) -> Result {
         use uapi::*;
         let known = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | KVM_VCPUEVENT_VALID_SHADOW
@@ -164,15 +228,20 @@ impl Vcpu {
         if e.exception.injected != 0 && (e.exception.nr > 31 || e.exception.nr == 2) {
             return Err(EINVAL);
         }
-        let nmi = e.nmi.injected != 0 || (e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 && e.nmi.pending != 0);
+        let nmis = u8::from(e.nmi.injected != 0) + u8::from(e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 && e.nmi.pending != 0);
         let smm = e.flags & KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0);
         let triple = e.flags & KVM_VCPUEVENT_VALID_TRIPLE_FAULT != 0 && e.triple_fault.pending != 0;
-        if nmi || smm || triple || (e.interrupt.injected != 0 && e.interrupt.soft != 0) {
+        if (nmis > 0 && !self.virtual_nmis) || smm || triple || (e.interrupt.injected != 0 && e.interrupt.soft != 0) {
             return Err(EINVAL);
         }
         let mut t = self.token()?;
         let st = t.state();
         st.guest.irq = (e.interrupt.injected != 0).then_some(e.interrupt.nr);
+        // An NMI being injected is put back as pending: it is injected at
+        // the next entry where the guest can take it.
+        if e.flags & KVM_VCPUEVENT_VALID_NMI_PENDING != 0 || e.nmi.injected != 0 {
+            st.guest.nmi_pending = nmis;
+        }
         let mut v = st.vmcs.load()?;
         let mut info = 0;
         if e.exception.injected != 0 {

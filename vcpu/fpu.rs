@@ -86,12 +86,13 @@ impl Vcpu {
         let b = |o: usize| u64::from(x.region[o / 4]) | u64::from(x.region[o / 4 + 1]) << 32;
         let (xstate_bv, xcomp_bv) = (b(512), b(520));
         let reserved_clear = (528..576).step_by(8).all(|o| b(o) == 0);
-        if xstate_bv & !self.xsave_mask != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
+        let mut t = self.token()?;
+        let st = t.state();
+        if xstate_bv & !st.guest.host_xcr0 != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
             return Err(EINVAL);
         }
-        let mut t = self.token()?;
         // SAFETY: both are 4096 bytes; the image is ours.
-        unsafe { core::ptr::copy_nonoverlapping(x.region.as_ptr().cast::<u8>(), t.state().fpu.as_ptr::<u8>(), 4096) };
+        unsafe { core::ptr::copy_nonoverlapping(x.region.as_ptr().cast::<u8>(), st.fpu.as_ptr::<u8>(), 4096) };
         Ok(())
     }
 
@@ -110,11 +111,12 @@ impl Vcpu {
             return Err(EINVAL);
         }
         let mut t = self.token()?;
+        let g = &mut t.state().guest;
         if let Some(e) = x.xcrs[..x.nr_xcrs as usize].iter().find(|e| e.xcr == 0) {
-            if !exits::xsetbv::valid_xcr0(e.value, self.xsave_mask) {
+            if !exits::xsetbv::valid_xcr0(e.value, g.host_xcr0) {
                 return Err(EINVAL);
             }
-            t.state().guest.xcr0 = e.value;
+            g.xcr0 = e.value;
         }
         Ok(())
     }

@@ -29,9 +29,9 @@ mod events;
 mod fpu;
 mod setup;
 
-pub(crate) use events::{clear_interrupt_shadow, set_irq_window_exiting};
+pub(crate) use events::{clear_interrupt_shadow, set_irq_window_exiting, set_nmi_blocking, set_nmi_window_exiting};
 pub(crate) use setup::{pae_paging, set_cr0, set_cr4, set_long_mode};
-use events::{interruptible, update_interrupt_window};
+use events::{interruptible, update_interrupt_window, update_nmi_window};
 use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, setup_host_cpu_state, write_pdptes, write_seg};
 
 use crate::exits::{self, Action, Pending};
@@ -101,9 +101,15 @@ pub(crate) struct Guest {
     pub(crate) want_irq_window: bool,
     /// Whether "interrupt-window exiting" is on in the VMCS.
     pub(crate) irq_window_exiting: bool,
+    /// NMIs queued by KVM_NMI, not yet injected (at most 2).
+    pub(crate) nmi_pending: u8,
+    /// Whether "NMI-window exiting" is on in the VMCS.
+    pub(crate) nmi_window_exiting: bool,
     /// The vCPU's VPID, or 0 if it has none (vpid.rs).
     pub(crate) vpid: u16,
-    /// The host's XCR0 (read at creation, in the host's context).
+    /// The host's XCR0 (read at creation, in the host's context): the
+    /// components the guest's XSAVE image holds, and the most a guest may
+    /// enable.
     pub(crate) host_xcr0: u64,
 }
 
@@ -162,9 +168,10 @@ pub(crate) struct Vcpu {
     id: u32,
     /// The pages userspace maps (page N of the vCPU fd is `pages[N]`).
     pages: [KernelPage; MMAP_PAGES],
-    xsave_mask: u64,
     /// IA32_VMX_BASIC[54] (see exits/io.rs).
     ins_outs_info: bool,
+    /// The "virtual NMIs" control is on: NMIs can be injected (KVM_NMI).
+    virtual_nmis: bool,
     #[pin]
     token: Mutex<bool>,
     #[pin]
@@ -241,6 +248,8 @@ impl Vcpu {
                 irq: None,
                 want_irq_window: false,
                 irq_window_exiting: false,
+                nmi_pending: 0,
+                nmi_window_exiting: false,
                 vpid: 0,
                 host_xcr0: hw::xcr0(),
             },
@@ -265,8 +274,8 @@ impl Vcpu {
                 vm,
                 id,
                 pages,
-                xsave_mask: hw::xcr0(),
                 ins_outs_info: caps.ins_outs_info,
+                virtual_nmis: caps.virtual_nmis(),
                 token <- new_mutex!(false, "rvmx:vcpu.token"),
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
@@ -605,11 +614,11 @@ impl Vcpu {
         unsafe { rvmx_glue_fpu_begin() };
         // SAFETY: we own the FPU registers now, the area is page-aligned and
         // sized for this XCR0 (checked at creation).
-        unsafe { hw::xrstor(st.fpu.as_ptr(), self.xsave_mask) };
+        unsafe { hw::xrstor(st.fpu.as_ptr(), st.guest.host_xcr0) };
         // The guest's XCR0, checked against the host's at XSETBV. Nothing
         // else on this CPU uses XSAVE until it is put back: preemption is
         // off and the kernel's FPU is ours (kernel_fpu_begin).
-        if st.guest.xcr0 != self.xsave_mask {
+        if st.guest.xcr0 != st.guest.host_xcr0 {
             hw::xsetbv(st.guest.xcr0);
         }
         // SAFETY: preemption is off until `put_host` below, and the CPU
@@ -712,11 +721,11 @@ impl Vcpu {
         hw::load_ds_es(ds, es);
         // SAFETY: `host_msrs` is what `load_guest` read on this CPU.
         unsafe { st.guest.msrs.put_host(&host_msrs) };
-        if st.guest.xcr0 != self.xsave_mask {
-            hw::xsetbv(self.xsave_mask);
+        if st.guest.xcr0 != st.guest.host_xcr0 {
+            hw::xsetbv(st.guest.host_xcr0);
         }
         // SAFETY: we still own the FPU registers; same area as above.
-        unsafe { hw::xsave(st.fpu.as_ptr(), self.xsave_mask) };
+        unsafe { hw::xsave(st.fpu.as_ptr(), st.guest.host_xcr0) };
         // SAFETY: restores Linux's descriptor limits on this CPU (still
         // pinned: FPU section).
         unsafe { rvmx_glue_restore_host_descriptor_limits() };
@@ -761,12 +770,16 @@ impl Vcpu {
 }
 
 /// The VMCS and CPU updates right before a VM entry, with interrupts off:
-/// a queued interrupt or an interrupt window (only a vCPU that has one pays
+/// a queued NMI or interrupt, or an NMI or interrupt window (only a vCPU that has one pays
 /// for it; done after the last check for signals, so that an injected event
 /// never waits in the VMCS while userspace runs), the host's CR3 and CR4
 /// if they changed (the kernel switches page tables and CR4 bits under us),
 /// and the guest's CR2.
 fn prepare_entry(v: &mut Loaded<'_>, g: &mut Guest, host: &mut HostCache, cr2: u64) -> Result {
+    // NMIs first: they take priority over interrupts.
+    if g.nmi_pending > 0 {
+        update_nmi_window(v, g)?;
+    }
     if g.irq.is_some() || g.want_irq_window {
         update_interrupt_window(v, g)?;
     }

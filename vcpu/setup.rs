@@ -78,7 +78,7 @@ fn segment(selector: u16, base: u64, limit: u32, type_: u8, s: u8) -> kvm_segmen
 /// The execution controls, from what rvmx wants and what the CPU allows.
 pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: u64, vpid: Option<u16>) -> Result {
     use controls::*;
-    let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, 0)?;
+    let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, pin::VIRTUAL_NMIS)?;
     let mut proc_ctl = adjust(
         &caps.proc,
         "processor-based",

@@ -13,6 +13,9 @@ pub(crate) mod pin {
     pub(crate) const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
     /// NMIs cause VM exits (rvmx hands them to the host's NMI handler).
     pub(crate) const NMI_EXITING: u32 = 1 << 3;
+    /// The CPU tracks the guest's NMI blocking ("virtual-NMI blocking",
+    /// from an injected NMI to its IRET), which NMI-window exits need.
+    pub(crate) const VIRTUAL_NMIS: u32 = 1 << 5;
 }
 
 /// Primary processor-based VM-execution controls.
@@ -26,6 +29,8 @@ pub(crate) mod proc {
     pub(crate) const RDPMC_EXITING: u32 = 1 << 11;
     /// CR8 (the TPR) would otherwise reach the host's local APIC.
     pub(crate) const CR8_LOAD_EXITING: u32 = 1 << 19;
+    /// Exit as soon as the guest can take an NMI (vcpu/events.rs).
+    pub(crate) const NMI_WINDOW_EXITING: u32 = 1 << 22;
     pub(crate) const CR8_STORE_EXITING: u32 = 1 << 20;
     /// Debug registers are not switched by VMX: the guest must not reach
     /// the host's.

@@ -19,12 +19,7 @@ handler:
 	inc dword [0x500]
 	iretd
 
-align 8
-gdt:	dq 0
-	dq 0x00cf9a000000ffff		; 0x08: flat 32-bit code
-	dq 0x00cf92000000ffff		; 0x10: flat data
-gdtr:	dw 23
-	dd gdt
+%include "flat32.inc"
 align 8
 idt:	times 0x20 dq 0
 	dw handler			; vector 0x20: offset 15:0,

@@ -51,12 +51,7 @@ gp_handler:
 	pop eax
 	iretd
 
-align 8
-gdt:	dq 0
-	dq 0x00cf9a000000ffff		; 0x08: flat 32-bit code
-	dq 0x00cf92000000ffff		; 0x10: flat data
-gdtr:	dw 23
-	dd gdt
+%include "flat32.inc"
 align 8
 idt:	times 13 dq 0
 	dw gp_handler			; vector 13 (#GP): offset 15:0 (the

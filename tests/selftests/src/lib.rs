@@ -48,6 +48,19 @@ impl Tap {
     }
 }
 
+extern "C" fn on_signal(_: libc::c_int) {}
+
+/// Installs an empty handler for `sig`, without SA_RESTART: the signal then
+/// ends a blocked KVM_RUN with EINTR instead of killing the process.
+pub fn install_empty_handler(sig: libc::c_int) {
+    // SAFETY: installs an async-signal-safe empty handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
 /// Result of a raw ioctl: the return value, or the errno.
 pub fn ioctl(fd: i32, req: u64, arg: u64) -> Result<i32, i32> {
     // SAFETY: the callers pass integer arguments (or none), never pointers

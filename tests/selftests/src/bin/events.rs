@@ -16,7 +16,7 @@
 
 use kvm_bindings::{kvm_msr_entry, kvm_sregs, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use rvmx_selftests::{ioctl, Tap, TestVm};
+use rvmx_selftests::{install_empty_handler, ioctl, Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 const IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq.bin"));
 const IRQ32: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/irq32.bin"));
 const MSR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/msr.bin"));
+const NMI: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nmi.bin"));
 const CODE: u64 = 0x1000;
 const LSTAR: u32 = 0xc000_0082;
 const STAR: u32 = 0xc000_0081;
@@ -39,19 +40,6 @@ fn interrupt(vcpu: &VcpuFd, vector: u32) -> Result<i32, i32> {
     // SAFETY: KVM_INTERRUPT reads one u32 (struct kvm_interrupt) at `&irq`.
     let r = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_INTERRUPT as _, &irq) };
     if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { Ok(r) }
-}
-
-extern "C" fn on_signal(_: libc::c_int) {}
-
-/// An empty handler without SA_RESTART, so a signal ends KVM_RUN (EINTR)
-/// instead of killing the process.
-fn install_handler(sig: libc::c_int) {
-    // SAFETY: installs an async-signal-safe empty handler.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
-    }
 }
 
 /// Plays a userspace interrupt controller for `n` interrupts of vector
@@ -121,7 +109,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(34);
+    let mut t = Tap::plan(36);
 
     // --- Interrupts through the interrupt-window protocol, into the
     // real-mode IVT and into a 32-bit IDT.
@@ -152,6 +140,33 @@ fn main() {
     let bitmap = vcpu.get_sregs().map(|s| s.interrupt_bitmap).unwrap_or_default();
     t.expect_eq((both, bitmap), ((Ok(0), Ok(0)), [1u64 << 0x21, 0, 0, 0]), "a second KVM_INTERRUPT replaces the queued one (KVM_GET_SREGS shows it)");
     drop(vcpu);
+
+    // --- NMIs from KVM_NMI reach the guest's NMI handler with IF = 0; two
+    // sent at once are both delivered (one after the other's IRET), a
+    // third is merged, as on hardware and in KVM.
+    if !kvm.check_extension(kvm_ioctls::Cap::UserNmi) {
+        t.check(true, "KVM_NMI # SKIP KVM_CAP_USER_NMI is 0 (no virtual NMIs on this CPU)", "");
+        t.check(true, "KVM_NMI twice, three times # SKIP no virtual NMIs", "");
+    } else {
+        let vm = TestVm::new(&kvm, 2 << 20);
+        vm.write(CODE, NMI);
+        let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+        let halted = |v: &mut VcpuFd| matches!(v.run(), Ok(VcpuExit::Hlt));
+        let mut seen = vec![(halted(&mut vcpu), vm.read_u32(0x500) & 0xffff)];
+        for _ in 0..3 {
+            let _ = vcpu.nmi();
+            seen.push((halted(&mut vcpu), vm.read_u32(0x500) & 0xffff));
+        }
+        let pending = vcpu.nmi().and_then(|()| vcpu.get_vcpu_events()).map(|e| e.nmi.pending).map_err(|e| e.errno());
+        t.check(seen == [(true, 0), (true, 1), (true, 2), (true, 3)] && pending == Ok(1),
+                "KVM_NMI: each NMI reaches the guest's handler (IF = 0); KVM_GET_VCPU_EVENTS shows one pending",
+                format!("{seen:?}, pending {pending:?}"));
+        let _ = vcpu.nmi(); // a second one, beside the one still pending
+        let two = (halted(&mut vcpu), vm.read_u32(0x500) & 0xffff);
+        let _ = (vcpu.nmi(), vcpu.nmi(), vcpu.nmi());
+        let three = (halted(&mut vcpu), vm.read_u32(0x500) & 0xffff);
+        t.expect_eq((two, three), ((true, 5), (true, 7)), "KVM_NMI twice: both delivered; three times: two delivered");
+    }
 
     // --- MSRs: the guest's own RDMSR/WRMSR.
     let vm = TestVm::new(&kvm, 2 << 20);
@@ -283,8 +298,8 @@ fn main() {
     // blocks SIGUSR2, the vCPU's mask blocks nothing: a SIGUSR2 sent while
     // the guest spins ends KVM_RUN with EINTR, and the thread's own mask is
     // back afterwards (the way QEMU kicks its vCPU threads).
-    install_handler(libc::SIGUSR2);
-    install_handler(libc::SIGUSR1);
+    install_empty_handler(libc::SIGUSR2);
+    install_empty_handler(libc::SIGUSR1);
     let vm2 = TestVm::new(&kvm, 0x80000);
     vm2.write(CODE, &[0xfb, 0xeb, 0xfe]); // sti; jmp $ (STI: see guests.rs)
     let mut spin = vm2.real_mode_vcpu(&kvm, 0, CODE);

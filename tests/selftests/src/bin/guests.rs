@@ -8,7 +8,7 @@
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use rvmx_selftests::Tap;
+use rvmx_selftests::{install_empty_handler, Tap};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 
@@ -197,18 +197,6 @@ fn long_mode(g: &mut Guest) {
     s.efer = (1 << 8) | (1 << 10); // LME, LMA
     s.cr0 = 0x8000_0011 | (1 << 5); // PG, ET, PE, NE
     g.vcpu.set_sregs(&s).unwrap();
-}
-
-extern "C" fn on_signal(_: libc::c_int) {}
-
-fn install_signal_handler(sig: libc::c_int) {
-    // SAFETY: installs an async-signal-safe empty handler; no SA_RESTART, so
-    // a blocked KVM_RUN returns EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
-    }
 }
 
 /// Runs KVM_RUN on `fd` by a raw system call with every XMM register
@@ -498,7 +486,7 @@ fn main() {
     // SDM says: whatever IF is), under KVM as well; with IF=0 the host's
     // timer and the signal's IPI would not reach the host until some NMI.
     let mut g = Guest::real(&kvm, &[0xfb, 0xeb, 0xfe]); // sti; jmp $
-    install_signal_handler(libc::SIGALRM);
+    install_empty_handler(libc::SIGALRM);
     let timer = libc::itimerval {
         it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
         it_value: libc::timeval { tv_sec: 0, tv_usec: 100_000 },

@@ -3,7 +3,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, Kvm, VcpuExit};
-use rvmx_selftests::{ioctl, Tap};
+use rvmx_selftests::{install_empty_handler, ioctl, Tap};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -25,7 +25,6 @@ fn anon(size: usize) -> u64 {
     p as u64
 }
 
-extern "C" fn on_signal(_: libc::c_int) {}
 
 fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
@@ -137,12 +136,7 @@ fn main() {
     // vector (real mode, F000:FFF0 = 0xffff0 is inside the 2 MiB slot). STI:
     // see guests.rs, Bochs takes external-interrupt exits only with IF=1.
     unsafe { std::ptr::copy_nonoverlapping([0xfbu8, 0xeb, 0xfe].as_ptr(), (mem + 0xffff0) as *mut u8, 3) };
-    // SAFETY: installs an empty handler for SIGUSR1 (no SA_RESTART).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-    }
+    install_empty_handler(libc::SIGUSR1);
     let mut s = v3.get_sregs().unwrap();
     s.cs.base = 0xf0000; // so that CS:IP F000:FFF0 is 0xffff0, in the slot
     v3.set_sregs(&s).unwrap();
