@@ -4,8 +4,8 @@
 //! what the guest points at: the instruction behind an MMIO access
 //! (exits/mmio.rs) and the buffer of a string I/O instruction (exits/io.rs).
 //! The guest's own page tables turn its linear addresses into guest-
-//! physical ones (walked here: 4-level in long mode, 2-level 32-bit paging
-//! otherwise; 32-bit PAE paging is not supported yet), and the memory slots
+//! physical ones (walked here: 4-level in long mode, PAE paging from the
+//! PDPTEs, 2-level 32-bit paging), and the memory slots
 //! turn those into the launcher's addresses (vm.rs). May sleep: used outside
 //! guest sections only.
 
@@ -21,17 +21,23 @@ pub(crate) struct Paging {
     pub(crate) long_mode: bool,
     pub(crate) pae: bool,
     pub(crate) cr3: u64,
+    /// With 32-bit PAE paging: the PDPTEs the CPU was using (with EPT, VM
+    /// exit saves them in the VMCS).
+    pub(crate) pdptes: [u64; 4],
 }
 
 impl Paging {
     /// Reads the guest's paging mode from the VMCS (in a guest section).
     pub(crate) fn capture(v: &Loaded<'_>) -> Self {
-        Paging {
-            enabled: v.read(CR0_READ_SHADOW).0 & CR0_PG != 0,
-            long_mode: v.read(ENTRY_CONTROLS) & controls::entry::IA32E_MODE_GUEST != 0,
-            pae: v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0,
-            cr3: v.read(GUEST_CR3).0,
-        }
+        let enabled = v.read(CR0_READ_SHADOW).0 & CR0_PG != 0;
+        let long_mode = v.read(ENTRY_CONTROLS) & controls::entry::IA32E_MODE_GUEST != 0;
+        let pae = v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0;
+        let pdptes = if enabled && pae && !long_mode {
+            [v.read(GUEST_PDPTE0), v.read(GUEST_PDPTE1), v.read(GUEST_PDPTE2), v.read(GUEST_PDPTE3)]
+        } else {
+            [0; 4]
+        };
+        Paging { enabled, long_mode, pae, cr3: v.read(GUEST_CR3).0, pdptes }
     }
 }
 
@@ -65,7 +71,25 @@ pub(crate) fn translate(vm: &Vm, p: &Paging, linear: u64) -> Result<u64> {
         }
         Err(EFAULT)
     } else if p.pae {
-        Err(EFAULT)
+        // PDPTE (bits 31:30) -> page directory (29:21) -> page table
+        // (20:12), 8-byte entries; a PDE with bit 7 maps a 2 MiB page.
+        // CAST: two bits.
+        let pdpte = p.pdptes[((linear >> 30) & 3) as usize];
+        if pdpte & 1 == 0 {
+            return Err(EFAULT);
+        }
+        let pde = read((pdpte & 0x000f_ffff_ffff_f000) + ((linear >> 21) & 0x1ff) * 8, true)?;
+        if pde & 1 == 0 {
+            return Err(EFAULT);
+        }
+        if pde & (1 << 7) != 0 {
+            return Ok((pde & 0x000f_ffff_ffe0_0000) | (linear & 0x1f_ffff));
+        }
+        let pte = read((pde & 0x000f_ffff_ffff_f000) + ((linear >> 12) & 0x1ff) * 8, true)?;
+        if pte & 1 == 0 {
+            return Err(EFAULT);
+        }
+        Ok((pte & 0x000f_ffff_ffff_f000) | (linear & 0xfff))
     } else {
         let pde = read((p.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4, false)?;
         if pde & 1 == 0 {

@@ -15,9 +15,9 @@ use std::os::unix::io::AsRawFd;
 const MEM_SIZE: usize = 2 << 20;
 const CODE: u64 = 0x1000;
 
-/// Whether the device is KVM, which needs KVM_SET_CPUID2 (rvmx does not
-/// implement it yet: KVM_CHECK_EXTENSION(KVM_CAP_EXT_CPUID) says which).
-fn kvm_needs_cpuid(kvm: &Kvm) -> bool {
+/// Whether the device has KVM_SET_CPUID2 (KVM_CAP_EXT_CPUID): both KVM and
+/// rvmx do; the check keeps the program usable on a device without it.
+fn has_set_cpuid(kvm: &Kvm) -> bool {
     kvm.check_extension(kvm_ioctls::Cap::ExtCpuid)
 }
 
@@ -49,11 +49,11 @@ impl Guest {
         // SAFETY: the region is valid for the VM's lifetime.
         unsafe { vm.set_user_memory_region(region).expect("KVM_SET_USER_MEMORY_REGION") };
         let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
-        if kvm_needs_cpuid(kvm) {
+        if has_set_cpuid(kvm) {
             // KVM starts a vCPU with an empty CPUID (no long mode, no SSE):
             // every KVM client sets one. Give it the supported one, without
-            // VMX and with the hypervisor bit, as rvmx shows it until it has
-            // KVM_SET_CPUID2 (and as QEMU does).
+            // VMX and with the hypervisor bit, as QEMU does (rvmx's default
+            // table before KVM_SET_CPUID2 is already that).
             let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).expect("KVM_GET_SUPPORTED_CPUID");
             for e in cpuid.as_mut_slice() {
                 if e.function == 1 {
@@ -241,7 +241,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(27);
+    let mut t = Tap::plan(28);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -434,13 +434,22 @@ fn main() {
     //     First set up by KVM_SET_SREGS, then turned on by the guest itself
     //     with a MOV to CR0 that also clears CD/NW (which exits to rvmx, so
     //     rvmx must load the PDPTEs; without the CD/NW change the CPU would).
+    //     The second 2 MiB of each GiB map GPA 0x200000, beyond the guest's
+    //     RAM: a store there is MMIO, which rvmx must decode by reading the
+    //     instruction through the guest's PAE page tables.
     let pae_tables = |g: &Guest| {
         g.write_u64(0x20000, 0x21000 | 1);
         g.write_u64(0x20008, 0x21000 | 1);
         g.write_u64(0x21000, 0x83); // 2 MiB page at 0: present, writable, PS
+        g.write_u64(0x21008, 0x20_0000 | 0x83); // and one at 2 MiB
         g.write(0x5000, &0x5041_4521u32.to_le_bytes());
     };
-    let read_magic = [0xa1, 0x00, 0x50, 0x00, 0x40, 0xe7, 0x19, 0xf4]; // mov eax, [0x40005000]; out 0x19, eax; hlt
+    let read_magic = [
+        0xa1, 0x00, 0x50, 0x00, 0x40, // mov eax, [0x40005000]
+        0xe7, 0x19, // out 0x19, eax
+        0xc6, 0x05, 0x10, 0x00, 0x20, 0x40, 0x77, // mov byte [0x40200010], 0x77
+        0xf4, // hlt
+    ];
     let mut g = Guest::real(&kvm, &read_magic);
     pae_tables(&g);
     protected_mode(&mut g);
@@ -451,6 +460,7 @@ fn main() {
     let set = g.vcpu.set_sregs(&s).map_err(|e| e.errno());
     let out = run(&mut g, 0);
     t.expect_eq((set, out), (Ok(()), Exit::Out(0x19, 0x5041_4521u32.to_le_bytes().to_vec())), "32-bit PAE paging set by KVM_SET_SREGS");
+    t.expect_eq(run(&mut g, 0), Exit::MmioWrite(0x20_0010, vec![0x77]), "32-bit PAE paging: MMIO store through a PAE mapping, decoded");
     let mut code = vec![
         0x0f, 0x20, 0xc0, // mov eax, cr0
         0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, 0x80000000 (PG)
