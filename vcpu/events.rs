@@ -106,13 +106,18 @@ pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
 
 /// Turns "NMI-window exiting" on or off.
 pub(crate) fn set_nmi_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
-    if g.nmi_window_exiting == on {
+    set_window_control(v, controls::proc::NMI_WINDOW_EXITING, &mut g.nmi_window_exiting, on)
+}
+
+/// Sets processor-based control `bit` to `on`, unless `state` (what the
+/// VMCS holds, tracked to spare the VMREAD/VMWRITE) says it already is.
+fn set_window_control(v: &mut Loaded<'_>, bit: u32, state: &mut bool, on: bool) -> Result {
+    if *state == on {
         return Ok(());
     }
-    let bit = controls::proc::NMI_WINDOW_EXITING;
     let c = v.read(PROC_BASED_CONTROLS);
     v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
-    g.nmi_window_exiting = on;
+    *state = on;
     Ok(())
 }
 
@@ -128,14 +133,7 @@ pub(crate) fn set_nmi_blocking(v: &mut Loaded<'_>, on: bool) -> Result {
 
 /// Turns "interrupt-window exiting" on or off.
 pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
-    if g.irq_window_exiting == on {
-        return Ok(());
-    }
-    let bit = controls::proc::INTERRUPT_WINDOW_EXITING;
-    let c = v.read(PROC_BASED_CONTROLS);
-    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
-    g.irq_window_exiting = on;
-    Ok(())
+    set_window_control(v, controls::proc::INTERRUPT_WINDOW_EXITING, &mut g.irq_window_exiting, on)
 }
 
 /// Ends an STI or MOV SS interrupt shadow: called whenever rvmx moves RIP
