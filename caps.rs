@@ -85,6 +85,9 @@ pub(crate) struct VmxCaps {
     pub(crate) cr0_fixed1: u64,
     pub(crate) cr4_fixed0: u64,
     pub(crate) cr4_fixed1: u64,
+    /// CPUID.80000008H:EAX[7:0], the physical-address width: guest page
+    /// table entries with address bits at or above it are reserved.
+    pub(crate) maxphyaddr: u8,
 }
 
 /// Why the CPU cannot run rvmx; `probe()` logs the reason and maps it to the
@@ -170,6 +173,8 @@ impl VmxCaps {
             cr0_fixed1: read(msr::IA32_VMX_CR0_FIXED1),
             cr4_fixed0: read(msr::IA32_VMX_CR4_FIXED0),
             cr4_fixed1: read(msr::IA32_VMX_CR4_FIXED1),
+            // CAST: bits 7:0.
+            maxphyaddr: hw::cpuid(0x8000_0008, 0)[0] as u8,
         };
         caps.check_required()?;
         // A kernel that delivers events with FRED instead of the IDT: rvmx

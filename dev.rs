@@ -203,7 +203,9 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
                     return Err(e);
                 }
             };
-            install_fd(vcpu, rvmx_glue_vcpu_fd)
+            // If no fd can be installed (EMFILE), the vCPU is gone: so is
+            // its id, which a later KVM_CREATE_VCPU may use again (as in KVM).
+            install_fd(vcpu, rvmx_glue_vcpu_fd).inspect_err(|_| vm.remove_vcpu_id(id))
         }
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
         uapi::KVM_GET_DIRTY_LOG => {

@@ -4,130 +4,162 @@
 //! what the guest points at: the instruction behind an MMIO access
 //! (exits/mmio.rs) and the buffer of a string I/O instruction (exits/io.rs).
 //! The guest's own page tables turn its linear addresses into guest-
-//! physical ones (walked here: 4-level in long mode, PAE paging from the
-//! PDPTEs, 2-level 32-bit paging), and the memory slots
-//! turn those into the launcher's addresses (vm.rs). May sleep: used outside
-//! guest sections only.
+//! physical ones (walk.rs, with the CPU's checks: a failure is the #PF the
+//! guest would have taken), and the memory slots turn those into the
+//! launcher's addresses (vm.rs). May sleep: used outside guest sections
+//! only.
 
 use crate::hw::cr::*;
 use crate::vm::Vm;
 use crate::vmcs::{controls, fields::*, Loaded};
-use kernel::prelude::*;
+use crate::walk::{self, Access, GuestPhys, Mode, WalkError};
 
-/// How the guest translated addresses at the time of an exit.
+const CR0_WP: u64 = 1 << 16;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const EFER_NXE: u64 = 1 << 11;
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// How the guest translated addresses at the time of an exit, and with
+/// which privilege its instruction accessed memory.
 #[derive(Clone, Copy)]
 pub(crate) struct Paging {
-    pub(crate) enabled: bool,
+    /// The paging mode and the CR0/CR4/EFER bits the walk needs (its
+    /// `maxphyaddr` is filled in when the walk runs).
+    pub(crate) walk: walk::Paging,
+    /// IA-32e mode: 64-bit linear addresses (else they wrap at 4 GiB).
     pub(crate) long_mode: bool,
-    pub(crate) pae: bool,
-    pub(crate) cr3: u64,
-    /// With 32-bit PAE paging: the PDPTEs the CPU was using (with EPT, VM
-    /// exit saves them in the VMCS).
-    pub(crate) pdptes: [u64; 4],
+    /// CPL 3: the instruction's accesses are user-mode accesses.
+    pub(crate) user: bool,
+    /// RFLAGS.AC (lifts SMAP).
+    pub(crate) ac: bool,
 }
 
 impl Paging {
-    /// Reads the guest's paging mode from the VMCS (in a guest section).
+    /// Reads the guest's paging state from the VMCS (in a guest section;
+    /// on the exit path of every EPT violation and string I/O, so only
+    /// VMCS reads).
     pub(crate) fn capture(v: &Loaded<'_>) -> Self {
-        let enabled = v.read(CR0_READ_SHADOW).0 & CR0_PG != 0;
+        let cr0 = v.guest_cr0();
+        let cr4 = v.guest_cr4();
+        let efer = v.read(GUEST_IA32_EFER);
         let long_mode = v.read(ENTRY_CONTROLS) & controls::entry::IA32E_MODE_GUEST != 0;
-        let pae = v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0;
-        let pdptes = if enabled && pae && !long_mode {
-            [v.read(GUEST_PDPTE0), v.read(GUEST_PDPTE1), v.read(GUEST_PDPTE2), v.read(GUEST_PDPTE3)]
+        let mode = if cr0 & CR0_PG == 0 {
+            Mode::Off
+        } else if long_mode {
+            Mode::Long
+        } else if cr4 & CR4_PAE != 0 {
+            // With EPT, VM exit saves the PDPTEs the CPU was using.
+            Mode::Pae { pdptes: [v.read(GUEST_PDPTE0), v.read(GUEST_PDPTE1), v.read(GUEST_PDPTE2), v.read(GUEST_PDPTE3)] }
         } else {
-            [0; 4]
+            Mode::Bits32 { pse: cr4 & CR4_PSE != 0 }
         };
-        Paging { enabled, long_mode, pae, cr3: v.read(GUEST_CR3).0, pdptes }
+        let walk = walk::Paging {
+            mode,
+            cr3: v.read(GUEST_CR3).0,
+            wp: cr0 & CR0_WP != 0,
+            nxe: efer & EFER_NXE != 0,
+            smep: cr4 & CR4_SMEP != 0,
+            smap: cr4 & CR4_SMAP != 0,
+            maxphyaddr: 0,
+        };
+        // CPL is SS.DPL (access rights bits 6:5), also in real mode (0)
+        // and virtual-8086 mode (3) as the VMCS holds them.
+        let user = (v.read(GUEST_SS_AR) >> 5) & 3 == 3;
+        Paging { walk, long_mode, user, ac: v.read(GUEST_RFLAGS).0 & RFLAGS_AC != 0 }
     }
+
+    /// A linear address as the CPU forms it: outside IA-32e mode linear
+    /// addresses are 32 bits wide and wrap at 4 GiB.
+    pub(crate) fn wrap(&self, linear: u64) -> u64 {
+        if self.long_mode { linear } else { linear & 0xffff_ffff }
+    }
+}
+
+/// Why guest memory could not be reached by a linear address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LinearError {
+    /// The CPU would have raised #PF for this address with this error
+    /// code: the caller injects it.
+    PageFault { addr: u64, code: u32 },
+    /// Not guest RAM (page tables or the buffer in MMIO), or the tables kept
+    /// changing: the caller reports that it cannot emulate.
+    Unhandled,
 }
 
 const PAGE: u64 = 4096;
 
-/// Translates a guest linear address to a guest-physical one.
-pub(crate) fn translate(vm: &Vm, p: &Paging, linear: u64) -> Result<u64> {
-    if !p.enabled {
-        return Ok(linear);
-    }
-    let read = |gpa: u64, wide: bool| -> Result<u64> {
+/// The VM's memory as the page walk sees it.
+struct Phys<'a>(&'a Vm);
+
+impl GuestPhys for Phys<'_> {
+    fn read_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
         let mut b = [0u8; 8];
-        vm.read_guest(gpa, if wide { &mut b[..] } else { &mut b[..4] })?;
-        Ok(u64::from_le_bytes(b))
-    };
-    if p.long_mode {
-        let mut table = p.cr3 & 0x000f_ffff_ffff_f000;
-        for level in (0..4).rev() {
-            let shift = 12 + 9 * level;
-            let e = read(table + ((linear >> shift) & 0x1ff) * 8, true)?;
-            if e & 1 == 0 {
-                return Err(EFAULT);
-            }
-            let addr = e & 0x000f_ffff_ffff_f000;
-            // A large page: 1 GiB at the PDPT level, 2 MiB at the PD level.
-            if level == 0 || (level < 3 && e & (1 << 7) != 0) {
-                let page_mask = (1u64 << shift) - 1;
-                return Ok((addr & !page_mask) | (linear & page_mask));
-            }
-            table = addr;
-        }
-        Err(EFAULT)
-    } else if p.pae {
-        // PDPTE (bits 31:30) -> page directory (29:21) -> page table
-        // (20:12), 8-byte entries; a PDE with bit 7 maps a 2 MiB page.
-        // CAST: two bits.
-        let pdpte = p.pdptes[((linear >> 30) & 3) as usize];
-        if pdpte & 1 == 0 {
-            return Err(EFAULT);
-        }
-        let pde = read((pdpte & 0x000f_ffff_ffff_f000) + ((linear >> 21) & 0x1ff) * 8, true)?;
-        if pde & 1 == 0 {
-            return Err(EFAULT);
-        }
-        if pde & (1 << 7) != 0 {
-            return Ok((pde & 0x000f_ffff_ffe0_0000) | (linear & 0x1f_ffff));
-        }
-        let pte = read((pde & 0x000f_ffff_ffff_f000) + ((linear >> 12) & 0x1ff) * 8, true)?;
-        if pte & 1 == 0 {
-            return Err(EFAULT);
-        }
-        Ok((pte & 0x000f_ffff_ffff_f000) | (linear & 0xfff))
-    } else {
-        let pde = read((p.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4, false)?;
-        if pde & 1 == 0 {
-            return Err(EFAULT);
-        }
-        if pde & (1 << 7) != 0 {
-            return Ok((pde & 0xffc0_0000) | (linear & 0x3f_ffff));
-        }
-        let pte = read((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4, false)?;
-        if pte & 1 == 0 {
-            return Err(EFAULT);
-        }
-        Ok((pte & 0xffff_f000) | (linear & 0xfff))
+        self.0.read_guest(gpa, if wide { &mut b[..] } else { &mut b[..4] }).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn cmpxchg_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Option<bool> {
+        self.0.cmpxchg_guest(gpa, wide, old, new).ok()
     }
 }
 
-/// Reads `buf.len()` bytes at guest linear address `linear`.
-pub(crate) fn read_linear(vm: &Vm, p: &Paging, mut linear: u64, buf: &mut [u8]) -> Result {
+/// Translates a guest linear address for `acc`, as the CPU would.
+fn translate(vm: &Vm, p: &Paging, linear: u64, acc: Access) -> Result<u64, LinearError> {
+    let maxphyaddr = crate::vmxon::caps().map_or(36, |c| c.maxphyaddr);
+    let wp = walk::Paging { maxphyaddr, ..p.walk };
+    walk::translate(&mut Phys(vm), &wp, linear, acc).map_err(|e| match e {
+        WalkError::PageFault(code) => LinearError::PageFault { addr: linear, code },
+        WalkError::Unhandled => LinearError::Unhandled,
+    })
+}
+
+/// Calls `f(gpa, range)` for each page-sized piece of `len` bytes at
+/// `linear`, translated for `acc`.
+fn for_each_page(
+    vm: &Vm,
+    p: &Paging,
+    mut linear: u64,
+    len: usize,
+    acc: Access,
+    mut f: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), LinearError>,
+) -> Result<(), LinearError> {
     let mut done = 0;
-    while done < buf.len() {
-        let n = ((PAGE - linear % PAGE) as usize).min(buf.len() - done);
-        let gpa = translate(vm, p, linear)?;
-        vm.read_guest(gpa, &mut buf[done..done + n])?;
+    while done < len {
+        // CAST: the remainder of a page, at most 4096.
+        let n = ((PAGE - linear % PAGE) as usize).min(len - done);
+        let gpa = translate(vm, p, linear, acc)?;
+        f(gpa, done..done + n)?;
         done += n;
-        linear += n as u64;
+        // A buffer may run past the top of the address space (RSI = -1, or
+        // RIP just below 2^64 or 4 GiB): the next byte is at 0, as on the
+        // CPU, never an overflow.
+        linear = p.wrap(linear.wrapping_add(n as u64));
     }
     Ok(())
+}
+
+/// Reads `buf.len()` bytes at guest linear address `linear`: an
+/// instruction fetch (`fetch`) or a data read by the guest's instruction.
+pub(crate) fn read_linear(vm: &Vm, p: &Paging, linear: u64, buf: &mut [u8], fetch: bool) -> Result<(), LinearError> {
+    let acc = Access { write: false, fetch, user: p.user, ac: p.ac };
+    for_each_page(vm, p, linear, buf.len(), acc, |gpa, r| {
+        vm.read_guest(gpa, &mut buf[r]).map_err(|_| LinearError::Unhandled)
+    })
 }
 
 /// Writes `buf` at guest linear address `linear`.
-pub(crate) fn write_linear(vm: &Vm, p: &Paging, mut linear: u64, buf: &[u8]) -> Result {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = ((PAGE - linear % PAGE) as usize).min(buf.len() - done);
-        let gpa = translate(vm, p, linear)?;
-        vm.write_guest(gpa, &buf[done..done + n])?;
-        done += n;
-        linear += n as u64;
-    }
-    Ok(())
+pub(crate) fn write_linear(vm: &Vm, p: &Paging, linear: u64, buf: &[u8]) -> Result<(), LinearError> {
+    let acc = Access { write: true, fetch: false, user: p.user, ac: p.ac };
+    for_each_page(vm, p, linear, buf.len(), acc, |gpa, r| {
+        vm.write_guest(gpa, &buf[r]).map_err(|_| LinearError::Unhandled)
+    })
+}
+
+/// Checks that the guest could write `len` bytes at `linear` (the walk sets
+/// the accessed and dirty bits, as the CPU's write would), without writing.
+pub(crate) fn probe_write(vm: &Vm, p: &Paging, linear: u64, len: usize) -> Result<(), LinearError> {
+    let acc = Access { write: true, fetch: false, user: p.user, ac: p.ac };
+    for_each_page(vm, p, linear, len, acc, |_, _| Ok(()))
 }

@@ -23,6 +23,7 @@
 #include <linux/sched/signal.h>
 #include <linux/uaccess.h>
 #include <asm/apic.h>
+#include <asm/debugreg.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
 #include <asm/io.h>
@@ -316,6 +317,18 @@ void rvmx_glue_unpin_user_page(struct page *page, bool dirty)
 	unpin_user_pages_dirty_lock(&page, 1, dirty);
 }
 
+/*
+ * After a VM exit: the CPU set DR7 to 0x400; put the host's breakpoints
+ * back if it has any armed, as KVM does after every exit (x86.c).
+ */
+void rvmx_glue_restore_host_breakpoints(void)
+{
+#ifdef CONFIG_HAVE_HW_BREAKPOINT
+	if (hw_breakpoint_active())
+		hw_breakpoint_restore();
+#endif
+}
+
 /* copy_from_user, for reading guest memory through the launcher's mapping. */
 int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len)
 {
@@ -325,6 +338,43 @@ int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len)
 int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len)
 {
 	return copy_to_user((void __user *)(unsigned long)uaddr, src, len) ? -EFAULT : 0;
+}
+
+/*
+ * Atomic compare-and-exchange of a guest page-table entry through the
+ * launcher's mapping, for the accessed/dirty bits the software page walk
+ * sets (walk.rs), as KVM's __try_cmpxchg_gpte. Returns 0 when replaced, 1
+ * when the entry no longer held `old`, -EFAULT when it cannot be written.
+ * `uaddr` must be aligned to the entry's size.
+ */
+/* As KVM's __try_cmpxchg_gpte (mmu/paging_tmpl.h); 0, 1 or -EFAULT. */
+static int cmpxchg_user_u64(u64 __user *p, u64 old, u64 new)
+{
+	int r;
+
+	/* The macro opens and closes the user access window itself. */
+	if (!access_ok(p, sizeof(*p)))
+		return -EFAULT;
+	r = __try_cmpxchg_user(p, &old, new, fault);
+	return r;
+}
+
+static int cmpxchg_user_u32(u32 __user *p, u32 old, u32 new)
+{
+	int r;
+
+	/* The macro opens and closes the user access window itself. */
+	if (!access_ok(p, sizeof(*p)))
+		return -EFAULT;
+	r = __try_cmpxchg_user(p, &old, new, fault);
+	return r;
+}
+
+int rvmx_glue_cmpxchg_user(u64 uaddr, bool wide, u64 old, u64 new)
+{
+	if (wide)
+		return cmpxchg_user_u64((u64 __user *)(unsigned long)uaddr, old, new);
+	return cmpxchg_user_u32((u32 __user *)(unsigned long)uaddr, (u32)old, (u32)new);
 }
 
 /* ---- VM and vCPU file descriptors ---------------------------------------- */

@@ -258,7 +258,7 @@ impl GuestMsrs {
                 if value & !EFER_ALLOWED != 0 || value & !supported_efer() != 0 {
                     return Err(Refused);
                 }
-                let paging = v.read(CR0_READ_SHADOW).0 & crate::hw::cr::CR0_PG != 0;
+                let paging = v.guest_cr0() & crate::hw::cr::CR0_PG != 0;
                 if !host && paging && (old ^ value) & EFER_LME != 0 {
                     return Err(Refused);
                 }

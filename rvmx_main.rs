@@ -23,6 +23,7 @@ mod vm;
 mod vmcs;
 mod vmxon;
 mod vpid;
+mod walk;
 
 use kernel::prelude::*;
 

@@ -22,6 +22,7 @@ extern "C" {
     fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
     fn rvmx_glue_copy_from_user(dst: *mut core::ffi::c_void, uaddr: u64, len: u64) -> core::ffi::c_int;
     fn rvmx_glue_copy_to_user(uaddr: u64, src: *const core::ffi::c_void, len: u64) -> core::ffi::c_int;
+    fn rvmx_glue_cmpxchg_user(uaddr: u64, wide: bool, old: u64, new: u64) -> core::ffi::c_int;
 }
 
 /// Memory slots per VM (KVM_CAP_NR_MEMSLOTS).
@@ -332,7 +333,13 @@ impl Vm {
         slot.pinned.try_create_and_insert(index, pinned, GFP_KERNEL)?;
         // With dirty logging, a page that was only read is mapped read-only,
         // so that its first write faults and is recorded.
-        ept.map(page_gpa, hpa, !slot.readonly && (write || slot.dirty.is_none()))?;
+        if let Err(e) = ept.map(page_gpa, hpa, !slot.readonly && (write || slot.dirty.is_none())) {
+            // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the
+            // next fault would take it for mapped and the guest would fault
+            // for ever. Unpin it again (by drop) and report the error.
+            drop(slot.pinned.remove(&index));
+            return Err(e);
+        }
         if write {
             slot.mark_dirty(index);
         }
@@ -342,22 +349,57 @@ impl Vm {
     /// Writes guest-physical memory (the data of a string IN). Fails with
     /// EFAULT where no slot backs `gpa` or the slot is read-only.
     pub(crate) fn write_guest(&self, mut gpa: u64, buf: &[u8]) -> Result {
-        let mut mem = self.mem.lock();
         let mut done = 0;
         while done < buf.len() {
-            let slot = mem.slots.iter_mut().find(|s| s.contains(gpa) && !s.readonly).ok_or(EFAULT)?;
-            // rvmx writes for the guest: that dirties the page too.
-            slot.mark_dirty((gpa - slot.gpa) / PAGE);
             let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
+            let uaddr = self.user_addr(gpa, true)?;
             // SAFETY: `buf[done..done + n]` is valid for reads; the
-            // destination is the VM process's memory (we run in it).
-            kernel::error::to_result(unsafe {
-                rvmx_glue_copy_to_user(slot.uaddr + (gpa - slot.gpa), buf[done..].as_ptr().cast(), n as u64)
-            })?;
+            // destination is the VM process's memory (we run in it), and a
+            // bad address there is an error, not a fault.
+            kernel::error::to_result(unsafe { rvmx_glue_copy_to_user(uaddr, buf[done..].as_ptr().cast(), n as u64) })?;
             done += n;
             gpa += n as u64;
         }
         Ok(())
+    }
+
+    /// Where guest-physical `gpa` is in the launcher's memory, for an access
+    /// rvmx makes for the guest (a write marks the page dirty). The memory
+    /// lock is held only for the look-up, never across the copy, which may
+    /// fault and sleep (userfaultfd, FUSE): a slot deleted meanwhile leaves
+    /// an address in the launcher's own memory, which it may read or write
+    /// anyway. Fails with EFAULT where no slot (or, for a write, no
+    /// writable slot) backs `gpa`.
+    fn user_addr(&self, gpa: u64, write: bool) -> Result<u64> {
+        let mut mem = self.mem.lock();
+        let slot = mem.slots.iter_mut().find(|s| s.contains(gpa) && !(write && s.readonly)).ok_or(EFAULT)?;
+        if write {
+            slot.mark_dirty((gpa - slot.gpa) / PAGE);
+        }
+        Ok(slot.uaddr + (gpa - slot.gpa))
+    }
+
+    /// Compare-and-exchange of a 4- or 8-byte guest page-table entry (the
+    /// accessed and dirty bits of walk.rs): `Ok(true)` when replaced,
+    /// `Ok(false)` when the guest changed it meanwhile. An entry in a
+    /// read-only slot (ROM) is left as it is, as the ROM would.
+    pub(crate) fn cmpxchg_guest(&self, gpa: u64, wide: bool, old: u64, new: u64) -> Result<bool> {
+        let size = if wide { 8 } else { 4 };
+        if gpa % size != 0 {
+            return Err(EINVAL);
+        }
+        let uaddr = match self.user_addr(gpa, true) {
+            Ok(u) => u,
+            Err(_) if self.user_addr(gpa, false).is_ok() => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: an aligned address in the VM process's memory (we run in
+        // it); a bad one is -EFAULT, not a fault.
+        match unsafe { rvmx_glue_cmpxchg_user(uaddr, wide, old, new) } {
+            0 => Ok(true),
+            1 => Ok(false),
+            e => Err(Error::from_errno(e)),
+        }
     }
 
     /// KVM_GET_DIRTY_LOG: copies slot `slot`'s dirty bitmap to `uaddr` and
@@ -427,17 +469,13 @@ impl Vm {
     /// Reads guest-physical memory (for decoding the instruction behind an
     /// MMIO exit). Fails with EFAULT where no slot backs `gpa`.
     pub(crate) fn read_guest(&self, mut gpa: u64, buf: &mut [u8]) -> Result {
-        let mem = self.mem.lock();
         let mut done = 0;
         while done < buf.len() {
-            let slot = mem.slots.iter().find(|s| s.contains(gpa)).ok_or(EFAULT)?;
-            let in_page = (PAGE - gpa % PAGE) as usize;
-            let n = in_page.min(buf.len() - done);
+            let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
+            let uaddr = self.user_addr(gpa, false)?;
             // SAFETY: `buf[done..done + n]` is valid for writes; the source
             // is the VM process's memory (we run in it).
-            kernel::error::to_result(unsafe {
-                rvmx_glue_copy_from_user(buf[done..].as_mut_ptr().cast(), slot.uaddr + (gpa - slot.gpa), n as u64)
-            })?;
+            kernel::error::to_result(unsafe { rvmx_glue_copy_from_user(buf[done..].as_mut_ptr().cast(), uaddr, n as u64) })?;
             done += n;
             gpa += n as u64;
         }

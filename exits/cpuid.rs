@@ -19,7 +19,6 @@ use super::{Action, ExitCtx};
 use crate::hw;
 use crate::uapi::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use crate::vcpu::reg;
-use crate::vmcs::fields::*;
 use kernel::prelude::*;
 
 /// "rvmxrvmxrvmx" in EBX, ECX, EDX of leaf 0x40000000.
@@ -37,7 +36,7 @@ pub(crate) fn cpuid(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let leaf = ctx.regs[reg::RAX] as u32;
     let sub = ctx.regs[reg::RCX] as u32;
     let mut r = if ctx.guest.cpuid.is_empty() {
-        let mut r = filtered(leaf, sub, ctx.guest.host_xcr0);
+        let mut r = filtered(leaf, sub, ctx.guest.xfeatures);
         match leaf {
             1 => r[1] = (r[1] & 0x00ff_ffff) | (ctx.vcpu_id << 24),
             0xb | 0x1f => r[3] = ctx.vcpu_id,
@@ -48,7 +47,7 @@ pub(crate) fn cpuid(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         lookup(&ctx.guest.cpuid, leaf, sub)
     };
     if leaf == 1 {
-        let osxsave = ctx.vmcs.read(CR4_READ_SHADOW).0 & (1 << 18) != 0;
+        let osxsave = ctx.vmcs.guest_cr4() & (1 << 18) != 0;
         r[2] = (r[2] & !(1 << 27)) | (u32::from(osxsave) << 27);
     }
     for (i, v) in [reg::RAX, reg::RBX, reg::RCX, reg::RDX].into_iter().zip(r) {
@@ -66,8 +65,9 @@ fn lookup(table: &[kvm_cpuid_entry2], leaf: u32, sub: u32) -> [u32; 4] {
         .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
 }
 
-/// The host's CPUID (leaf, subleaf), edited to what rvmx supports on a host
-/// running with XCR0 `host_xcr0`.
+/// The host's CPUID (leaf, subleaf), edited to what rvmx supports for a
+/// guest that may enable the XCR0 components `host_xcr0` (the host's, less
+/// PKRU: see vcpu/mod.rs `Guest::xfeatures`).
 fn filtered(leaf: u32, sub: u32, host_xcr0: u64) -> [u32; 4] {
     let mut r = hw::cpuid(leaf, sub);
     match leaf {
@@ -118,8 +118,9 @@ fn rdtscp_allowed() -> bool {
 
 /// KVM_GET_SUPPORTED_CPUID: every leaf and subleaf of `filtered`.
 pub(crate) fn supported() -> Result<KVec<kvm_cpuid_entry2>> {
-    // An ioctl, not a guest section: the CPU's XCR0 is the host's.
-    let host_xcr0 = hw::xcr0();
+    // An ioctl, not a guest section: the CPU's XCR0 is the host's. PKRU is
+    // never offered (see vcpu/mod.rs `Guest::xfeatures`).
+    let host_xcr0 = hw::xcr0() & !hw::cr::XFEATURE_PKRU;
     let mut v = KVec::new();
     let mut add = |leaf: u32, sub: u32, indexed: bool| -> Result {
         let r = filtered(leaf, sub, host_xcr0);

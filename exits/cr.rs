@@ -37,9 +37,9 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             {
                 return ctx.inject_exception(GP, Some(0));
             }
-            let old = ctx.vmcs.read(CR0_READ_SHADOW).0;
+            let old = ctx.vmcs.guest_cr0();
             let mut efer = ctx.vmcs.read(GUEST_IA32_EFER);
-            let cr4 = ctx.vmcs.read(CR4_READ_SHADOW).0;
+            let cr4 = ctx.vmcs.guest_cr4();
             if value & CR0_PG != 0 && old & CR0_PG == 0 {
                 if efer & EFER_LME != 0 {
                     if cr4 & CR4_PAE == 0 {
@@ -56,7 +56,7 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             ctx.flush_guest_tlb()?;
         }
         (0, 4) => {
-            if value & CR4_VMXE != 0 || value & !caps.cr4_fixed1 != 0 {
+            if value & (CR4_VMXE | CR4_NOT_VIRTUALIZED) != 0 || value & !caps.cr4_fixed1 != 0 {
                 return ctx.inject_exception(GP, Some(0));
             }
             vcpu::set_cr4(ctx.vmcs, &caps, value)?;

@@ -8,7 +8,9 @@
 //! section, because pinning the page or reading guest memory may sleep
 //! (vcpu/mod.rs, vm.rs `fault_in`, mmio.rs).
 //! Exit qualification (SDM Vol. 3C, table 28-7): bit 0 read, bit 1 write,
-//! bit 2 instruction fetch.
+//! bit 2 instruction fetch; bit 7 the guest linear address is valid, and
+//! then bit 8 says whether the access was to that address (1) or to one of
+//! the guest's paging-structure entries while translating it (0).
 
 use super::{Action, ExitCtx};
 use crate::gmem::Paging;
@@ -25,6 +27,15 @@ pub(crate) struct EptFault {
     /// CS.D (default operand size 32) and CS.L (64-bit code).
     pub(crate) cs_db: bool,
     pub(crate) cs_l: bool,
+    /// RSP, for an MMIO store of RSP or SPL (it is not in the saved GPRs).
+    pub(crate) rsp: u64,
+    pub(crate) qualification: u64,
+    /// IDT-vectoring information: valid when the violation interrupted the
+    /// delivery of an event (the IDT, a stack or the TSS in MMIO).
+    pub(crate) vectoring_info: u32,
+    /// The access was the CPU's walk of the guest's page tables, not the
+    /// instruction's own access (qualification bit 7 set, bit 8 clear).
+    pub(crate) in_page_walk: bool,
     pub(crate) paging: Paging,
 }
 
@@ -47,6 +58,10 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         cs_base: v.read(GUEST_CS_BASE).0,
         cs_db: cs_ar & (1 << 14) != 0,
         cs_l: cs_ar & (1 << 13) != 0,
+        rsp: v.read(GUEST_RSP).0,
+        qualification: q,
+        vectoring_info: v.read(IDT_VECTORING_INFO),
+        in_page_walk: q & (1 << 7) != 0 && q & (1 << 8) == 0,
         paging: Paging::capture(v),
     }))
 }

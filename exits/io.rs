@@ -18,6 +18,7 @@
 
 use super::{Action, ExitCtx, Pending};
 use crate::gmem::{self, Paging};
+use crate::walk;
 use crate::uapi::{self, kvm_run};
 use crate::vcpu::{reg, Vcpu, VcpuState};
 use crate::vmcs::fields::*;
@@ -34,19 +35,28 @@ pub(crate) struct StringIo {
     addr_size: u8,
     /// Base of the memory operand's segment (ES for INS).
     seg_base: u64,
+    /// The segment is SS (a non-canonical address is then #SS, not #GP).
+    stack_seg: bool,
     /// RFLAGS.DF: addresses go down.
     down: bool,
     len: u64,
     paging: Paging,
 }
 
-/// A pending string IN: where the data goes when userspace has supplied it.
+/// A pending string IN: where the data goes when userspace has supplied it,
+/// and the registers as they were before the instruction, should the write
+/// fault after all.
 #[derive(Clone, Copy)]
 pub(crate) struct StringIn {
     linear: u64,
     bytes: u16,
     paging: Paging,
+    old_rdi: u64,
+    old_rcx: u64,
 }
+
+/// Bytes moved per step between guest memory and the port-I/O page.
+const BOUNCE: usize = 256;
 
 fn fill_io(run: *mut kvm_run, is_in: bool, size: u8, port: u16, count: u32) {
     // SAFETY: plain stores to the run page's `io` member.
@@ -73,7 +83,13 @@ fn mask(addr_size: u8) -> u64 {
 
 /// Starts a string I/O instruction (outside the guest section). Returns
 /// whether KVM_RUN must return to userspace (false: the instruction had
-/// nothing to do and was skipped).
+/// nothing to do and was skipped, or it faulted and the fault is queued
+/// for the guest).
+///
+/// The memory operand gets the CPU's checks: a non-canonical address is
+/// #GP(0) (#SS(0) through SS), a failed page walk is #PF; then nothing of
+/// the instruction has happened. Memory rvmx cannot reach (the buffer in
+/// MMIO) is KVM_INTERNAL_ERROR_EMULATION.
 pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *mut kvm_run, pio: *mut u8) -> Result<bool> {
     let m = mask(s.addr_size);
     let regs = st.regs_mut();
@@ -87,17 +103,30 @@ pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *
     // CAST: at most 4096 bytes.
     let bytes = (count * u64::from(s.size)) as u16;
     let index = if s.is_in { reg::RDI } else { reg::RSI };
-    let offset = regs[index] & m;
-    let linear = s.seg_base.wrapping_add(offset) & if s.addr_size == 8 { u64::MAX } else { 0xffff_ffff };
+    let (old_index, old_rcx) = (regs[index], regs[reg::RCX]);
+    let offset = old_index & m;
+    let linear = s.paging.wrap(s.seg_base.wrapping_add(offset));
     let next = if s.down { offset.wrapping_sub(u64::from(bytes)) } else { offset.wrapping_add(u64::from(bytes)) };
-    if s.is_in {
-        st.pending = Pending::StringIn(StringIn { linear, bytes, paging: s.paging });
+    if s.paging.long_mode && !(walk::canonical(linear) && walk::canonical(linear.wrapping_add(u64::from(bytes) - 1))) {
+        st.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+        return Ok(false);
+    }
+    let moved = if s.is_in {
+        // The data arrives at the next KVM_RUN; check now that it can be
+        // stored, so that a fault is raised before the exit, as on the CPU.
+        gmem::probe_write(vcpu.vm(), &s.paging, linear, usize::from(bytes))
     } else {
-        let mut buf = [0u8; 4096];
-        let data = &mut buf[..usize::from(bytes)];
-        gmem::read_linear(vcpu.vm(), &s.paging, linear, data)?;
-        // SAFETY: the PIO page is ours and 4096 bytes long.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), pio, data.len()) };
+        copy_to_pio(vcpu, &s.paging, linear, bytes, pio)
+    };
+    if let Err(e) = moved {
+        if !st.inject_linear_fault(e)? {
+            super::report_internal_error(run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    if s.is_in {
+        st.pending = Pending::StringIn(StringIn { linear, bytes, paging: s.paging, old_rdi: old_index, old_rcx });
     }
     let regs = st.regs_mut();
     regs[index] = set_addr_reg(regs[index], next & m, s.addr_size);
@@ -113,15 +142,53 @@ pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *
     Ok(true)
 }
 
-/// Finishes a string IN at the next KVM_RUN: the data userspace put in the
-/// port-I/O page goes to guest memory.
-pub(crate) fn complete_string_in(vcpu: &Vcpu, p: &StringIn, pio: *const u8) -> Result {
-    let mut buf = [0u8; 4096];
-    let data = &mut buf[..usize::from(p.bytes)];
-    // SAFETY: the PIO page is ours and 4096 bytes long.
-    unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), data.len()) };
-    gmem::write_linear(vcpu.vm(), &p.paging, p.linear, data)
+/// OUTS: copies `bytes` of guest memory at `linear` into the port-I/O page,
+/// through a small bounce buffer (the kernel stack has no room for a page,
+/// and the PIO page is shared with userspace: only raw copies touch it).
+fn copy_to_pio(vcpu: &Vcpu, p: &Paging, linear: u64, bytes: u16, pio: *mut u8) -> Result<(), gmem::LinearError> {
+    let mut buf = [0u8; BOUNCE];
+    let mut done = 0usize;
+    while done < usize::from(bytes) {
+        let n = (usize::from(bytes) - done).min(BOUNCE);
+        let at = p.wrap(linear.wrapping_add(done as u64));
+        gmem::read_linear(vcpu.vm(), p, at, &mut buf[..n], false)?;
+        // SAFETY: the PIO page is ours and 4096 bytes long, and
+        // `done + n <= bytes <= 4096`.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), pio.add(done), n) };
+        done += n;
+    }
+    Ok(())
 }
+
+/// Finishes a string IN at the next KVM_RUN: the data userspace put in the
+/// port-I/O page goes to guest memory. If the guest changed its page tables
+/// while userspace handled the exit and the write faults now, the
+/// instruction is undone (RDI, RCX, RIP as before it) and the #PF queued;
+/// if the buffer is no longer in guest RAM, KVM_RUN fails with EFAULT.
+pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8) -> Result {
+    let mut buf = [0u8; BOUNCE];
+    let mut done = 0usize;
+    while done < usize::from(p.bytes) {
+        let n = (usize::from(p.bytes) - done).min(BOUNCE);
+        // SAFETY: the PIO page is ours and 4096 bytes long, and
+        // `done + n <= bytes <= 4096`.
+        unsafe { core::ptr::copy_nonoverlapping(pio.add(done), buf.as_mut_ptr(), n) };
+        let at = p.paging.wrap(p.linear.wrapping_add(done as u64));
+        if let Err(e) = gmem::write_linear(vcpu.vm(), &p.paging, at, &buf[..n]) {
+            let regs = st.regs_mut();
+            regs[reg::RDI] = p.old_rdi;
+            regs[reg::RCX] = p.old_rcx;
+            st.rip_advance = 0;
+            return if st.inject_linear_fault(e)? { Ok(()) } else { Err(EFAULT) };
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Exception vectors raised by the checks above.
+const GP_VECTOR: u8 = 13;
+const SS_VECTOR: u8 = 12;
 
 pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
@@ -154,6 +221,7 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             rep: q & (1 << 5) != 0,
             addr_size,
             seg_base: ctx.vmcs.read(seg_base).0,
+            stack_seg: seg == 2,
             down: ctx.vmcs.read(GUEST_RFLAGS).0 & (1 << 10) != 0,
             len: u64::from(ctx.vmcs.read(EXIT_INSTRUCTION_LEN)),
             paging: Paging::capture(ctx.vmcs),

@@ -6,32 +6,26 @@
 //!
 //! An EPT violation tells the address but not the data or the register: for
 //! that rvmx reads the faulting instruction from guest memory (translating
-//! RIP through the guest's own page tables) and decodes it. Decoded are the
-//! forms compilers use for device registers: MOV between a register and
-//! memory (88, 89, 8A, 8B), MOV between AL/eAX and an absolute address (A0-
-//! A3), MOV of an immediate to memory (C6, C7), and MOVZX from memory
-//! (0F B6, 0F B7), with ModRM/SIB/displacement, the
-//! operand- and address-size prefixes, segment overrides and REX. Anything
-//! else is KVM_EXIT_INTERNAL_ERROR (emulation), never a guess.
+//! RIP through the guest's own page tables, gmem.rs) and decodes it
+//! (decode.rs, which says which instructions are understood). Anything else
+//! is KVM_EXIT_INTERNAL_ERROR (emulation), never a guess.
 
+use super::decode::{self, Access, CodeSize, Reg, MAX_INSN_LEN};
 use super::Pending;
 use crate::exits::ept::EptFault;
 use crate::gmem;
 use crate::uapi::{self, kvm_run};
-use crate::vcpu::{Vcpu, VcpuState};
+use crate::vcpu::{reg, Vcpu, VcpuState};
 use kernel::prelude::*;
 
 /// Where the data of an MMIO read goes.
 #[derive(Clone, Copy)]
 pub(crate) struct Dest {
-    /// General-purpose register number (0 = RAX ... 15 = R15).
-    reg: u8,
+    reg: Reg,
     /// Bytes read from the device.
     src_size: u8,
     /// Destination operand size (bytes): larger than `src_size` for MOVZX.
     dst_size: u8,
-    /// AH/CH/DH/BH: bits 15:8 of register `reg`.
-    high_byte: bool,
 }
 
 /// Writes `v` (of `size` bytes) into `old` as the CPU does for a register
@@ -53,159 +47,77 @@ fn mask(v: u64, size: u8) -> u64 {
 
 /// Completes an MMIO read at the next KVM_RUN.
 pub(crate) fn complete_read(regs: &mut [u64; 16], d: Dest, data: u64) {
-    let r = usize::from(d.reg);
-    regs[r] = merge(regs[r], mask(data, d.src_size), d.dst_size, d.high_byte);
+    // The decoder's register numbers are 0..=15; RSP (4, not high byte)
+    // was refused in `start`.
+    let r = usize::from(d.reg.num & 15);
+    regs[r] = merge(regs[r], mask(data, d.src_size), d.dst_size, d.reg.high_byte);
 }
 
-/// A decoded MMIO instruction.
-struct Decoded {
-    len: u8,
-    size: u8,
-    write: Option<u64>,
-    dest: Option<Dest>,
+/// Reads up to 15 bytes at the guest's CS:RIP: as many as guest memory
+/// has (an instruction may end just before an unmapped page), at least the
+/// first one. Returns the buffer and how many bytes are valid.
+fn fetch(vcpu: &Vcpu, f: &EptFault) -> Result<([u8; MAX_INSN_LEN], usize), gmem::LinearError> {
+    let mut b = [0u8; MAX_INSN_LEN];
+    let lin = f.paging.wrap(f.cs_base.wrapping_add(f.rip));
+    // CAST: the remainder of a page, at most 4096.
+    let first = ((4096 - lin % 4096) as usize).min(MAX_INSN_LEN);
+    gmem::read_linear(vcpu.vm(), &f.paging, lin, &mut b[..first], true)?;
+    if first < MAX_INSN_LEN {
+        let next = f.paging.wrap(lin.wrapping_add(first as u64));
+        if gmem::read_linear(vcpu.vm(), &f.paging, next, &mut b[first..], true).is_err() {
+            return Ok((b, first));
+        }
+    }
+    Ok((b, MAX_INSN_LEN))
 }
 
-/// Reads register `n` as an operand of `size` bytes.
-fn reg_value(regs: &[u64; 16], n: u8, size: u8, high_byte: bool) -> u64 {
-    let v = regs[usize::from(n)];
-    if high_byte { (v >> 8) & 0xff } else { mask(v, size) }
-}
-
-/// Decodes the instruction in `b` (see the module comment). `mode` is the
-/// code size: 2 (16-bit), 4 (32-bit) or 8 (64-bit).
-fn decode(b: &[u8; 15], mode: u8, regs: &[u64; 16]) -> Option<Decoded> {
-    let mut i = 0usize;
-    let mut opsize: u8 = if mode == 2 { 2 } else { 4 };
-    let mut addrsize: u8 = mode;
-    let mut rex = 0u8;
-    loop {
-        match b[i] {
-            0x66 => opsize = if mode == 2 { 4 } else { 2 },
-            0x67 => addrsize = match mode { 2 => 4, 4 => 2, _ => 4 },
-            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
-            _ => break,
+/// Turns an EPT violation outside guest memory into KVM_EXIT_MMIO, or into
+/// KVM_EXIT_INTERNAL_ERROR when it cannot be emulated (both: `Ok(true)`,
+/// return to userspace), or into a #PF when the guest's page tables no
+/// longer map its instruction (`Ok(false)`, enter the guest again):
+/// - the violation happened while the CPU delivered an event (its IDT or
+///   stack in MMIO): KVM_INTERNAL_ERROR_DELIVERY_EV, as KVM reports it;
+/// - it was the guest's own page walk (its page tables in MMIO), an
+///   instruction fetch, an instruction rvmx does not decode, or a load into
+///   RSP: KVM_INTERNAL_ERROR_EMULATION.
+///   The instruction at RIP is not the access that faulted in the first
+///   two cases, so decoding it would emulate the wrong thing.
+pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm_run) -> Result<bool> {
+    if f.vectoring_info & super::INTR_INFO_VALID != 0 {
+        // SAFETY: plain stores to the run page's `internal` member.
+        unsafe {
+            (*run).exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
+            let e = &mut (*run).__bindgen_anon_1.internal;
+            e.suberror = uapi::KVM_INTERNAL_ERROR_DELIVERY_EV;
+            e.ndata = 4;
+            e.data[0] = u64::from(f.vectoring_info);
+            e.data[1] = u64::from(super::reason::EPT_VIOLATION);
+            e.data[2] = f.qualification;
+            e.data[3] = f.gpa;
         }
-        i += 1;
-        if i >= 14 {
-            return None;
-        }
+        return Ok(true);
     }
-    if mode == 8 && (0x40..=0x4f).contains(&b[i]) {
-        rex = b[i];
-        i += 1;
-    }
-    let rex_w = rex & 8 != 0;
-    let rex_r = (rex >> 2) & 1;
-    if rex_w {
-        opsize = 8;
-    }
-    let (op, two_byte) = if b[i] == 0x0f { i += 1; (b[i], true) } else { (b[i], false) };
-    i += 1;
-    // MOV AL/eAX <-> moffs (A0-A3): no ModRM, an address-size offset.
-    if !two_byte && (0xa0..=0xa3).contains(&op) {
-        let size = if op & 1 == 0 { 1 } else { opsize };
-        let len = i + usize::from(addrsize);
-        if len > 15 {
-            return None;
-        }
-        // CAST: at most 15.
-        let len = len as u8;
-        return Some(if op < 0xa2 {
-            let dest = Dest { reg: 0, src_size: size, dst_size: size, high_byte: false };
-            Decoded { len, size, write: None, dest: Some(dest) }
-        } else {
-            Decoded { len, size, write: Some(reg_value(regs, 0, size, false)), dest: None }
-        });
-    }
-    // ModRM.
-    let modrm = *b.get(i)?;
-    i += 1;
-    let md = modrm >> 6;
-    let rm = modrm & 7;
-    let regf = ((modrm >> 3) & 7) | (rex_r << 3);
-    if md == 3 {
-        return None;
-    }
-    if addrsize == 2 {
-        i += match (md, rm) { (0, 6) => 2, (1, _) => 1, (2, _) => 2, _ => 0 };
+    let mode = if f.paging.long_mode && f.cs_l {
+        CodeSize::Bits64
+    } else if f.cs_db {
+        CodeSize::Bits32
     } else {
-        if rm == 4 {
-            let sib = *b.get(i)?;
-            i += 1;
-            if md == 0 && sib & 7 == 5 {
-                i += 4;
-            }
-        }
-        i += match (md, rm) { (0, 5) => 4, (1, _) => 1, (2, _) => 4, _ => 0 };
-    }
-    // An 8-bit register operand: AH..BH without REX, SPL..DIL with it.
-    let byte_reg = |r: u8| -> (u8, bool) {
-        if rex == 0 && (4..8).contains(&r) { (r - 4, true) } else { (r, false) }
+        CodeSize::Bits16
     };
-    let d = match (two_byte, op) {
-        (false, 0x88) => {
-            let (r, hi) = byte_reg(regf);
-            Decoded { len: 0, size: 1, write: Some(reg_value(regs, r, 1, hi)), dest: None }
+    let decoded = if f.fetch || f.in_page_walk {
+        None
+    } else {
+        match fetch(vcpu, f) {
+            Ok((b, n)) => decode::decode(&b[..n], mode),
+            // Another vCPU changed the page tables since the CPU fetched
+            // the instruction: the fetch faults now, as KVM's would.
+            Err(e) if st.inject_linear_fault(e)? => return Ok(false),
+            Err(_) => None,
         }
-        (false, 0x89) => Decoded { len: 0, size: opsize, write: Some(reg_value(regs, regf, opsize, false)), dest: None },
-        (false, 0x8a) => {
-            let (r, hi) = byte_reg(regf);
-            Decoded { len: 0, size: 1, write: None, dest: Some(Dest { reg: r, src_size: 1, dst_size: 1, high_byte: hi }) }
-        }
-        (false, 0x8b) => Decoded {
-            len: 0,
-            size: opsize,
-            write: None,
-            dest: Some(Dest { reg: regf, src_size: opsize, dst_size: opsize, high_byte: false }),
-        },
-        (false, 0xc6) if regf & 7 == 0 => {
-            let imm = u64::from(*b.get(i)?);
-            i += 1;
-            Decoded { len: 0, size: 1, write: Some(imm), dest: None }
-        }
-        (false, 0xc7) if regf & 7 == 0 => {
-            let n = if opsize == 2 { 2 } else { 4 };
-            let mut imm = 0u64;
-            for k in 0..n {
-                imm |= u64::from(*b.get(i + k)?) << (8 * k);
-            }
-            i += n;
-            if opsize == 8 {
-                // CAST: imm32 is sign-extended to 64 bits.
-                imm = imm as u32 as i32 as i64 as u64;
-            }
-            Decoded { len: 0, size: opsize, write: Some(imm), dest: None }
-        }
-        (true, 0xb6) | (true, 0xb7) => {
-            let src = if op == 0xb6 { 1 } else { 2 };
-            Decoded { len: 0, size: src, write: None, dest: Some(Dest { reg: regf, src_size: src, dst_size: opsize, high_byte: false }) }
-        }
-        _ => return None,
     };
-    if i > 15 || d.dest.map_or(false, |x| x.reg == 4) {
-        // Too long, or a load into RSP (which lives in the VMCS).
-        return None;
-    }
-    // CAST: at most 15.
-    Some(Decoded { len: i as u8, ..d })
-}
-
-/// Reads the 15 bytes at the guest's CS:RIP.
-fn fetch(vcpu: &Vcpu, f: &EptFault) -> Result<[u8; 15]> {
-    let mut b = [0u8; 15];
-    let mut lin = f.cs_base.wrapping_add(f.rip);
-    if !f.paging.long_mode {
-        lin &= 0xffff_ffff;
-    }
-    gmem::read_linear(vcpu.vm(), &f.paging, lin, &mut b)?;
-    Ok(b)
-}
-
-/// Turns an EPT violation outside guest memory into KVM_EXIT_MMIO (or
-/// an internal error when the instruction cannot be decoded).
-pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm_run) -> Result {
-    let mode = if f.paging.long_mode && f.cs_l { 8 } else if f.cs_db { 4 } else { 2 };
-    let decoded = if f.fetch { None } else { fetch(vcpu, f).ok().and_then(|b| decode(&b, mode, st.regs_mut())) };
+    // RSP is not in `regs` (it lives in the VMCS): a load into it is not
+    // emulated (KVM's emulator could, compilers never do it to a device).
+    let decoded = decoded.filter(|d| !matches!(d.access, Access::Load { reg: Reg { num: 4, high_byte: false }, .. }));
     let Some(d) = decoded else {
         // SAFETY: plain stores to the run page's `internal` member.
         unsafe {
@@ -216,7 +128,18 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm
             e.data[0] = f.gpa;
             e.data[1] = f.rip;
         }
-        return Ok(());
+        return Ok(true);
+    };
+    let regs = st.regs_mut();
+    let read_reg = |r: Reg| -> u64 {
+        // Register 4 is RSP (or SPL), whose value is in the VMCS.
+        let v = if r.num & 15 == reg::RSP as u8 { f.rsp } else { regs[usize::from(r.num & 15)] };
+        if r.high_byte { (v >> 8) & 0xff } else { mask(v, d.size) }
+    };
+    let (write, dest) = match d.access {
+        Access::StoreReg(r) => (Some(read_reg(r)), None),
+        Access::StoreImm(v) => (Some(mask(v, d.size)), None),
+        Access::Load { reg, dst_size } => (None, Some(Dest { reg, src_size: d.size, dst_size })),
     };
     // SAFETY: plain stores to the run page's `mmio` member.
     unsafe {
@@ -224,9 +147,9 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm
         let m = &mut (*run).__bindgen_anon_1.mmio;
         m.phys_addr = f.gpa;
         m.len = u32::from(d.size);
-        m.is_write = u8::from(d.write.is_some());
-        m.data = d.write.unwrap_or(0).to_le_bytes();
+        m.is_write = u8::from(write.is_some());
+        m.data = write.unwrap_or(0).to_le_bytes();
     }
-    st.pending = Pending::Mmio { len: d.len, dest: d.dest };
-    Ok(())
+    st.pending = Pending::Mmio { len: d.len, dest };
+    Ok(true)
 }

@@ -17,9 +17,11 @@
 //! | 18 VMCALL                           | vmcall.rs       | KVM_EXIT_HYPERCALL        |
 //! | 19-27, 50, 53, 59 VMX instructions  | vmx_insn.rs     | #UD injected, resume      |
 //! | 28 control-register access (CR0/4/8) | cr.rs           | emulated, resume          |
+//! | 29 debug-register access (MOV DR)   | dr.rs           | emulated, resume          |
 //! | 30 I/O instruction (and INS/OUTS)    | io.rs           | KVM_EXIT_IO               |
 //! | 31 RDMSR, 32 WRMSR                  | msr.rs          | emulated, or #GP          |
-//! | 48 EPT violation                    | ept.rs, mmio.rs | memory mapped, or MMIO    |
+//! | 48 EPT violation                    | ept.rs, mmio.rs, decode.rs | memory mapped, or MMIO |
+//! | 54 WBINVD, WBNOINVD                 | wbinvd.rs       | skipped (no host flush)   |
 //! | 55 XSETBV                           | xsetbv.rs       | guest XCR0 set, or #GP    |
 //! | anything else                       | this file       | KVM_EXIT_INTERNAL_ERROR   |
 //!
@@ -31,6 +33,8 @@
 //! each handler reads what its own exit needs.
 
 pub(crate) mod cpuid;
+pub(crate) mod decode;
+pub(crate) mod dr;
 pub(crate) mod cr;
 pub(crate) mod ept;
 pub(crate) mod hlt;
@@ -40,6 +44,7 @@ pub(crate) mod mmio;
 pub(crate) mod msr;
 pub(crate) mod vmcall;
 pub(crate) mod vmx_insn;
+pub(crate) mod wbinvd;
 pub(crate) mod xsetbv;
 
 use crate::uapi::{self, kvm_run};
@@ -209,12 +214,14 @@ pub(crate) mod reason {
     pub(crate) const VMXOFF: u32 = 26;
     pub(crate) const VMXON: u32 = 27;
     pub(crate) const CR_ACCESS: u32 = 28;
+    pub(crate) const DR_ACCESS: u32 = 29;
     pub(crate) const IO_INSTRUCTION: u32 = 30;
     pub(crate) const RDMSR: u32 = 31;
     pub(crate) const WRMSR: u32 = 32;
     pub(crate) const EPT_VIOLATION: u32 = 48;
     pub(crate) const INVEPT: u32 = 50;
     pub(crate) const INVVPID: u32 = 53;
+    pub(crate) const WBINVD: u32 = 54;
     pub(crate) const XSETBV: u32 = 55;
     pub(crate) const VMFUNC: u32 = 59;
     /// Bit 31 of the exit reason: the VM entry failed (SDM §28.8).
@@ -246,9 +253,11 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::INVVPID as usize] = Some(vmx_insn::vmx_instruction);
     t[reason::VMFUNC as usize] = Some(vmx_insn::vmx_instruction);
     t[reason::CR_ACCESS as usize] = Some(cr::cr_access);
+    t[reason::DR_ACCESS as usize] = Some(dr::dr_access);
     t[reason::IO_INSTRUCTION as usize] = Some(io::io_instruction);
     t[reason::RDMSR as usize] = Some(msr::rdmsr);
     t[reason::WRMSR as usize] = Some(msr::wrmsr);
+    t[reason::WBINVD as usize] = Some(wbinvd::wbinvd);
     t[reason::XSETBV as usize] = Some(xsetbv::xsetbv);
     t[reason::EPT_VIOLATION as usize] = Some(ept::ept_violation);
     t
@@ -346,7 +355,7 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_ru
             }
             st.rip_advance = u64::from(len);
         }
-        Pending::StringIn(p) => io::complete_string_in(vcpu, &p, pio)?,
+        Pending::StringIn(p) => io::complete_string_in(vcpu, st, &p, pio)?,
     }
     Ok(())
 }

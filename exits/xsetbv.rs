@@ -21,12 +21,13 @@ const BNDREGS: u64 = 1 << 3;
 const BNDCSR: u64 = 1 << 4;
 const AVX512: u64 = 0b111 << 5;
 
-/// Whether `xcr0` is a value the guest may load on a host running with
-/// `host_xcr0`. (Inside a guest section the CPU's XCR0 may be the guest's:
-/// the host's value is passed in, never read back here.)
-pub(crate) fn valid_xcr0(xcr0: u64, host_xcr0: u64) -> bool {
+/// Whether `xcr0` is a value the guest may load, `allowed` being the
+/// components rvmx switches for it (the host's XCR0 less PKRU, vcpu/mod.rs
+/// `Guest::xfeatures`). (Inside a guest section the CPU's XCR0 may be the
+/// guest's: the value is passed in, never read back here.)
+pub(crate) fn valid_xcr0(xcr0: u64, allowed: u64) -> bool {
     xcr0 & X87 != 0
-        && xcr0 & !host_xcr0 == 0
+        && xcr0 & !allowed == 0
         && !(xcr0 & AVX != 0 && xcr0 & SSE == 0)
         && (xcr0 & BNDREGS != 0) == (xcr0 & BNDCSR != 0)
         && (xcr0 & AVX512 == 0 || (xcr0 & AVX512 == AVX512 && xcr0 & AVX != 0))
@@ -36,7 +37,7 @@ pub(crate) fn xsetbv(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // CAST: ECX selects the XCR; only XCR0 exists.
     let index = ctx.regs[reg::RCX] as u32;
     let value = (ctx.regs[reg::RDX] << 32) | (ctx.regs[reg::RAX] & 0xffff_ffff);
-    if index != 0 || !valid_xcr0(value, ctx.guest.host_xcr0) {
+    if index != 0 || !valid_xcr0(value, ctx.guest.xfeatures) {
         return ctx.inject_exception(GP, Some(0));
     }
     // The guest section loaded the old value; load the new one now (the

@@ -38,6 +38,7 @@ pub(crate) const IA32_SYSENTER_CS: Msr = Msr(0x174);
 pub(crate) const IA32_SYSENTER_ESP: Msr = Msr(0x175);
 pub(crate) const IA32_SYSENTER_EIP: Msr = Msr(0x176);
 pub(crate) const IA32_PAT: Msr = Msr(0x277);
+pub(crate) const IA32_DEBUGCTL: Msr = Msr(0x1d9);
 pub(crate) const IA32_EFER: Msr = Msr(0xc000_0080);
 pub(crate) const IA32_FS_BASE: Msr = Msr(0xc000_0100);
 pub(crate) const IA32_GS_BASE: Msr = Msr(0xc000_0101);

@@ -6,8 +6,9 @@
 //! exits/interrupt.rs; the run loop calls `update_interrupt_window` right
 //! before each VM entry that has something to deliver.
 
-use super::{Guest, Vcpu, RFLAGS_IF};
+use super::{Guest, Vcpu, VcpuState, RFLAGS_IF};
 use crate::exits;
+use crate::gmem;
 use crate::uapi;
 use crate::vmcs::{controls, fields::*, Loaded};
 use kernel::prelude::*;
@@ -81,25 +82,32 @@ pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Resu
 }
 
 /// Whether the guest can take an NMI at the next VM entry: no NMI
-/// blocking (an NMI handler that has not returned yet), no MOV SS shadow,
-/// and no other event being injected. These are the conditions under
-/// which the CPU takes an NMI-window exit (SDM Vol. 3C, "NMI-Window
-/// Exiting"), so a window exit always finds the NMI allowed. (An STI
-/// shadow does not block injecting an NMI: the entry checks allow it.)
+/// blocking (an NMI handler that has not returned yet), no MOV SS or STI
+/// shadow, and no other event being injected. An STI shadow blocks NMIs
+/// on some processors (SDM Vol. 3C, table 25-3), so, like KVM
+/// (vmx_nmi_blocked), rvmx does not inject one there.
 fn nmi_allowed(v: &Loaded<'_>) -> bool {
-    v.read(GUEST_INTERRUPTIBILITY) & (BLOCKING_MOVSS | BLOCKING_NMI) == 0
+    v.read(GUEST_INTERRUPTIBILITY) & (BLOCKING_STI_MOVSS | BLOCKING_NMI) == 0
         && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
 }
 
 /// Injects a pending NMI (from KVM_NMI) if the guest can take it now, and
-/// keeps "NMI-window exiting" on while one stays pending, so that the CPU
-/// exits when the guest's NMI handler has returned (exits/interrupt.rs).
-/// Needs the "virtual NMIs" control: without it KVM_NMI is refused.
+/// otherwise asks the CPU to exit when it can: "NMI-window exiting" waits
+/// for the guest's NMI handler to return, but need not wait for the end of
+/// an STI shadow, so in a shadow the interrupt window is used instead (RFLAGS.IF
+/// is 1 right after STI), as KVM's vmx_enable_nmi_window does. The exit
+/// handlers (exits/interrupt.rs) turn the windows off; the next entry comes
+/// back here. Needs the "virtual NMIs" control: without it KVM_NMI is
+/// refused.
 pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
     if g.nmi_pending > 0 && nmi_allowed(v) {
         // Vector 2, type 2 (NMI). The CPU sets virtual-NMI blocking.
         v.write(ENTRY_INTR_INFO, 2 | (INTR_TYPE_NMI << 8) | exits::INTR_INFO_VALID)?;
         g.nmi_pending -= 1;
+    }
+    if g.nmi_pending > 0 && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI != 0 {
+        set_nmi_window_exiting(v, g, false)?;
+        return set_irq_window_exiting(v, g, true);
     }
     set_nmi_window_exiting(v, g, g.nmi_pending > 0)
 }
@@ -259,3 +267,40 @@ impl Vcpu {
     }
 }
 
+
+impl VcpuState {
+    /// Queues a hardware exception for the next VM entry from outside a
+    /// guest section: an access rvmx performed for the guest (string I/O,
+    /// an instruction fetch for MMIO decoding) failed the checks the CPU
+    /// would have made. RIP stays at the instruction, as for any fault; a
+    /// #PF also sets the guest's CR2.
+    pub(crate) fn queue_exception(&mut self, vector: u8, code: Option<u32>, cr2: Option<u64>) -> Result {
+        let mut v = self.vmcs.load()?;
+        let mut info = u32::from(vector) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
+        if let Some(c) = code {
+            info |= 1 << 11;
+            v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
+        }
+        v.write(ENTRY_INTR_INFO, info)?;
+        if let Some(a) = cr2 {
+            self.cr2 = a;
+        }
+        Ok(())
+    }
+
+    /// Injects what a failed linear access of gmem.rs means for the guest:
+    /// #PF for a page fault; `false` (nothing injected) when rvmx cannot
+    /// emulate the access and must say so to userspace.
+    pub(crate) fn inject_linear_fault(&mut self, e: gmem::LinearError) -> Result<bool> {
+        match e {
+            gmem::LinearError::PageFault { addr, code } => {
+                self.queue_exception(PF_VECTOR, Some(code), Some(addr))?;
+                Ok(true)
+            }
+            gmem::LinearError::Unhandled => Ok(false),
+        }
+    }
+}
+
+/// The page-fault exception's vector.
+const PF_VECTOR: u8 = 14;

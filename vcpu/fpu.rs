@@ -88,7 +88,7 @@ impl Vcpu {
         let reserved_clear = (528..576).step_by(8).all(|o| b(o) == 0);
         let mut t = self.token()?;
         let st = t.state();
-        if xstate_bv & !st.guest.host_xcr0 != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
+        if xstate_bv & !st.guest.xfeatures != 0 || xcomp_bv != 0 || !reserved_clear || x.region[6] & !MXCSR_VALID != 0 {
             return Err(EINVAL);
         }
         // SAFETY: both are 4096 bytes; the image is ours.
@@ -113,7 +113,7 @@ impl Vcpu {
         let mut t = self.token()?;
         let g = &mut t.state().guest;
         if let Some(e) = x.xcrs[..x.nr_xcrs as usize].iter().find(|e| e.xcr == 0) {
-            if !exits::xsetbv::valid_xcr0(e.value, g.host_xcr0) {
+            if !exits::xsetbv::valid_xcr0(e.value, g.xfeatures) {
                 return Err(EINVAL);
             }
             g.xcr0 = e.value;

@@ -35,7 +35,7 @@ use events::{interruptible, update_interrupt_window, update_nmi_window};
 use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, setup_host_cpu_state, write_pdptes, write_seg};
 
 use crate::exits::{self, Action, Pending};
-use crate::hw::{self, cr::*};
+use crate::hw::{self, cr::*, msr};
 use crate::kpage::KernelPage;
 use crate::msrs::GuestMsrs;
 use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_sregs, rvmx_exit_info};
@@ -55,6 +55,7 @@ extern "C" {
     fn rvmx_glue_cond_resched();
     fn rvmx_glue_signal_pending() -> bool;
     fn rvmx_glue_softirq_pending() -> bool;
+    fn rvmx_glue_restore_host_breakpoints();
     fn rvmx_glue_fpu_begin();
     fn rvmx_glue_fpu_end();
     fn rvmx_glue_restore_host_descriptor_limits();
@@ -107,10 +108,17 @@ pub(crate) struct Guest {
     pub(crate) nmi_window_exiting: bool,
     /// The vCPU's VPID, or 0 if it has none (vpid.rs).
     pub(crate) vpid: u16,
-    /// The host's XCR0 (read at creation, in the host's context): the
-    /// components the guest's XSAVE image holds, and the most a guest may
-    /// enable.
+    /// The guest's DR0-3, DR6 and DR7, as MOV DR sees them (exits/dr.rs).
+    pub(crate) debug: exits::dr::DebugRegs,
+    /// The host's XCR0 (read at creation, in the host's context), put back
+    /// when a guest section ends.
     pub(crate) host_xcr0: u64,
+    /// The state components the guest's XSAVE image holds, and the most a
+    /// guest may enable in XCR0: the host's, less PKRU. VMX does not switch
+    /// PKRU, and Linux does not restore it on the way back to user mode, so
+    /// a guest value loaded by XRSTOR would become the VMM's protection
+    /// keys (rvmx gives guests no protection keys: CR4.PKE is refused).
+    pub(crate) xfeatures: u64,
 }
 
 /// Everything the run loop changes; owned by whoever holds the run token.
@@ -251,7 +259,9 @@ impl Vcpu {
                 nmi_pending: 0,
                 nmi_window_exiting: false,
                 vpid: 0,
+                debug: exits::dr::DebugRegs::RESET,
                 host_xcr0: hw::xcr0(),
+                xfeatures: hw::xcr0() & !hw::cr::XFEATURE_PKRU,
             },
             vpid,
             last_cpu: None,
@@ -312,6 +322,12 @@ impl Vcpu {
         let mut busy = self.token.lock();
         while *busy {
             if self.token_free.wait_interruptible(&mut busy) {
+                // A signal ended the wait. If a release woke this thread
+                // (notify_one wakes one waiter), the token may be free now:
+                // pass the wake-up on, or another waiter sleeps for ever.
+                if !*busy {
+                    self.token_free.notify_one();
+                }
                 return Err(EINTR);
             }
         }
@@ -373,10 +389,10 @@ impl Vcpu {
         s.gdt.limit = v.read(GUEST_GDTR_LIMIT) as u16;
         s.idt.base = v.read(GUEST_IDTR_BASE).0;
         s.idt.limit = v.read(GUEST_IDTR_LIMIT) as u16;
-        s.cr0 = v.read(CR0_READ_SHADOW).0;
+        s.cr0 = v.guest_cr0();
         s.cr2 = cr2;
         s.cr3 = v.read(GUEST_CR3).0;
-        s.cr4 = v.read(CR4_READ_SHADOW).0;
+        s.cr4 = v.guest_cr4();
         s.efer = v.read(GUEST_IA32_EFER);
         s.cr8 = cr8;
         s.apic_base = apic_base;
@@ -400,7 +416,7 @@ impl Vcpu {
         if (s.cr0 & CR0_PG != 0 && s.cr0 & CR0_PE == 0) || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0) {
             return Err(EINVAL);
         }
-        if s.cr4 & CR4_VMXE != 0 || s.cr4 & !caps.cr4_fixed1 != 0 || s.cr0 >> 32 != 0 {
+        if s.cr4 & (CR4_VMXE | CR4_NOT_VIRTUALIZED) != 0 || s.cr4 & !caps.cr4_fixed1 != 0 || s.cr0 >> 32 != 0 {
             return Err(EINVAL);
         }
         // 32-bit PAE paging: the PDPTEs come from guest memory now, as
@@ -580,7 +596,11 @@ impl Vcpu {
                 Section::Reschedule => continue,
                 Section::EptViolation(f) => match self.vm.fault_in(f.gpa, f.write)? {
                     Fault::Mapped => continue,
-                    Fault::Mmio => return exits::mmio::start(self, st, &f, run),
+                    Fault::Mmio => {
+                        if exits::mmio::start(self, st, &f, run)? {
+                            return Ok(());
+                        }
+                    }
                 },
                 Section::StringIo(s) => {
                     if exits::io::start_string(self, st, &s, run, self.pio_page())? {
@@ -614,7 +634,7 @@ impl Vcpu {
         unsafe { rvmx_glue_fpu_begin() };
         // SAFETY: we own the FPU registers now, the area is page-aligned and
         // sized for this XCR0 (checked at creation).
-        unsafe { hw::xrstor(st.fpu.as_ptr(), st.guest.host_xcr0) };
+        unsafe { hw::xrstor(st.fpu.as_ptr(), st.guest.xfeatures) };
         // The guest's XCR0, checked against the host's at XSETBV. Nothing
         // else on this CPU uses XSAVE until it is put back: preemption is
         // off and the kernel's FPU is ours (kernel_fpu_begin).
@@ -653,6 +673,9 @@ impl Vcpu {
                 st.rip_advance = 0;
             }
             let mut resume = 0u32;
+            // SAFETY: IA32_DEBUGCTL exists on every CPU with VMX (and the
+            // thread stays on this CPU for the section).
+            let host_debugctl = unsafe { msr::rdmsr(msr::IA32_DEBUGCTL) };
             let section = loop {
                 // SAFETY: paired with the enable below; the guest runs with
                 // interrupts off in the host (they cause VM exits instead).
@@ -677,6 +700,17 @@ impl Vcpu {
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
                 st.cr2 = hw::read_cr2();
+                // The exit set DR7 to 0x400 and cleared IA32_DEBUGCTL (SDM
+                // Vol. 3C §28.5.1): the host's come back first, as in KVM's
+                // vmx_vcpu_run.
+                if host_debugctl != 0 {
+                    // SAFETY: IA32_DEBUGCTL exists on every CPU with VMX,
+                    // and this is the value it held a moment ago.
+                    unsafe { msr::wrmsr(msr::IA32_DEBUGCTL, host_debugctl) };
+                }
+                // SAFETY: rewrites this CPU's debug registers from the
+                // kernel's own per-CPU copy; interrupts are off.
+                unsafe { rvmx_glue_restore_host_breakpoints() };
                 let reason = if r == 0 { v.read(EXIT_REASON) } else { 0 };
                 // An NMI that exited the guest is the host's: run its handler
                 // now, with interrupts still off, as the NMI would have.
@@ -725,7 +759,7 @@ impl Vcpu {
             hw::xsetbv(st.guest.host_xcr0);
         }
         // SAFETY: we still own the FPU registers; same area as above.
-        unsafe { hw::xsave(st.fpu.as_ptr(), st.guest.host_xcr0) };
+        unsafe { hw::xsave(st.fpu.as_ptr(), st.guest.xfeatures) };
         // SAFETY: restores Linux's descriptor limits on this CPU (still
         // pinned: FPU section).
         unsafe { rvmx_glue_restore_host_descriptor_limits() };

@@ -98,14 +98,14 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     // With EPT, CR3 accesses need no exits; drop them if the CPU allows.
     proc_ctl &= !((proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING) & !caps.proc.must_be_one);
     let vpid_ctl = if vpid.is_some() { proc2::ENABLE_VPID } else { 0 };
-    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | vpid_ctl, proc2::ENABLE_RDTSCP)?;
+    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | proc2::WBINVD_EXITING | vpid_ctl, proc2::ENABLE_RDTSCP)?;
     let exit_ctl = adjust(
         &caps.exit,
         "VM-exit",
         exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
         exit::SAVE_IA32_PAT | exit::LOAD_IA32_PAT,
     )?;
-    let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER, entry::LOAD_IA32_PAT)?;
+    let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER | entry::LOAD_DEBUG_CONTROLS, entry::LOAD_IA32_PAT)?;
     v.write(PIN_BASED_CONTROLS, pin_ctl)?;
     v.write(PROC_BASED_CONTROLS, proc_ctl)?;
     v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
@@ -128,7 +128,7 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     // would change them exit (exits/cr.rs). CR0.NE must stay 1 and CD/NW 0
     // in VMX; CR4.VMXE must stay 1 but the guest must not see it.
     v.write(CR0_GUEST_HOST_MASK, Natural(CR0_NE | CR0_CD | CR0_NW | (caps.cr0_fixed0 & !(CR0_PE | CR0_PG))))?;
-    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | !caps.cr4_fixed1))
+    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | CR4_NOT_VIRTUALIZED | !caps.cr4_fixed1))
 }
 
 /// Host state that is the same on every CPU and for every thread.
@@ -188,8 +188,8 @@ pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64)
 /// Whether the guest uses 32-bit PAE paging (CR0.PG, CR4.PAE, not long
 /// mode): then VM entry loads its PDPTEs from the VMCS.
 pub(crate) fn pae_paging(v: &Loaded<'_>) -> bool {
-    v.read(CR0_READ_SHADOW).0 & CR0_PG != 0
-        && v.read(CR4_READ_SHADOW).0 & CR4_PAE != 0
+    v.guest_cr0() & CR0_PG != 0
+        && v.guest_cr4() & CR4_PAE != 0
         && v.read(GUEST_IA32_EFER) & EFER_LMA == 0
 }
 
@@ -227,7 +227,11 @@ pub(super) fn reset_guest_state(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps)
     set_cr0(v, caps, CR0_CD | CR0_NW | (1 << 4))?;
     set_cr4(v, caps, 0)?;
     v.write(GUEST_CR3, Natural(0))?;
+    // The guest runs with DR7 = 0x400 (no breakpoint armed) and DEBUGCTL 0
+    // whatever it writes: its debug registers live in `Guest::debug`
+    // (exits/dr.rs).
     v.write(GUEST_DR7, Natural(0x400))?;
+    v.write(GUEST_IA32_DEBUGCTL, 0)?;
     v.write(GUEST_IA32_EFER, 0)?;
     v.write(GUEST_IA32_PAT, 0x0007_0406_0007_0406)?;
     v.write(GUEST_SYSENTER_CS, 0)?;

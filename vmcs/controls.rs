@@ -53,6 +53,9 @@ pub(crate) mod proc2 {
     /// Tag the guest's TLB entries with the vCPU's VPID (vpid.rs).
     pub(crate) const ENABLE_VPID: u32 = 1 << 5;
     pub(crate) const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    /// WBINVD and WBNOINVD exit (reason 54) instead of flushing the host's
+    /// caches (exits/wbinvd.rs).
+    pub(crate) const WBINVD_EXITING: u32 = 1 << 6;
 }
 
 /// VM-exit controls.
@@ -70,6 +73,9 @@ pub(crate) mod entry {
     /// The guest is in IA-32e (long) mode after VM entry: must equal the
     /// guest's EFER.LMA.
     pub(crate) const IA32E_MODE_GUEST: u32 = 1 << 9;
+    /// VM entry loads DR7 and IA32_DEBUGCTL from the guest fields, so the
+    /// guest never runs with the host's breakpoints armed.
+    pub(crate) const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     pub(crate) const LOAD_IA32_PAT: u32 = 1 << 14;
     pub(crate) const LOAD_IA32_EFER: u32 = 1 << 15;
 }

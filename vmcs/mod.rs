@@ -112,6 +112,21 @@ impl Loaded<'_> {
         })
     }
 
+    /// CR0 as the guest sees it. The bits the guest owns (clear in the
+    /// guest/host mask) it changes without an exit, so they are in
+    /// GUEST_CR0; the bits rvmx owns read as the read shadow (SDM Vol. 3C
+    /// §25.6.6). Neither field alone is the guest's CR0.
+    pub(crate) fn guest_cr0(&self) -> u64 {
+        let mask = self.read(fields::CR0_GUEST_HOST_MASK).0;
+        (self.read(fields::GUEST_CR0).0 & !mask) | (self.read(fields::CR0_READ_SHADOW).0 & mask)
+    }
+
+    /// CR4 as the guest sees it (see `guest_cr0`).
+    pub(crate) fn guest_cr4(&self) -> u64 {
+        let mask = self.read(fields::CR4_GUEST_HOST_MASK).0;
+        (self.read(fields::GUEST_CR4).0 & !mask) | (self.read(fields::CR4_READ_SHADOW).0 & mask)
+    }
+
     /// The VM-instruction error number after a VMfailValid (SDM §31.4).
     pub(crate) fn instruction_error(&self) -> u32 {
         self.read(fields::VM_INSTRUCTION_ERROR)

@@ -199,6 +199,46 @@ fn long_mode(g: &mut Guest) {
     g.vcpu.set_sregs(&s).unwrap();
 }
 
+/// rvmx's count of this vCPU's VM exits (`struct rvmx_exit_info.exits`, at
+/// offset 56 of page 3 of the vCPU fd; uapi/rvmx.h).
+fn exit_count(g: &Guest) -> u64 {
+    // SAFETY: maps one page of the vCPU fd read-only; unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, g.vcpu.as_raw_fd(), 3 * 4096) };
+    assert!(p != libc::MAP_FAILED, "mmap of the exit-information page");
+    // SAFETY: the page is mapped and 4096 bytes long.
+    let n = unsafe { std::ptr::read_volatile((p as *const u8).add(56) as *const u64) };
+    // SAFETY: unmaps what was mapped above.
+    unsafe { libc::munmap(p, 4096) };
+    n
+}
+
+/// Maps the top 2 MiB of the 64-bit address space (0xffff_ffff_ffe0_0000)
+/// to GPA 0, next to `long_mode`'s identity map: PML4[511] -> PDPT at
+/// 0x13000, PDPT[511] -> PD at 0x14000, PD[511] -> a 2 MiB page.
+fn map_top_2m(g: &Guest) {
+    g.write_u64(0x10000 + 511 * 8, 0x13000 | 3);
+    g.write_u64(0x13000 + 511 * 8, 0x14000 | 3);
+    g.write_u64(0x14000 + 511 * 8, 0x83);
+}
+
+/// Gives a long-mode guest a GDT (at 0x6000: null, 64-bit code at 8, data
+/// at 16) and an IDT (at 0x5000) whose gate `vector` runs `handler`,
+/// placed at 0x3000.
+fn idt64(g: &mut Guest, vector: u64, handler: &[u8]) {
+    g.write_u64(0x6000, 0);
+    g.write_u64(0x6008, 0x00af_9a00_0000_ffff);
+    g.write_u64(0x6010, 0x00cf_9200_0000_ffff);
+    g.write(0x3000, handler);
+    // A 64-bit interrupt gate: offset 0x3000, selector 8, present, DPL 0.
+    g.write(0x5000 + vector * 16, &[0x00, 0x30, 0x08, 0x00, 0x00, 0x8e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut s: kvm_sregs = g.vcpu.get_sregs().unwrap();
+    s.gdt.base = 0x6000;
+    s.gdt.limit = 23;
+    s.idt.base = 0x5000;
+    s.idt.limit = 32 * 16 - 1;
+    g.vcpu.set_sregs(&s).unwrap();
+}
+
 /// Runs KVM_RUN on `fd` by a raw system call with every XMM register
 /// loaded with `pattern`, and returns the XMM registers after it: the
 /// syscall must give them back unchanged, whatever the guest did to its own.
@@ -241,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(28);
+    let mut t = Tap::plan(35);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -546,6 +586,125 @@ fn main() {
     if let Exit::FailEntry(r) = e {
         println!("# hardware_entry_failure_reason = {r:#x}");
     }
+
+    // 17-20. Hostile addresses (issue 9). Each crashed or misled rvmx
+    //     before; each behaves here as on KVM.
+    // 17. REP OUTSB of the last 16 bytes below 2^64 (PML4[511] -> PDPT[511]
+    //     -> a 2 MiB page at GPA 0): the source address must not overflow.
+    let top = [
+        0x48, 0xbe, 0xf0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // mov rsi, 0xffff_ffff_ffff_fff0
+        0xb9, 0x10, 0x00, 0x00, 0x00, // mov ecx, 16
+        0x66, 0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+        0xf3, 0x6e,                   // rep outsb
+        0xf4,                         // hlt
+    ];
+    let mut g = Guest::real(&kvm, &top);
+    long_mode(&mut g);
+    map_top_2m(&g);
+    g.write(0x1f_fff0, b"0123456789abcdef");
+    let (bytes, _) = collect_out(&mut g, 0x3f8, 16);
+    let end = run(&mut g, 0);
+    t.expect_eq((bytes, end), (b"0123456789abcdef".to_vec(), Exit::Hlt), "REP OUTSB of the 16 bytes below 2^64");
+
+    // 18. An MMIO store by an instruction at RIP 0xffff_ffff_ffff_fff8:
+    //     decoding reads the bytes from the top of the address space.
+    let mut g = Guest::real(&kvm, &[
+        0x48, 0xb8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // mov rax, 0xffff_ffff_ffff_fff8
+        0xbb, 0x00, 0x00, 0x30, 0x00, // mov ebx, 0x300000 (not RAM: MMIO)
+        0xff, 0xe0,                   // jmp rax
+    ]);
+    long_mode(&mut g);
+    map_top_2m(&g);
+    g.write(0x1f_fff8, &[0x89, 0x03, 0xf4]); // mov [rbx], eax; hlt
+    let a = run(&mut g, 0);
+    let b = run(&mut g, 0);
+    t.expect_eq((a, b), (Exit::MmioWrite(0x30_0000, vec![0xf8, 0xff, 0xff, 0xff]), Exit::Hlt), "MMIO store by an instruction just below 2^64");
+
+    // 19. REP OUTSB from a linear address the guest's page tables do not
+    //     map: the guest takes #PF (CR2 = the address, error code 0), as on
+    //     the CPU; its handler reports both.
+    let mut g = Guest::real(&kvm, &[
+        0xbe, 0x00, 0x00, 0x00, 0x80, // mov esi, 0x8000_0000 (PDPT[2]: not present)
+        0xb9, 0x01, 0x00, 0x00, 0x00, // mov ecx, 1
+        0x66, 0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+        0xf3, 0x6e,                   // rep outsb
+        0xf4,                         // hlt
+    ]);
+    long_mode(&mut g);
+    idt64(&mut g, 14, &[
+        0x5b,                   // pop rbx (error code)
+        0x0f, 0x20, 0xd0,       // mov rax, cr2
+        0x66, 0xba, 0x10, 0x00, // mov dx, 0x10
+        0xef,                   // out dx, eax
+        0x89, 0xd8,             // mov eax, ebx
+        0xef,                   // out dx, eax
+        0xf4,                   // hlt
+    ]);
+    let got = (run(&mut g, 0), run(&mut g, 0), run(&mut g, 0));
+    t.expect_eq(got, (Exit::Out(0x10, vec![0, 0, 0, 0x80]), Exit::Out(0x10, vec![0; 4]), Exit::Hlt), "OUTSB from an unmapped page: #PF with CR2 and error code");
+
+    // 20. A 32-bit guest turns paging on by itself (CR0.PG is the guest's:
+    //     no exit) and runs code at linear 0x5000, which it maps to GPA
+    //     0x6000; an MMIO store there must be decoded from GPA 0x6000, and
+    //     KVM_GET_SREGS must show CR0.PG.
+    let mut g = Guest::real(&kvm, &[
+        0xb8, 0x00, 0x00, 0x02, 0x00, // mov eax, 0x20000 (page directory)
+        0x0f, 0x22, 0xd8,             // mov cr3, eax
+        0x0f, 0x20, 0xc0,             // mov eax, cr0
+        0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, 0x8000_0000
+        0x0f, 0x22, 0xc0,             // mov cr0, eax
+        0xb9, 0x00, 0x50, 0x00, 0x00, // mov ecx, 0x5000
+        0xff, 0xe1,                   // jmp ecx
+    ]);
+    protected_mode(&mut g);
+    g.write(0x20000, &(0x21000u32 | 3).to_le_bytes());
+    for i in 0..1024u32 {
+        let page = if i == 5 { 0x6000 } else { i << 12 };
+        g.write(0x21000 + u64::from(i) * 4, &(page | 3).to_le_bytes());
+    }
+    g.write(0x5000, &[0xff; 16]); // what linear 0x5000 would be without paging
+    g.write(0x6000, &[0xa3, 0x00, 0x00, 0x30, 0x00, 0xf4]); // mov [0x300000], eax; hlt
+    let a = run(&mut g, 0);
+    let b = run(&mut g, 0);
+    let stored = matches!(&a, Exit::MmioWrite(0x30_0000, d) if d.len() == 4);
+    t.check(stored && b == Exit::Hlt, "MMIO store decoded through the page tables the guest turned on itself", format!("{a:?} {b:?}"));
+    let cr0 = g.vcpu.get_sregs().unwrap().cr0;
+    t.check(cr0 & 0x8000_0001 == 0x8000_0001, "KVM_GET_SREGS shows the CR0.PG the guest set", format!("cr0={cr0:#x}"));
+
+    // 21. WBINVD would flush the host's caches: it must exit (and be
+    //     skipped). rvmx's exit-information page (page 3 of the vCPU fd)
+    //     counts the exits; KVM has no such page (it exits on WBINVD too).
+    let mut g = Guest::real(&kvm, &[
+        0xb9, 0xe8, 0x03, // mov cx, 1000
+        0x0f, 0x09,       // wbinvd
+        0xe2, 0xfc,       // loop (back to wbinvd)
+        0xf4,             // hlt
+    ]);
+    if is_kvm {
+        t.check(run(&mut g, 0) == Exit::Hlt, "1000 WBINVD # SKIP the exit count is rvmx's own", "");
+    } else {
+        let exits_before = exit_count(&g);
+        let end = run(&mut g, 0);
+        let n = exit_count(&g) - exits_before;
+        t.check(end == Exit::Hlt && n >= 1000, "1000 WBINVD: each one exits, none flushes the host", format!("{end:?}, {n} exits"));
+    }
+
+    // 22. Debug registers: MOV to and from DR0, DR7 and DR6 in 64-bit mode
+    //     (exits on rvmx, which keeps them away from the host's).
+    let mut g = Guest::real(&kvm, &[
+        0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // mov rax, 0x1122334455667788
+        0x0f, 0x23, 0xc0,             // mov dr0, rax
+        0x0f, 0x21, 0xc3,             // mov rbx, dr0
+        0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1 (L0)
+        0x0f, 0x23, 0xf8,             // mov dr7, rax
+        0x0f, 0x21, 0xf9,             // mov rcx, dr7
+        0x0f, 0x21, 0xf2,             // mov rdx, dr6
+        0xf4,                         // hlt
+    ]);
+    long_mode(&mut g);
+    let end = run(&mut g, 0);
+    let r = g.vcpu.get_regs().unwrap();
+    t.expect_eq((end, r.rbx, r.rcx, r.rdx), (Exit::Hlt, 0x1122_3344_5566_7788, 0x401, 0xffff_0ff0), "MOV to/from DR0, DR7, DR6: the guest's own values");
 
     // 16. Back to real mode after all that: the same guest runs again.
     let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);

@@ -30,7 +30,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(24);
+    let mut t = Tap::plan(26);
 
     t.check(kvm.check_extension(Cap::UserMemory), "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) = 1", "");
     t.check(kvm.get_nr_memslots() >= 32, "KVM_CAP_NR_MEMSLOTS >= 32", kvm.get_nr_memslots());
@@ -56,6 +56,26 @@ fn main() {
     let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
     t.expect_eq(vm.create_vcpu(0).map(|_| ()).map_err(|e| e.errno()), Err(libc::EEXIST), "duplicate vCPU id: EEXIST");
     t.expect_eq(vm.create_vcpu(100_000).map(|_| ()).map_err(|e| e.errno()), Err(libc::EINVAL), "vCPU id out of range: EINVAL");
+    // No fd left for the vCPU: EMFILE, and its id is not used up by the
+    // failed call (issue 9: the id leaked).
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let old = lim;
+        // SAFETY: a dup'ed descriptor tells the lowest free fd number.
+        let lowest = unsafe { libc::dup(0) };
+        // SAFETY: closes the descriptor just made.
+        unsafe { libc::close(lowest) };
+        lim.rlim_cur = lowest as u64;
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        let r = vm.create_vcpu(7).map(|_| ()).map_err(|e| e.errno());
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+        t.expect_eq(r, Err(libc::EMFILE), "KVM_CREATE_VCPU with no free fd: EMFILE");
+        t.check(vm.create_vcpu(7).is_ok(), "the id of a vCPU whose fd failed can be used again", "");
+    }
 
     // Another process (a forked child) may not use the VM: EIO.
     // SAFETY: the child only makes system calls and exits.

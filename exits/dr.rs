@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Debug-register accesses (reason 29). VMX does not switch DR0-3 and DR6,
+//! so a guest executing MOV to DRn natively would change the *host's*
+//! breakpoints. rvmx sets "MOV-DR exiting" and keeps the guest's debug
+//! registers in software: a MOV to DRn stores the value (with the checks
+//! and fixed bits of the CPU, as KVM's kvm_set_dr), a MOV from DRn reads it
+//! back. The CPU keeps running the guest with DR7 = 0x400 (VM entry loads
+//! it from the VMCS: "load debug controls"), so no breakpoint of the host's
+//! is ever armed in the guest, and the guest's own hardware breakpoints do
+//! not fire (not emulated yet). After every exit the host's DR7 and
+//! IA32_DEBUGCTL are put back (vcpu/mod.rs), since a VM exit sets DR7 to
+//! 0x400 and clears IA32_DEBUGCTL.
+//! Exit qualification (SDM Vol. 3C, table 28-4): bits 2:0 the debug
+//! register, bit 4 the direction (1 = MOV from DR), bits 11:8 the GPR.
+
+use super::{Action, ExitCtx};
+use crate::vmcs::{controls::entry::IA32E_MODE_GUEST, fields::*};
+use kernel::prelude::*;
+
+const UD: u8 = 6;
+const GP: u8 = 13;
+const CR4_DE: u64 = 1 << 3;
+/// DR6 bits software can change (B0-B3, BD, BS, BT, RTM); the rest of the
+/// low 32 bits read as 1 (0xffff0ff0), as KVM's DR6_VOLATILE / DR6_FIXED_1.
+const DR6_VOLATILE: u64 = 0x0001_e80f;
+const DR6_FIXED_1: u64 = 0xffff_0ff0;
+/// DR7 bits software can change, and bit 10, which reads as 1.
+const DR7_VOLATILE: u64 = 0xffff_2bff;
+const DR7_FIXED_1: u64 = 0x400;
+
+/// The guest's debug registers.
+#[derive(Clone, Copy)]
+pub(crate) struct DebugRegs {
+    pub(crate) dr: [u64; 4],
+    pub(crate) dr6: u64,
+    pub(crate) dr7: u64,
+}
+
+impl DebugRegs {
+    /// Their values after RESET (SDM Vol. 3A, table 10-1).
+    pub(crate) const RESET: Self = DebugRegs { dr: [0; 4], dr6: DR6_FIXED_1, dr7: DR7_FIXED_1 };
+}
+
+pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
+    let mut n = q & 7;
+    let from_dr = q & (1 << 4) != 0;
+    // CAST: a 4-bit register number.
+    let gpr = ((q >> 8) & 15) as usize;
+    // DR4 and DR5 are DR6 and DR7, unless CR4.DE makes them #UD.
+    if n == 4 || n == 5 {
+        if ctx.vmcs.guest_cr4() & CR4_DE != 0 {
+            return ctx.inject_exception(UD, None);
+        }
+        n += 2;
+    }
+    // Outside 64-bit mode MOV DR moves 32 bits.
+    let v64 = ctx.vmcs.read(ENTRY_CONTROLS) & IA32E_MODE_GUEST != 0 && ctx.vmcs.read(GUEST_CS_AR) & (1 << 13) != 0;
+    let width = if v64 { u64::MAX } else { 0xffff_ffff };
+    if from_dr {
+        let d = &ctx.guest.debug;
+        let v = match n {
+            // CAST: n < 4 here.
+            0..=3 => d.dr[n as usize],
+            6 => d.dr6,
+            _ => d.dr7,
+        };
+        ctx.set_gpr(gpr, v & width)?;
+    } else {
+        let v = ctx.gpr(gpr) & width;
+        let d = &mut ctx.guest.debug;
+        match n {
+            // CAST: n < 4 here.
+            0..=3 => d.dr[n as usize] = v,
+            // Bits 63:32 of DR6 and DR7 are reserved: #GP(0).
+            6 | 7 if v >> 32 != 0 => return ctx.inject_exception(GP, Some(0)),
+            6 => d.dr6 = (v & DR6_VOLATILE) | DR6_FIXED_1,
+            _ => d.dr7 = (v & DR7_VOLATILE) | DR7_FIXED_1,
+        }
+    }
+    ctx.skip_instruction()?;
+    Ok(Action::Resume)
+}
