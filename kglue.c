@@ -24,6 +24,7 @@
 #include <linux/uaccess.h>
 #include <asm/apic.h>
 #include <asm/debugreg.h>
+#include <asm/gsseg.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
 #include <asm/io.h>
@@ -273,6 +274,35 @@ void rvmx_glue_restore_host_descriptor_limits(void)
 {
 	load_fixmap_gdt(raw_smp_processor_id());
 	invalidate_tss_limit();
+}
+
+/*
+ * The VMM's LDT and FS/GS selectors. A VM exit leaves LDTR null and loads
+ * the host selectors of the VMCS, which must be 0 for user selectors (RPL
+ * 3, or TI set: SDM Vol. 3C §27.2.3); Linux reloads neither before the
+ * return to user mode, so a VMM that uses modify_ldt (or a selector in FS/GS)
+ * would find them gone. Saved when a guest section begins and put back when
+ * it ends, as KVM's vmx_prepare_switch_to_host does; the user GS base that
+ * load_gs_index resets is restored afterwards with the swapped MSRs.
+ */
+void rvmx_glue_save_host_segments(struct rvmx_host_segments *s)
+{
+	savesegment(fs, s->fs);
+	savesegment(gs, s->gs);
+	asm volatile("sldt %0" : "=g"(s->ldt));
+	rdmsrl(MSR_FS_BASE, s->fs_base);
+}
+
+void rvmx_glue_restore_host_segments(const struct rvmx_host_segments *s)
+{
+	if (s->ldt || (s->gs & 7)) {
+		asm volatile("lldt %0" : : "rm"(s->ldt));
+		load_gs_index(s->gs);
+	}
+	if (s->fs & 7) {
+		loadsegment(fs, s->fs);
+		wrmsrl(MSR_FS_BASE, s->fs_base);
+	}
 }
 
 /* ---- The VM's process and its memory ------------------------------------ */

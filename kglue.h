@@ -56,6 +56,14 @@ int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page);
 void rvmx_glue_unpin_user_page(struct page *page, bool dirty);
 int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
 void rvmx_glue_restore_host_breakpoints(void);
+
+/* The VMM's segment state a VM exit does not keep (kglue.c). */
+struct rvmx_host_segments {
+	u16 fs, gs, ldt;
+	u64 fs_base;
+};
+void rvmx_glue_save_host_segments(struct rvmx_host_segments *s);
+void rvmx_glue_restore_host_segments(const struct rvmx_host_segments *s);
 int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len);
 int rvmx_glue_cmpxchg_user(u64 uaddr, bool wide, u64 old, u64 new);
 int rvmx_glue_vm_fd(void *vm);

@@ -56,6 +56,8 @@ extern "C" {
     fn rvmx_glue_signal_pending() -> bool;
     fn rvmx_glue_softirq_pending() -> bool;
     fn rvmx_glue_restore_host_breakpoints();
+    fn rvmx_glue_save_host_segments(s: *mut HostSegments);
+    fn rvmx_glue_restore_host_segments(s: *const HostSegments);
     fn rvmx_glue_fpu_begin();
     fn rvmx_glue_fpu_end();
     fn rvmx_glue_restore_host_descriptor_limits();
@@ -156,6 +158,17 @@ pub(crate) struct VcpuState {
     /// PDPTEs read for the guest's PAE paging, to write before the next
     /// entry (exits/cr.rs).
     pdptes: Option<[u64; 4]>,
+}
+
+/// kglue.h `struct rvmx_host_segments`: the VMM's FS/GS selectors, LDTR
+/// and FS base, which a VM exit does not keep.
+#[repr(C)]
+#[derive(Default)]
+struct HostSegments {
+    fs: u16,
+    gs: u16,
+    ldt: u16,
+    fs_base: u64,
 }
 
 /// The cached host values vmenter.S's caller refreshes when they change.
@@ -645,6 +658,9 @@ impl Vcpu {
         // stays in the kernel in between.
         let host_msrs = unsafe { st.guest.msrs.load_guest() };
         let (ds, es) = hw::read_ds_es();
+        let mut segs = HostSegments::default();
+        // SAFETY: fills `segs` from this CPU's segment registers and LDTR.
+        unsafe { rvmx_glue_save_host_segments(&mut segs) };
         // SAFETY: reads this CPU's number; preemption is off.
         let cpu = unsafe { rvmx_glue_raw_cpu_id() };
 
@@ -753,6 +769,9 @@ impl Vcpu {
 
         // Back to the host's world, in reverse order.
         hw::load_ds_es(ds, es);
+        // SAFETY: the values saved above on this CPU (preemption is off);
+        // before `put_host`, which restores the user GS base this resets.
+        unsafe { rvmx_glue_restore_host_segments(&segs) };
         // SAFETY: `host_msrs` is what `load_guest` read on this CPU.
         unsafe { st.guest.msrs.put_host(&host_msrs) };
         if st.guest.xcr0 != st.guest.host_xcr0 {

@@ -18,7 +18,7 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..16"
+echo "1..18"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
@@ -26,6 +26,24 @@ sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
 sub "dirty logging, slot changes, FPU state on rvmx (subtests)" memory /dev/rvmx
 sub "exit-path benchmark on rvmx" bench /dev/rvmx
+sub "ioctl fuzzer: 100,000 random calls on rvmx (subtests)" fuzz_ioctl /dev/rvmx 100000
+# Leaks: with every VM closed, nothing rvmx allocated may be left
+# unreferenced. kmemleak (in the test kernel, no periodic scans) is asked
+# for two scans (an object is reported once it is older than 5 s and no
+# reference to it was found).
+if [ -w /sys/kernel/debug/kmemleak ]; then
+	echo scan > /sys/kernel/debug/kmemleak; sleep 6; echo scan > /sys/kernel/debug/kmemleak
+	cat /sys/kernel/debug/kmemleak > /tmp/leaks.txt
+	all=$(grep -c '^unreferenced object' /tmp/leaks.txt)
+	if grep -q rvmx /tmp/leaks.txt; then
+		not_ok "kmemleak: no leak from rvmx after every test" "$(grep -c rvmx /tmp/leaks.txt) lines mention rvmx"
+		sed 's/^/# /' /tmp/leaks.txt | head -80
+	else
+		ok "kmemleak: no leak from rvmx after every test ($all unreferenced objects elsewhere)"
+	fi
+else
+	not_ok "kmemleak: no leak from rvmx after every test" "no /sys/kernel/debug/kmemleak in the test kernel"
+fi
 if rmmod rvmx; then ok "rvmx unloads after the VMs are closed"; else not_ok "rvmx unloads after the VMs are closed" "$(grep ^rvmx /proc/modules)"; fi
 if modprobe kvm_intel; then ok "modprobe kvm_intel"; else not_ok "modprobe kvm_intel"; fi
 sub "the same guests on KVM (subtests)" guests /dev/kvm

@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(35);
+    let mut t = Tap::plan(36);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -705,6 +705,32 @@ fn main() {
     let end = run(&mut g, 0);
     let r = g.vcpu.get_regs().unwrap();
     t.expect_eq((end, r.rbx, r.rcx, r.rdx), (Exit::Hlt, 0x1122_3344_5566_7788, 0x401, 0xffff_0ff0), "MOV to/from DR0, DR7, DR6: the guest's own values");
+
+    // 23. The launcher's own LDT (modify_ldt) survives KVM_RUN: a VM exit
+    //     leaves LDTR null, and nothing reloads it before the return to
+    //     user mode unless the hypervisor does. Loading a selector of that
+    //     LDT right after KVM_RUN would then fault (this program would die
+    //     of SIGSEGV here).
+    #[repr(C)]
+    struct UserDesc {
+        entry_number: u32,
+        base_addr: u32,
+        limit: u32,
+        flags: u32,
+    }
+    // A flat 32-bit data segment, limit in pages, usable.
+    let desc = UserDesc { entry_number: 0, base_addr: 0, limit: 0xfffff, flags: 1 | (1 << 4) | (1 << 6) };
+    // SAFETY: modify_ldt(1, desc, size) writes one LDT entry of this process.
+    let r = unsafe { libc::syscall(libc::SYS_modify_ldt, 1, &desc as *const UserDesc, std::mem::size_of::<UserDesc>()) };
+    let mut g = Guest::real(&kvm, &[0xe6, 0x1b, 0xf4]); // out 0x1b, al; hlt
+    let e = run(&mut g, 0);
+    if r == 0 {
+        println!("# loading LDT selector 7 into ES after KVM_RUN (SIGSEGV here: the LDT was lost)");
+        // SAFETY: loads ES with LDT entry 0 (RPL 3), then back with the
+        // null selector; ES is not used for addressing in 64-bit mode.
+        unsafe { std::arch::asm!("mov es, {0:x}", "mov es, {1:x}", in(reg) 7u16, in(reg) 0u16) };
+    }
+    t.check(r == 0 && matches!(e, Exit::Out(0x1b, _)), "the launcher's LDT survives KVM_RUN", format!("modify_ldt={r} {e:?}"));
 
     // 16. Back to real mode after all that: the same guest runs again.
     let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);
