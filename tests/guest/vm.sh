@@ -30,16 +30,23 @@ sub "ioctl fuzzer: 100,000 random calls on rvmx (subtests)" fuzz_ioctl /dev/rvmx
 # Leaks: with every VM closed, nothing rvmx allocated may be left
 # unreferenced. kmemleak (in the test kernel, no periodic scans) is asked
 # for two scans (an object is reported once it is older than 5 s and no
-# reference to it was found).
+# reference to it was found). leaker.ko leaks one object on purpose first:
+# the scan must find that one, or it proves nothing.
+insmod $MODDIR/leaker.ko
 if [ -w /sys/kernel/debug/kmemleak ]; then
+	sleep 6
 	echo scan > /sys/kernel/debug/kmemleak; sleep 6; echo scan > /sys/kernel/debug/kmemleak
 	cat /sys/kernel/debug/kmemleak > /tmp/leaks.txt
 	all=$(grep -c '^unreferenced object' /tmp/leaks.txt)
-	if grep -q rvmx /tmp/leaks.txt; then
+	rmmod leaker
+	if ! grep -q leaker_alloc /tmp/leaks.txt; then
+		not_ok "kmemleak: no leak from rvmx after every test" "kmemleak did not find leaker.ko's deliberate leak: it is not working"
+		sed 's/^/# /' /tmp/leaks.txt | head -40
+	elif grep -q rvmx /tmp/leaks.txt; then
 		not_ok "kmemleak: no leak from rvmx after every test" "$(grep -c rvmx /tmp/leaks.txt) lines mention rvmx"
 		sed 's/^/# /' /tmp/leaks.txt | head -80
 	else
-		ok "kmemleak: no leak from rvmx after every test ($all unreferenced objects elsewhere)"
+		ok "kmemleak: no leak from rvmx after every test (it found leaker.ko's deliberate one; $all unreferenced objects in all)"
 	fi
 else
 	not_ok "kmemleak: no leak from rvmx after every test" "no /sys/kernel/debug/kmemleak in the test kernel"

@@ -365,7 +365,15 @@ fn main() {
     // rvmx still works: a fresh VM runs a HLT.
     let vm = raw_ioctl(dev, io(0x01), 0);
     let ok = vm.is_ok_and(|vm| {
-        let region = kvm_userspace_memory_region { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: HLT as u64, userspace_addr: arena.hlt as u64 };
+        // The last MiB below 4 GiB: the reset state's CS base 0xffff0000
+        // and RIP 0xfff0 put the first instruction at 0xfffffff0.
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: (1 << 32) - HLT as u64,
+            memory_size: HLT as u64,
+            userspace_addr: arena.hlt as u64,
+        };
         let set = raw_ioctl(vm, iow(0x46, size_of::<kvm_userspace_memory_region>()), &region as *const _ as u64);
         let vcpu = raw_ioctl(vm, io(0x41), 0);
         let ran = match (set, vcpu) {
@@ -378,11 +386,12 @@ fn main() {
                 } else {
                     // SAFETY: the run page is mapped.
                     unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
-                    // The reset state starts at f000:fff0, in the HLT slot's
-                    // 1 MiB: the first instruction is a HLT.
+                    // The first instruction is a HLT.
                     let r = raw_ioctl(v, io(0x80), 0);
                     // SAFETY: reads the exit reason from the run page.
-                    r.is_ok() && unsafe { (*run).exit_reason } == KVM_EXIT_HLT
+                    let reason = unsafe { (*run).exit_reason };
+                    println!("# the new VM's KVM_RUN: {r:?}, exit reason {reason}");
+                    r.is_ok() && reason == KVM_EXIT_HLT
                 }
             }
             _ => false,
@@ -390,7 +399,7 @@ fn main() {
         close(vm);
         ran
     });
-    t.check(ok, "after the fuzzing a new VM runs a guest to its HLT", "");
+    t.check(ok, "after the fuzzing a new VM runs a guest to its HLT", "no KVM_EXIT_HLT from the reset vector");
     close(dev);
     t.finish();
 }
