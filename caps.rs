@@ -88,6 +88,11 @@ pub(crate) struct VmxCaps {
     /// CPUID.80000008H:EAX[7:0], the physical-address width: guest page
     /// table entries with address bits at or above it are reserved.
     pub(crate) maxphyaddr: u8,
+    /// L1TF: flush the L1 data cache (IA32_FLUSH_CMD) before every VM
+    /// entry, as the host kernel's L1TF mitigation asks (kglue.c).
+    pub(crate) l1d_flush: bool,
+    /// L1TF would need a flush this CPU cannot do (logged at load).
+    pub(crate) l1d_flush_missing: bool,
 }
 
 /// Why the CPU cannot run rvmx; `probe()` logs the reason and maps it to the
@@ -175,6 +180,10 @@ impl VmxCaps {
             cr4_fixed1: read(msr::IA32_VMX_CR4_FIXED1),
             // CAST: bits 7:0.
             maxphyaddr: hw::cpuid(0x8000_0008, 0)[0] as u8,
+            // SAFETY: reads the kernel's own mitigation choices.
+            l1d_flush: unsafe { rvmx_glue_l1d_flush_mode() } == 1,
+            // SAFETY: as above.
+            l1d_flush_missing: unsafe { rvmx_glue_l1d_flush_mode() } == 2,
         };
         caps.check_required()?;
         // A kernel that delivers events with FRED instead of the IDT: rvmx
@@ -233,7 +242,19 @@ impl VmxCaps {
             yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
             yn(self.proc2.allows(PROC2_PML)),
         );
+        let l1d = if self.l1d_flush {
+            "yes"
+        } else if self.l1d_flush_missing {
+            "NEEDED BUT UNAVAILABLE (this CPU is affected by L1TF and has no IA32_FLUSH_CMD: guests may read host data from L1D)"
+        } else {
+            "not needed"
+        };
+        pr_info!("mitigations on VM entry: CPU buffers cleared with VERW where the kernel clears them, IBPB between vCPUs where the kernel uses IBPB, L1D flush {}\n", l1d);
     }
+}
+
+extern "C" {
+    fn rvmx_glue_l1d_flush_mode() -> core::ffi::c_int;
 }
 
 /// EOPNOTSUPP ("operation not supported"), which 6.12's `kernel::error`

@@ -25,6 +25,10 @@
 #include <asm/apic.h>
 #include <asm/debugreg.h>
 #include <asm/gsseg.h>
+#include <asm/mce.h>
+#include <asm/msr-index.h>
+#include <asm/nospec-branch.h>
+#include <asm/processor.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
 #include <asm/io.h>
@@ -357,6 +361,59 @@ void rvmx_glue_restore_host_breakpoints(void)
 	if (hw_breakpoint_active())
 		hw_breakpoint_restore();
 #endif
+}
+
+/*
+ * A machine check that hit while the guest ran (or during VM entry) caused
+ * a VM exit instead of reaching the host's #MC handler: run that handler
+ * now, with interrupts still off, as KVM's kvm_machine_check does (a fake
+ * user-mode frame: the error was not in the kernel's own code).
+ */
+void rvmx_glue_machine_check(void)
+{
+	struct pt_regs regs = {
+		.cs = 3,
+		.flags = X86_EFLAGS_IF,
+	};
+
+	if (IS_ENABLED(CONFIG_X86_MCE))
+		do_machine_check(&regs);
+}
+
+/*
+ * Speculative-execution mitigations around VM entry, following what the
+ * host kernel chose for itself (as KVM's vmx_setup_l1d_flush):
+ * rvmx_glue_l1d_flush_mode() says whether L1TF asks for an L1D flush before
+ * each entry: 0 not needed (CPU not affected, told by ARCH_CAPABILITIES it
+ * may skip it, or mitigations off), 1 flush with IA32_FLUSH_CMD, 2 needed
+ * but this CPU has no IA32_FLUSH_CMD (rvmx has no software flush: logged).
+ */
+int rvmx_glue_l1d_flush_mode(void)
+{
+	u64 arch_cap = 0;
+
+	if (boot_cpu_has(X86_FEATURE_ARCH_CAPABILITIES))
+		rdmsrl(MSR_IA32_ARCH_CAPABILITIES, arch_cap);
+	if (!boot_cpu_has_bug(X86_BUG_L1TF) || l1tf_mitigation == L1TF_MITIGATION_OFF ||
+	    (arch_cap & ARCH_CAP_SKIP_VMENTRY_L1DFLUSH))
+		return 0;
+	return boot_cpu_has(X86_FEATURE_FLUSH_L1D) ? 1 : 2;
+}
+
+/*
+ * IBPB when a CPU goes from one vCPU to another, so that one guest cannot
+ * steer another's indirect branches (KVM: vmx_vcpu_load_vmcs). Vcpus are
+ * told apart by a number never reused; the barrier is a no-op where the
+ * kernel does not use IBPB.
+ */
+static DEFINE_PER_CPU(u64, rvmx_last_vcpu);
+
+void rvmx_glue_ibpb_on_vcpu_switch(u64 uid)
+{
+	if (this_cpu_read(rvmx_last_vcpu) != uid) {
+		this_cpu_write(rvmx_last_vcpu, uid);
+		indirect_branch_prediction_barrier();
+	}
 }
 
 /* copy_from_user, for reading guest memory through the launcher's mapping. */

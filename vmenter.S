@@ -96,6 +96,14 @@ SYM_FUNC_START(rvmx_vmenter)
 	/* Guest RAX last: this overwrites the @regs pointer. */
 	mov R_RAX(%rax), %rax
 
+	/*
+	 * Clear the CPU's buffers (MDS and relatives) where the kernel does so
+	 * on its own return to user mode: VERW, patched in at module load by
+	 * the kernel's alternatives. Clobbers ZF only: CF (VMRESUME or not)
+	 * survives.
+	 */
+	CLEAR_CPU_BUFFERS
+
 	jnc .Lvmlaunch
 
 	/*

@@ -25,6 +25,13 @@ use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
 const TYPE_NMI: u32 = 2;
+const TYPE_HW_EXCEPTION: u32 = 3;
+/// The machine-check exception's vector.
+pub(crate) const MC_VECTOR: u32 = 18;
+
+extern "C" {
+    fn rvmx_glue_machine_check();
+}
 
 fn is_nmi(info: u32) -> bool {
     info & super::INTR_INFO_VALID != 0 && (info >> 8) & 7 == TYPE_NMI
@@ -39,20 +46,41 @@ pub(crate) fn external_interrupt(_ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     Ok(Action::Resume)
 }
 
-/// Reason 0, called by the run loop right after the exit with interrupts
-/// still off: rvmx intercepts no guest exceptions (the exception bitmap is
-/// 0), so this is an NMI meant for the host. The VM exit consumed it, so
-/// rvmx runs the host's NMI handler now (hw.rs explains why it cannot just
-/// re-send it), before anything else, as the NMI itself would have run.
-pub(crate) fn handle_nmi_irqoff(v: &Loaded<'_>) {
-    if is_nmi(v.read(EXIT_INTR_INFO)) {
-        hw::invoke_nmi_handler();
+/// Called by the run loop right after every exit, with interrupts still
+/// off, for the events that belong to the host and were consumed by the
+/// exit; anything else costs one comparison.
+/// - Reason 0 with an NMI: the VM exit consumed it, so rvmx runs the host's
+///   NMI handler now (hw.rs explains why it cannot just re-send it), before
+///   anything else, as the NMI itself would have run.
+/// - Reason 0 with #MC (the only exception rvmx intercepts: bit 18 of the
+///   exception bitmap), or reason 41 (a machine check during VM entry): a
+///   hardware error the host's #MC handler must see, as KVM's
+///   kvm_machine_check.
+pub(crate) fn handle_host_events_irqoff(v: &Loaded<'_>, reason: u32) {
+    if reason == super::reason::EXCEPTION_OR_NMI {
+        let info = v.read(EXIT_INTR_INFO);
+        if is_nmi(info) {
+            hw::invoke_nmi_handler();
+        } else if is_machine_check(info) {
+            // SAFETY: runs the kernel's #MC handler with interrupts off, as
+            // the machine check itself would have.
+            unsafe { rvmx_glue_machine_check() };
+        }
+    } else if reason & 0xffff == super::reason::MCE_DURING_ENTRY {
+        // SAFETY: as above.
+        unsafe { rvmx_glue_machine_check() };
     }
 }
 
-/// Reason 0, in the dispatch table: an NMI is already handled (above).
+fn is_machine_check(info: u32) -> bool {
+    info & super::INTR_INFO_VALID != 0 && (info >> 8) & 7 == TYPE_HW_EXCEPTION && info & 0xff == MC_VECTOR
+}
+
+/// Reason 0, in the dispatch table: an NMI or a machine check, already
+/// handled (above); the guest resumes.
 pub(crate) fn exception_or_nmi(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    if is_nmi(ctx.vmcs.read(EXIT_INTR_INFO)) {
+    let info = ctx.vmcs.read(EXIT_INTR_INFO);
+    if is_nmi(info) || is_machine_check(info) {
         return Ok(Action::Resume);
     }
     Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, super::reason::EXCEPTION_OR_NMI))

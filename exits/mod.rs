@@ -223,6 +223,8 @@ pub(crate) mod reason {
     pub(crate) const INVVPID: u32 = 53;
     pub(crate) const WBINVD: u32 = 54;
     pub(crate) const XSETBV: u32 = 55;
+    /// VM entry failed because of a machine check (with ENTRY_FAILURE).
+    pub(crate) const MCE_DURING_ENTRY: u32 = 41;
     pub(crate) const VMFUNC: u32 = 59;
     /// Bit 31 of the exit reason: the VM entry failed (SDM §28.8).
     pub(crate) const ENTRY_FAILURE: u32 = 1 << 31;

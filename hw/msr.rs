@@ -39,6 +39,8 @@ pub(crate) const IA32_SYSENTER_ESP: Msr = Msr(0x175);
 pub(crate) const IA32_SYSENTER_EIP: Msr = Msr(0x176);
 pub(crate) const IA32_PAT: Msr = Msr(0x277);
 pub(crate) const IA32_DEBUGCTL: Msr = Msr(0x1d9);
+/// Bit 0 written: flush the L1 data cache (L1TF mitigation).
+pub(crate) const IA32_FLUSH_CMD: Msr = Msr(0x10b);
 pub(crate) const IA32_EFER: Msr = Msr(0xc000_0080);
 pub(crate) const IA32_FS_BASE: Msr = Msr(0xc000_0100);
 pub(crate) const IA32_GS_BASE: Msr = Msr(0xc000_0101);

@@ -56,6 +56,7 @@ extern "C" {
     fn rvmx_glue_signal_pending() -> bool;
     fn rvmx_glue_softirq_pending() -> bool;
     fn rvmx_glue_restore_host_breakpoints();
+    fn rvmx_glue_ibpb_on_vcpu_switch(uid: u64);
     fn rvmx_glue_save_host_segments(s: *mut HostSegments);
     fn rvmx_glue_restore_host_segments(s: *const HostSegments);
     fn rvmx_glue_fpu_begin();
@@ -153,12 +154,19 @@ pub(crate) struct VcpuState {
     flush_tlb: bool,
     /// Whether KVM_RUN ran yet (KVM refuses a new CPUID table after that).
     ran: bool,
+    /// This vCPU's number for IBPB between vCPUs (kglue.c): unique for the
+    /// module's lifetime, unlike a VMCS address, which may be reused.
+    uid: u64,
     /// KVM_SET_SIGNAL_MASK's mask, in force during KVM_RUN.
     sigmask: Option<u64>,
     /// PDPTEs read for the guest's PAE paging, to write before the next
     /// entry (exits/cr.rs).
     pdptes: Option<[u64; 4]>,
 }
+
+/// Source of `VcpuState::uid` (0 is never used: it is what the per-CPU
+/// "last vCPU" starts as).
+static NEXT_VCPU_UID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 /// kglue.h `struct rvmx_host_segments`: the VMM's FS/GS selectors, LDTR
 /// and FS base, which a VM exit does not keep.
@@ -193,6 +201,8 @@ pub(crate) struct Vcpu {
     ins_outs_info: bool,
     /// The "virtual NMIs" control is on: NMIs can be injected (KVM_NMI).
     virtual_nmis: bool,
+    /// Flush L1D before every VM entry (L1TF; caps.rs).
+    l1d_flush: bool,
     #[pin]
     token: Mutex<bool>,
     #[pin]
@@ -280,6 +290,7 @@ impl Vcpu {
             last_cpu: None,
             flush_tlb: true,
             ran: false,
+            uid: NEXT_VCPU_UID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             sigmask: None,
             pdptes: None,
         };
@@ -299,6 +310,7 @@ impl Vcpu {
                 pages,
                 ins_outs_info: caps.ins_outs_info,
                 virtual_nmis: caps.virtual_nmis(),
+                l1d_flush: caps.l1d_flush,
                 token <- new_mutex!(false, "rvmx:vcpu.token"),
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
@@ -666,6 +678,8 @@ impl Vcpu {
 
         let result = (|| -> Result<Section> {
             let mut v = st.vmcs.load()?;
+            // SAFETY: preemption is off (the VMCS is loaded on this CPU).
+            unsafe { rvmx_glue_ibpb_on_vcpu_switch(st.uid) };
             st.host_rsp = 0;
             setup_host_cpu_state(&mut v)?;
             if let Some(vpid) = &st.vpid {
@@ -712,6 +726,11 @@ impl Vcpu {
                     unsafe { rvmx_glue_irq_enable() };
                     return Err(e);
                 }
+                if self.l1d_flush {
+                    // SAFETY: caps.rs saw IA32_FLUSH_CMD on this CPU; the
+                    // write only flushes L1D (the L1TF mitigation).
+                    unsafe { msr::wrmsr(msr::IA32_FLUSH_CMD, 1) };
+                }
                 // SAFETY: the VMCS is current (we hold `v`), its host state
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
@@ -728,10 +747,11 @@ impl Vcpu {
                 // kernel's own per-CPU copy; interrupts are off.
                 unsafe { rvmx_glue_restore_host_breakpoints() };
                 let reason = if r == 0 { v.read(EXIT_REASON) } else { 0 };
-                // An NMI that exited the guest is the host's: run its handler
-                // now, with interrupts still off, as the NMI would have.
-                if r == 0 && reason == exits::reason::EXCEPTION_OR_NMI {
-                    exits::interrupt::handle_nmi_irqoff(&v);
+                // An NMI or a machine check that exited the guest is the
+                // host's: run its handler now, with interrupts still off, as
+                // the event itself would have.
+                if r == 0 {
+                    exits::interrupt::handle_host_events_irqoff(&v, reason);
                 }
                 // SAFETY: pairs with the disable above: a pending host
                 // interrupt (the cause of an external-interrupt exit) is

@@ -111,7 +111,9 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
     v.write(EXIT_CONTROLS, exit_ctl)?;
     v.write(ENTRY_CONTROLS, entry_ctl & !entry::IA32E_MODE_GUEST)?;
-    v.write(EXCEPTION_BITMAP, 0)?;
+    // The only guest exception rvmx intercepts: #MC, a hardware error the
+    // host must handle (exits/interrupt.rs).
+    v.write(EXCEPTION_BITMAP, 1u32 << crate::exits::interrupt::MC_VECTOR)?;
     v.write(CR3_TARGET_COUNT, 0)?;
     v.write(EXIT_MSR_STORE_COUNT, 0)?;
     v.write(EXIT_MSR_LOAD_COUNT, 0)?;
