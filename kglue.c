@@ -294,7 +294,10 @@ void rvmx_glue_save_host_segments(struct rvmx_host_segments *s)
 	savesegment(fs, s->fs);
 	savesegment(gs, s->gs);
 	asm volatile("sldt %0" : "=g"(s->ldt));
-	rdmsrl(MSR_FS_BASE, s->fs_base);
+	/* Only needed (and only read) when the FS selector must be reloaded. */
+	s->fs_base = 0;
+	if (s->fs & 7)
+		rdmsrl(MSR_FS_BASE, s->fs_base);
 }
 
 void rvmx_glue_restore_host_segments(const struct rvmx_host_segments *s)

@@ -61,10 +61,13 @@ pub fn install_empty_handler(sig: libc::c_int) {
     }
 }
 
-/// Result of a raw ioctl: the return value, or the errno.
+/// Result of a raw ioctl: the return value, or the errno. `arg` is an
+/// integer, or a pointer the kernel may read or write as much as `req`
+/// says: to a live buffer of the caller's at least that big, or into memory
+/// no Rust object lives in (the fuzzer's own mappings, or nowhere valid).
 pub fn ioctl(fd: i32, req: u64, arg: u64) -> Result<i32, i32> {
-    // SAFETY: the callers pass integer arguments (or none), never pointers
-    // to memory the kernel might write, so no Rust memory is at stake.
+    // SAFETY: as the callers promise above: the kernel validates every
+    // pointer, and no Rust object is written beyond its size.
     let r = unsafe { libc::ioctl(fd, req as _, arg) };
     if r < 0 {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))

@@ -18,7 +18,9 @@
 //! looping guests would hang the emulated machine; see README.)
 
 use kvm_bindings::*;
-use rvmx_selftests::{install_empty_handler, Tap};
+// The pointers the fuzzer passes point into its own mappings (no Rust
+// object lives there) or nowhere valid.
+use rvmx_selftests::{install_empty_handler, ioctl, Tap};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::mem::size_of;
@@ -182,14 +184,6 @@ struct State {
     vcpus: Vec<Vcpu>,
 }
 
-fn raw_ioctl(fd: i32, req: u64, arg: u64) -> Result<i32, i32> {
-    // SAFETY: the kernel validates every argument; arguments the fuzzer
-    // passes point into its own arena or nowhere valid, and nothing of
-    // Rust's lives there.
-    let r = unsafe { libc::ioctl(fd, req as _, arg) };
-    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(r) }
-}
-
 fn close(fd: i32) {
     // SAFETY: closes a descriptor this program owns.
     unsafe { libc::close(fd) };
@@ -221,7 +215,7 @@ fn main() {
     // SAFETY: opens the device.
     let dev = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     assert!(dev >= 0, "open {path}");
-    let mmap_size = raw_ioctl(dev, io(0x04), 0).unwrap_or(4096 * 4) as usize;
+    let mmap_size = ioctl(dev, io(0x04), 0).unwrap_or(4096 * 4) as usize;
     let mut st = State { dev, vms: Vec::new(), vcpus: Vec::new() };
     let mut outcomes: BTreeMap<(Kind, i32), u64> = BTreeMap::new();
     let started = std::time::Instant::now();
@@ -230,7 +224,7 @@ fn main() {
         arena.randomize(&mut rng);
         // Keep some VMs and vCPUs around; sometimes close one.
         if st.vms.is_empty() || rng.below(200) == 0 {
-            if let Ok(fd) = raw_ioctl(st.dev, io(0x01), 0) {
+            if let Ok(fd) = ioctl(st.dev, io(0x01), 0) {
                 st.vms.push(fd);
             }
         }
@@ -325,7 +319,7 @@ fn main() {
         };
         // SAFETY: arms a one-shot SIGALRM (handled, not fatal).
         unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
-        let r = raw_ioctl(fd, req, arg);
+        let r = ioctl(fd, req, arg);
         let off = libc::itimerval { it_interval: timer.it_interval, it_value: libc::timeval { tv_sec: 0, tv_usec: 0 } };
         // SAFETY: disarms it.
         unsafe { libc::setitimer(libc::ITIMER_REAL, &off, std::ptr::null_mut()) };
@@ -363,7 +357,7 @@ fn main() {
     t.check(outcomes.iter().any(|((_, e), _)| *e == 0), "some calls succeeded (the fuzzer reached past the argument checks)", "");
 
     // rvmx still works: a fresh VM runs a HLT.
-    let vm = raw_ioctl(dev, io(0x01), 0);
+    let vm = ioctl(dev, io(0x01), 0);
     let ok = vm.is_ok_and(|vm| {
         // The last MiB below 4 GiB: the reset state's CS base 0xffff0000
         // and RIP 0xfff0 put the first instruction at 0xfffffff0.
@@ -374,8 +368,8 @@ fn main() {
             memory_size: HLT as u64,
             userspace_addr: arena.hlt as u64,
         };
-        let set = raw_ioctl(vm, iow(0x46, size_of::<kvm_userspace_memory_region>()), &region as *const _ as u64);
-        let vcpu = raw_ioctl(vm, io(0x41), 0);
+        let set = ioctl(vm, iow(0x46, size_of::<kvm_userspace_memory_region>()), &region as *const _ as u64);
+        let vcpu = ioctl(vm, io(0x41), 0);
         let ran = match (set, vcpu) {
             (Ok(_), Ok(v)) => {
                 let mut s = State { dev, vms: vec![], vcpus: vec![] };
@@ -387,7 +381,7 @@ fn main() {
                     // SAFETY: the run page is mapped.
                     unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
                     // The first instruction is a HLT.
-                    let r = raw_ioctl(v, io(0x80), 0);
+                    let r = ioctl(v, io(0x80), 0);
                     // SAFETY: reads the exit reason from the run page.
                     let reason = unsafe { (*run).exit_reason };
                     println!("# the new VM's KVM_RUN: {r:?}, exit reason {reason}");

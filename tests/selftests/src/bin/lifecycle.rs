@@ -8,7 +8,7 @@
 //! takes external-interrupt exits only then (README), and those exits are
 //! where a signal ends KVM_RUN.
 
-use rvmx_selftests::{install_empty_handler, Tap};
+use rvmx_selftests::{install_empty_handler, ioctl, Tap};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,22 +23,14 @@ const GET_REGS: u64 = (2 << 30) | (144 << 16) | (KVMIO << 8) | 0x81;
 const SET_USER_MEMORY_REGION: u64 = (1 << 30) | (32 << 16) | (KVMIO << 8) | 0x46;
 const MEM: usize = 0x10000;
 
-fn ioctl(fd: i32, req: u64, arg: u64) -> Result<i32, i32> {
-    // SAFETY: raw ioctls on the test's own fds, with integer arguments or
-    // pointers to live buffers of the right size.
-    let r = unsafe { libc::ioctl(fd, req as _, arg) };
-    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(r) }
-}
-
 fn close(fd: i32) {
     // SAFETY: closes a descriptor the test owns.
     unsafe { libc::close(fd) };
 }
 
-/// A VM with 64 KiB of RAM holding `code` at 0x1000, and `n` vCPUs in
-/// real mode at 0000:1000 (the reset state with CS base 0 and RIP 0x1000
-/// set through the run page is not available raw, so the code is also at
-/// the reset vector's page: see `spin_vm`).
+/// A VM made with raw ioctls (so that the test can close its fds and unmap
+/// its run pages whenever it likes): the VM fd, the vCPU fds and their
+/// mapped run pages, and the guest RAM.
 struct RawVm {
     vm: i32,
     vcpus: Vec<i32>,
@@ -181,16 +173,12 @@ fn main() {
         let entries = Arc::new(AtomicU64::new(0));
         let hs: Vec<_> = v.vcpus.iter().map(|&fd| spawn_runner(fd, stop.clone(), entries.clone())).collect();
         std::thread::sleep(Duration::from_millis(30));
-        let (vcpus, vmfd) = (v.vcpus.clone(), v.vm);
-        for (fd, run) in v.vcpus.iter().zip(&v.runs) {
-            if !run.is_null() {
-                // SAFETY: unmaps the run page under the running vCPU.
-                unsafe { libc::munmap(*run as *mut _, v.mmap_size) };
-            }
-            let _ = fd;
+        for run in v.runs.iter().filter(|r| !r.is_null()) {
+            // SAFETY: unmaps the run page under the running vCPU.
+            unsafe { libc::munmap(*run as *mut _, v.mmap_size) };
         }
-        close(vmfd);
-        for fd in &vcpus {
+        close(v.vm);
+        for fd in &v.vcpus {
             close(*fd);
         }
         let errs = stop_runners(hs, &stop);
