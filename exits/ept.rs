@@ -13,22 +13,16 @@
 //! the guest's paging-structure entries while translating it (0).
 
 use super::{Action, ExitCtx};
-use crate::gmem::Paging;
 use crate::vmcs::fields::*;
 use kernel::prelude::*;
 
-/// An EPT violation, with the guest state needed to emulate the access.
+/// An EPT violation: what every one of them needs (most are the first
+/// touch of a page of RAM). The guest state needed to emulate an MMIO
+/// access is read only for those (exits/mmio.rs).
 pub(crate) struct EptFault {
     pub(crate) gpa: u64,
     pub(crate) write: bool,
     pub(crate) fetch: bool,
-    pub(crate) rip: u64,
-    pub(crate) cs_base: u64,
-    /// CS.D (default operand size 32) and CS.L (64-bit code).
-    pub(crate) cs_db: bool,
-    pub(crate) cs_l: bool,
-    /// RSP, for an MMIO store of RSP or SPL (it is not in the saved GPRs).
-    pub(crate) rsp: u64,
     pub(crate) qualification: u64,
     /// IDT-vectoring information: valid when the violation interrupted the
     /// delivery of an event (the IDT, a stack or the TSS in MMIO).
@@ -36,7 +30,6 @@ pub(crate) struct EptFault {
     /// The access was the CPU's walk of the guest's page tables, not the
     /// instruction's own access (qualification bit 7 set, bit 8 clear).
     pub(crate) in_page_walk: bool,
-    pub(crate) paging: Paging,
 }
 
 pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
@@ -49,19 +42,12 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         crate::vcpu::set_nmi_blocking(ctx.vmcs, true)?;
     }
     let v = &ctx.vmcs;
-    let cs_ar = v.read(GUEST_CS_AR);
     Ok(Action::EptViolation(EptFault {
         gpa: v.read(GUEST_PHYSICAL_ADDRESS),
         write: q & 2 != 0,
         fetch: q & 4 != 0,
-        rip: v.read(GUEST_RIP).0,
-        cs_base: v.read(GUEST_CS_BASE).0,
-        cs_db: cs_ar & (1 << 14) != 0,
-        cs_l: cs_ar & (1 << 13) != 0,
-        rsp: v.read(GUEST_RSP).0,
         qualification: q,
         vectoring_info: v.read(IDT_VECTORING_INFO),
         in_page_walk: q & (1 << 7) != 0 && q & (1 << 8) == 0,
-        paging: Paging::capture(v),
     }))
 }

@@ -53,10 +53,23 @@ pub(crate) fn complete_read(regs: &mut [u64; 16], d: Dest, data: u64) {
     regs[r] = merge(regs[r], mask(data, d.src_size), d.dst_size, d.reg.high_byte);
 }
 
+/// The guest state needed to emulate the instruction behind an MMIO exit,
+/// read from the VMCS only for MMIO exits (vcpu/mod.rs `insn_context`).
+pub(crate) struct InsnCtx {
+    pub(crate) rip: u64,
+    pub(crate) cs_base: u64,
+    /// CS.D (default operand size 32) and CS.L (64-bit code).
+    pub(crate) cs_db: bool,
+    pub(crate) cs_l: bool,
+    /// RSP, for an MMIO store of RSP or SPL (it is not in the saved GPRs).
+    pub(crate) rsp: u64,
+    pub(crate) paging: gmem::Paging,
+}
+
 /// Reads up to 15 bytes at the guest's CS:RIP: as many as guest memory
 /// has (an instruction may end just before an unmapped page), at least the
 /// first one. Returns the buffer and how many bytes are valid.
-fn fetch(vcpu: &Vcpu, f: &EptFault) -> Result<([u8; MAX_INSN_LEN], usize), gmem::LinearError> {
+fn fetch(vcpu: &Vcpu, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::LinearError> {
     let mut b = [0u8; MAX_INSN_LEN];
     let lin = f.paging.wrap(f.cs_base.wrapping_add(f.rip));
     // CAST: the remainder of a page, at most 4096.
@@ -82,21 +95,22 @@ fn fetch(vcpu: &Vcpu, f: &EptFault) -> Result<([u8; MAX_INSN_LEN], usize), gmem:
 ///   RSP: KVM_INTERNAL_ERROR_EMULATION.
 ///   The instruction at RIP is not the access that faulted in the first
 ///   two cases, so decoding it would emulate the wrong thing.
-pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm_run) -> Result<bool> {
-    if f.vectoring_info & super::INTR_INFO_VALID != 0 {
+pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: *mut kvm_run) -> Result<bool> {
+    if e.vectoring_info & super::INTR_INFO_VALID != 0 {
         // SAFETY: plain stores to the run page's `internal` member.
         unsafe {
             (*run).exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
-            let e = &mut (*run).__bindgen_anon_1.internal;
-            e.suberror = uapi::KVM_INTERNAL_ERROR_DELIVERY_EV;
-            e.ndata = 4;
-            e.data[0] = u64::from(f.vectoring_info);
-            e.data[1] = u64::from(super::reason::EPT_VIOLATION);
-            e.data[2] = f.qualification;
-            e.data[3] = f.gpa;
+            let i = &mut (*run).__bindgen_anon_1.internal;
+            i.suberror = uapi::KVM_INTERNAL_ERROR_DELIVERY_EV;
+            i.ndata = 4;
+            i.data[0] = u64::from(e.vectoring_info);
+            i.data[1] = u64::from(super::reason::EPT_VIOLATION);
+            i.data[2] = e.qualification;
+            i.data[3] = e.gpa;
         }
         return Ok(true);
     }
+    let f = &st.insn_context()?;
     let mode = if f.paging.long_mode && f.cs_l {
         CodeSize::Bits64
     } else if f.cs_db {
@@ -104,14 +118,14 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm
     } else {
         CodeSize::Bits16
     };
-    let decoded = if f.fetch || f.in_page_walk {
+    let decoded = if e.fetch || e.in_page_walk {
         None
     } else {
         match fetch(vcpu, f) {
             Ok((b, n)) => decode::decode(&b[..n], mode),
             // Another vCPU changed the page tables since the CPU fetched
             // the instruction: the fetch faults now, as KVM's would.
-            Err(e) if st.inject_linear_fault(e)? => return Ok(false),
+            Err(err) if st.inject_linear_fault(err)? => return Ok(false),
             Err(_) => None,
         }
     };
@@ -122,11 +136,11 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm
         // SAFETY: plain stores to the run page's `internal` member.
         unsafe {
             (*run).exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
-            let e = &mut (*run).__bindgen_anon_1.internal;
-            e.suberror = uapi::KVM_INTERNAL_ERROR_EMULATION;
-            e.ndata = 2;
-            e.data[0] = f.gpa;
-            e.data[1] = f.rip;
+            let i = &mut (*run).__bindgen_anon_1.internal;
+            i.suberror = uapi::KVM_INTERNAL_ERROR_EMULATION;
+            i.ndata = 2;
+            i.data[0] = e.gpa;
+            i.data[1] = f.rip;
         }
         return Ok(true);
     };
@@ -145,7 +159,7 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, f: &EptFault, run: *mut kvm
     unsafe {
         (*run).exit_reason = uapi::KVM_EXIT_MMIO;
         let m = &mut (*run).__bindgen_anon_1.mmio;
-        m.phys_addr = f.gpa;
+        m.phys_addr = e.gpa;
         m.len = u32::from(d.size);
         m.is_write = u8::from(write.is_some());
         m.data = write.unwrap_or(0).to_le_bytes();

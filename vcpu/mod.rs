@@ -887,6 +887,22 @@ enum Section {
 }
 
 impl VcpuState {
+    /// The guest state exits/mmio.rs needs to emulate an MMIO instruction,
+    /// read here, after the guest section, so that the EPT violations that
+    /// only map RAM (nearly all of them) do not pay for it.
+    pub(crate) fn insn_context(&mut self) -> Result<exits::mmio::InsnCtx> {
+        let v = self.vmcs.load()?;
+        let cs_ar = v.read(GUEST_CS_AR);
+        Ok(exits::mmio::InsnCtx {
+            rip: v.read(GUEST_RIP).0,
+            cs_base: v.read(GUEST_CS_BASE).0,
+            cs_db: cs_ar & (1 << 14) != 0,
+            cs_l: cs_ar & (1 << 13) != 0,
+            rsp: v.read(GUEST_RSP).0,
+            paging: crate::gmem::Paging::capture(&v),
+        })
+    }
+
     pub(crate) fn regs_mut(&mut self) -> &mut [u64; 16] {
         &mut self.regs
     }
