@@ -90,6 +90,24 @@ impl RawVm {
     }
 }
 
+/// KVM_RUN on `fd` until a SIGALRM ends it. The timer repeats every
+/// `usec` until the call returns: a one-shot signal that fired before the
+/// thread entered KVM_RUN (the emulated machine may well take that long to
+/// get there) would leave the guest spinning for ever, which is the test
+/// hanging, not rvmx.
+fn run_until_timer(fd: i32, usec: i64) -> Result<i32, i32> {
+    install_empty_handler(libc::SIGALRM);
+    let tick = libc::timeval { tv_sec: 0, tv_usec: usec };
+    let on = libc::itimerval { it_interval: tick, it_value: tick };
+    let off = libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: libc::timeval { tv_sec: 0, tv_usec: 0 } };
+    // SAFETY: a periodic SIGALRM with an empty handler, disarmed below.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &on, std::ptr::null_mut()) };
+    let r = ioctl(fd, RUN, 0);
+    // SAFETY: disarms the timer.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &off, std::ptr::null_mut()) };
+    r
+}
+
 /// Runs vCPU `fd` in a thread until `stop` is set: KVM_RUN again after
 /// every EINTR; returns how many runs ended and the last error.
 fn spawn_runner(fd: i32, stop: Arc<AtomicBool>, entries: Arc<AtomicU64>) -> std::thread::JoinHandle<i32> {
@@ -143,14 +161,7 @@ fn main() {
             Ok(v) => {
                 made += 1;
                 // One short run: a timer signal ends it.
-                let timer = libc::itimerval {
-                    it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
-                    it_value: libc::timeval { tv_sec: 0, tv_usec: 2_000 },
-                };
-                install_empty_handler(libc::SIGALRM);
-                // SAFETY: a one-shot SIGALRM with an empty handler.
-                unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
-                if matches!(ioctl(v.vcpus[0], RUN, 0), Err(libc::EINTR) | Ok(_)) {
+                if matches!(run_until_timer(v.vcpus[0], 2_000), Err(libc::EINTR) | Ok(_)) {
                     ran += 1;
                 }
                 v.destroy();
@@ -258,14 +269,7 @@ fn main() {
     // 5. The device still works.
     let ok = match spin_vm(dev, 1) {
         Ok(v) => {
-            install_empty_handler(libc::SIGALRM);
-            let timer = libc::itimerval {
-                it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
-                it_value: libc::timeval { tv_sec: 0, tv_usec: 5_000 },
-            };
-            // SAFETY: a one-shot SIGALRM with an empty handler.
-            unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
-            let r = ioctl(v.vcpus[0], RUN, 0);
+            let r = run_until_timer(v.vcpus[0], 5_000);
             v.destroy();
             r == Err(libc::EINTR)
         }
