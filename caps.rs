@@ -88,6 +88,9 @@ pub(crate) struct VmxCaps {
     /// CPUID.80000008H:EAX[7:0], the physical-address width: guest page
     /// table entries with address bits at or above it are reserved.
     pub(crate) maxphyaddr: u8,
+    /// IA32_VMX_MISC[4:0]: the preemption timer ticks once per 2^n TSC
+    /// ticks (0 under Bochs: once per emulated instruction).
+    pub(crate) preemption_timer_rate: u8,
     /// L1TF: flush the L1 data cache (IA32_FLUSH_CMD) before every VM
     /// entry, as the host kernel's L1TF mitigation asks (kglue.c).
     pub(crate) l1d_flush: bool,
@@ -178,6 +181,8 @@ impl VmxCaps {
             cr0_fixed1: read(msr::IA32_VMX_CR0_FIXED1),
             cr4_fixed0: read(msr::IA32_VMX_CR4_FIXED0),
             cr4_fixed1: read(msr::IA32_VMX_CR4_FIXED1),
+            // CAST: bits 4:0.
+            preemption_timer_rate: (read(msr::IA32_VMX_MISC) & 0x1f) as u8,
             // CAST: bits 7:0.
             maxphyaddr: hw::cpuid(0x8000_0008, 0)[0] as u8,
             // SAFETY: reads the kernel's own mitigation choices.

@@ -46,6 +46,14 @@ pub(crate) fn external_interrupt(_ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     Ok(Action::Resume)
 }
 
+/// Reason 52: the VMX-preemption timer ran out (vcpu/setup.rs says why it
+/// is armed). Nothing to do: like an external interrupt, the exit only
+/// gives the run loop a chance to see a signal or a reschedule request
+/// before it enters the guest again.
+pub(crate) fn preemption_timer(_ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    Ok(Action::Resume)
+}
+
 /// Called by the run loop right after every exit, with interrupts still
 /// off, for the events that belong to the host and were consumed by the
 /// exit; anything else costs one comparison.

@@ -22,6 +22,8 @@ pub(crate) const IA32_VMX_PINBASED_CTLS: Msr = Msr(0x481);
 pub(crate) const IA32_VMX_PROCBASED_CTLS: Msr = Msr(0x482);
 pub(crate) const IA32_VMX_EXIT_CTLS: Msr = Msr(0x483);
 pub(crate) const IA32_VMX_ENTRY_CTLS: Msr = Msr(0x484);
+/// Bits 4:0: the VMX-preemption timer counts down once every 2^n TSC ticks.
+pub(crate) const IA32_VMX_MISC: Msr = Msr(0x485);
 pub(crate) const IA32_VMX_CR0_FIXED0: Msr = Msr(0x486);
 pub(crate) const IA32_VMX_CR0_FIXED1: Msr = Msr(0x487);
 pub(crate) const IA32_VMX_CR4_FIXED0: Msr = Msr(0x488);

@@ -75,10 +75,20 @@ fn segment(selector: u16, base: u64, limit: u32, type_: u8, s: u8) -> kvm_segmen
     }
 }
 
+/// The longest run of guest code between two looks at the host's signals
+/// and scheduler, in TSC ticks: 2^23, about 3 ms at 3 GHz (about 40 ms of
+/// emulated time under Bochs, where a tick is an instruction).
+const MAX_GUEST_TICKS: u64 = 1 << 23;
+
 /// The execution controls, from what rvmx wants and what the CPU allows.
 pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: u64, vpid: Option<u16>) -> Result {
     use controls::*;
-    let pin_ctl = adjust(&caps.pin, "pin-based", pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING, pin::VIRTUAL_NMIS)?;
+    let pin_ctl = adjust(
+        &caps.pin,
+        "pin-based",
+        pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING,
+        pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER,
+    )?;
     let mut proc_ctl = adjust(
         &caps.proc,
         "processor-based",
@@ -107,6 +117,16 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     )?;
     let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER | entry::LOAD_DEBUG_CONTROLS, entry::LOAD_IA32_PAT)?;
     v.write(PIN_BASED_CONTROLS, pin_ctl)?;
+    if pin_ctl & pin::PREEMPTION_TIMER != 0 {
+        // A guest section lasts at most MAX_GUEST_TICKS TSC ticks before the
+        // run loop looks at signals and the scheduler again, whatever the
+        // guest does. On hardware the external-interrupt exit already ends
+        // it; Bochs 2.7 takes that exit only while the guest has RFLAGS.IF
+        // set, so a guest spinning with CLI (random code does) would keep
+        // the CPU and ignore SIGKILL. Without "save VMX-preemption timer
+        // value" every entry reloads this count: no write per entry.
+        v.write(VMX_PREEMPTION_TIMER_VALUE, (MAX_GUEST_TICKS >> caps.preemption_timer_rate) as u32)?;
+    }
     v.write(PROC_BASED_CONTROLS, proc_ctl)?;
     v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
     v.write(EXIT_CONTROLS, exit_ctl)?;

@@ -16,6 +16,9 @@ pub(crate) mod pin {
     /// The CPU tracks the guest's NMI blocking ("virtual-NMI blocking",
     /// from an injected NMI to its IRET), which NMI-window exits need.
     pub(crate) const VIRTUAL_NMIS: u32 = 1 << 5;
+    /// The VMX-preemption timer: the guest exits (reason 52) when the
+    /// count loaded at entry reaches zero (vcpu/setup.rs says why rvmx uses it).
+    pub(crate) const PREEMPTION_TIMER: u32 = 1 << 6;
 }
 
 /// Primary processor-based VM-execution controls.

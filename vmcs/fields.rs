@@ -148,6 +148,8 @@ fields! {
     GUEST_INTERRUPTIBILITY: u32 = 0x4824;
     GUEST_ACTIVITY_STATE: u32 = 0x4826;
     GUEST_SYSENTER_CS: u32 = 0x482a;
+    /// Loaded into the VMX-preemption timer at every VM entry.
+    VMX_PREEMPTION_TIMER_VALUE: u32 = 0x482e;
     HOST_IA32_SYSENTER_CS: u32 = 0x4c00;
 
     // Natural-width control fields.
