@@ -9,7 +9,9 @@
 //!
 //! rvmx builds 4-level EPT with 4 KiB pages, filled lazily: a page is mapped
 //! the first time the guest touches it (vm.rs pins the launcher's page and
-//! calls `map`).
+//! calls `map`). `map` and `unmap` run under the VM's memory lock, which
+//! the MMU notifier takes from inside reclaim: they allocate nothing. The
+//! tables `map` may need come from a `TableCache` filled before the lock.
 
 use crate::kpage::KernelPage;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +35,35 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 ///
 /// # Invariants
 ///
-/// Every non-leaf entry points at a page in `root` or `tables`, which live
-/// as long as the `Ept`.
+/// Every present non-leaf entry points at a table page that the `Ept` owns
+/// (taken from a `TableCache` with `KernelPage::into_raw`), freed by `Drop`
+/// and by nothing else.
 pub(crate) struct Ept {
     root: KernelPage,
-    tables: KVec<KernelPage>,
+}
+
+/// Pages for the tables one `Ept::map` may add (at most one per level
+/// below the root), allocated before the memory lock is taken (vm.rs).
+pub(crate) struct TableCache {
+    pages: [Option<KernelPage>; 3],
+}
+
+impl TableCache {
+    pub(crate) const fn new() -> Self {
+        Self { pages: [None, None, None] }
+    }
+
+    /// Fills the cache; allocates only what the last `map` used.
+    pub(crate) fn top_up(&mut self) -> Result {
+        for p in self.pages.iter_mut().filter(|p| p.is_none()) {
+            *p = Some(KernelPage::new()?);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self) -> Option<KernelPage> {
+        self.pages.iter_mut().find_map(|p| p.take())
+    }
 }
 
 /// The entry `index` of the table at `table` (a kernel address).
@@ -55,7 +81,7 @@ fn index(gpa: u64, level: u32) -> usize {
 
 impl Ept {
     pub(crate) fn new() -> Result<Self> {
-        Ok(Self { root: KernelPage::new()?, tables: KVec::new() })
+        Ok(Self { root: KernelPage::new()? })
     }
 
     /// The EPT pointer for the VMCS: root, 4-level walk, write-back paging
@@ -64,31 +90,31 @@ impl Ept {
         self.root.phys() | (3 << 3) | 6
     }
 
-    /// The leaf entry for `gpa`, creating the tables on the way if `create`.
-    fn leaf(&mut self, gpa: u64, create: bool) -> Result<Option<&AtomicU64>> {
+    /// The leaf entry for `gpa`, creating the tables on the way from
+    /// `cache` if one is given; `None` if a table is missing.
+    fn leaf(&mut self, gpa: u64, mut cache: Option<&mut TableCache>) -> Option<&AtomicU64> {
         let mut table: *mut u64 = self.root.as_ptr();
         for level in (1..4).rev() {
             let e = entry(table, index(gpa, level));
             let mut v = e.load(Ordering::Acquire);
             if v & READ == 0 {
-                if !create {
-                    return Ok(None);
-                }
-                let t = KernelPage::new()?;
+                let t = cache.as_mut()?.take()?;
                 v = t.phys() | READ | WRITE | EXECUTE;
-                self.tables.push(t, GFP_KERNEL)?;
+                // INVARIANT: the page is ours from now on, freed by `Drop`.
+                let _ = t.into_raw();
                 e.store(v, Ordering::Release);
             }
             // SAFETY: `v` points at one of our tables (type invariant).
             table = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
         }
-        Ok(Some(entry(table, index(gpa, 0))))
+        Some(entry(table, index(gpa, 0)))
     }
 
-    /// Maps the 4 KiB guest page at `gpa` to host page `hpa`.
-    pub(crate) fn map(&mut self, gpa: u64, hpa: u64, writable: bool) -> Result {
+    /// Maps the 4 KiB guest page at `gpa` to host page `hpa`, with missing
+    /// tables from `cache` (ENOMEM if it runs out: top it up first).
+    pub(crate) fn map(&mut self, gpa: u64, hpa: u64, writable: bool, cache: &mut TableCache) -> Result {
         let w = if writable { WRITE } else { 0 };
-        let e = self.leaf(gpa, true)?.ok_or(EINVAL)?;
+        let e = self.leaf(gpa, Some(cache)).ok_or(ENOMEM)?;
         e.store((hpa & ADDR_MASK) | READ | w | EXECUTE | MEMTYPE_WB | IGNORE_PAT, Ordering::Release);
         Ok(())
     }
@@ -99,7 +125,7 @@ impl Ept {
     /// led here already dropped the CPU's cached translation (SDM Vol. 3C
     /// §29.4.3.1). Returns whether the page was mapped.
     pub(crate) fn set_writable(&mut self, gpa: u64, writable: bool) -> bool {
-        let Ok(Some(e)) = self.leaf(gpa, false) else {
+        let Some(e) = self.leaf(gpa, None) else {
             return false;
         };
         let v = e.load(Ordering::Acquire);
@@ -113,8 +139,33 @@ impl Ept {
     /// Unmaps the guest page at `gpa`. The caller must then invalidate the
     /// CPUs' cached translations (INVEPT) before the host page is reused.
     pub(crate) fn unmap(&mut self, gpa: u64) {
-        if let Ok(Some(e)) = self.leaf(gpa, false) {
+        if let Some(e) = self.leaf(gpa, None) {
             e.store(0, Ordering::Release);
         }
+    }
+}
+
+/// Frees the tables below `table` at `level` (3: the root's children).
+fn free_tables(table: *mut u64, level: u32) {
+    if level == 0 {
+        return;
+    }
+    for i in 0..512 {
+        let v = entry(table, i).load(Ordering::Acquire);
+        if v & READ != 0 {
+            // SAFETY: a present non-leaf entry points at a table we own
+            // (type invariant of `Ept`).
+            let child: *mut u64 = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
+            free_tables(child, level - 1);
+            // SAFETY: from `KernelPage::into_raw` (type invariant), and no
+            // entry points at it any more: the whole tree goes.
+            drop(unsafe { KernelPage::from_raw(child.cast()) });
+        }
+    }
+}
+
+impl Drop for Ept {
+    fn drop(&mut self) {
+        free_tables(self.root.as_ptr(), 3);
     }
 }

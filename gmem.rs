@@ -161,5 +161,7 @@ pub(crate) fn write_linear(vm: &Vm, p: &Paging, linear: u64, buf: &[u8]) -> Resu
 /// the accessed and dirty bits, as the CPU's write would), without writing.
 pub(crate) fn probe_write(vm: &Vm, p: &Paging, linear: u64, len: usize) -> Result<(), LinearError> {
     let acc = Access { write: true, fetch: false, user: p.user, ac: p.ac };
-    for_each_page(vm, p, linear, len, acc, |_, _| Ok(()))
+    // Every page must also be writable guest RAM: rvmx does not turn the
+    // stores of a string IN into MMIO exits (Unhandled: an emulation error).
+    for_each_page(vm, p, linear, len, acc, |gpa, _| if vm.is_ram(gpa, true) { Ok(()) } else { Err(LinearError::Unhandled) })
 }

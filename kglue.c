@@ -13,9 +13,12 @@
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/slab.h>
 #include <linux/module.h>
 #include <linux/notifier.h>
 #include <linux/reboot.h>
+#include <linux/syscore_ops.h>
 #include <linux/smp.h>
 #include <asm/reboot.h>
 #include <asm/special_insns.h>
@@ -169,6 +172,47 @@ bool rvmx_glue_kvm_loaded(void)
 	return true;
 }
 
+/* ---- Suspend to RAM ------------------------------------------------------ */
+
+/*
+ * The last CPU up when the system suspends, and the first after resume,
+ * does not go through CPU hotplug: syscore callbacks run on it with
+ * interrupts off. It leaves VMX before the firmware takes over (which
+ * clears it anyway, along with CR4) and enters it again after, as KVM's
+ * kvm_suspend/kvm_resume do. The other CPUs leave and enter through the
+ * hotplug callbacks (rvmx_cpu_offline/online).
+ */
+extern int rvmx_cpu_suspend(void);
+extern void rvmx_cpu_resume(void);
+
+#ifdef RVMX_SYSCORE_WITH_DATA	/* Kbuild: the newer syscore interface */
+static int rvmx_syscore_suspend(void *data)
+{
+	return rvmx_cpu_suspend();
+}
+
+static void rvmx_syscore_resume(void *data)
+{
+	rvmx_cpu_resume();
+}
+
+static const struct syscore_ops rvmx_syscore_ops = {
+	.suspend = rvmx_syscore_suspend,
+	.resume = rvmx_syscore_resume,
+};
+
+static struct syscore rvmx_syscore = { .ops = &rvmx_syscore_ops };
+#define rvmx_register_syscore() register_syscore(&rvmx_syscore)
+#define rvmx_unregister_syscore() unregister_syscore(&rvmx_syscore)
+#else
+static struct syscore_ops rvmx_syscore_ops = {
+	.suspend = rvmx_cpu_suspend,
+	.resume = rvmx_cpu_resume,
+};
+#define rvmx_register_syscore() register_syscore_ops(&rvmx_syscore_ops)
+#define rvmx_unregister_syscore() unregister_syscore_ops(&rvmx_syscore_ops)
+#endif
+
 int rvmx_glue_guards_register(void)
 {
 	int r = register_module_notifier(&rvmx_module_nb);
@@ -186,11 +230,13 @@ int rvmx_glue_guards_register(void)
 	 * covers orderly reboots).
 	 */
 	cpu_emergency_register_virt_callback(rvmx_emergency_vmxoff);
+	rvmx_register_syscore();
 	return 0;
 }
 
 void rvmx_glue_guards_unregister(void)
 {
+	rvmx_unregister_syscore();
 	cpu_emergency_unregister_virt_callback(rvmx_emergency_vmxoff);
 	unregister_reboot_notifier(&rvmx_reboot_nb);
 	unregister_module_notifier(&rvmx_module_nb);
@@ -338,20 +384,129 @@ bool rvmx_glue_access_ok(u64 uaddr, u64 size)
 /*
  * Pin one page of the current process at uaddr (for write unless
  * read-only). Returns 0 and the page, or a negative errno.
+ *
+ * Pinned pages are accounted in mm->pinned_vm (VmPin in /proc/PID/status)
+ * and limited by RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK, as
+ * RDMA's ib_umem and io_uring do: -ENOMEM beyond it.
  */
 int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page)
 {
 	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
-	int r = pin_user_pages_fast(uaddr, 1, gup, page);
+	struct mm_struct *mm = current->mm;
+	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	int r;
 
+	if (atomic64_add_return(1, &mm->pinned_vm) > limit &&
+	    !capable(CAP_IPC_LOCK)) {
+		atomic64_dec(&mm->pinned_vm);
+		return -ENOMEM;
+	}
+	r = pin_user_pages_fast(uaddr, 1, gup, page);
 	if (r == 1)
 		return 0;
+	atomic64_dec(&mm->pinned_vm);
 	return r < 0 ? r : -EFAULT;
 }
 
-void rvmx_glue_unpin_user_page(struct page *page, bool dirty)
+/*
+ * Unpin a page rvmx_glue_pin_user_page() pinned for mm. With nolock, the
+ * page is only flagged dirty instead of taking its folio lock: from an MMU
+ * notifier, which reclaim calls with the folio locked. The pages a
+ * FOLL_LONGTERM pin can hold (anonymous, shmem, hugetlbfs: GUP refuses
+ * long-term pins of file pages that need writeback) need no lock for that,
+ * which is also what KVM does (kvm_set_page_dirty).
+ */
+void rvmx_glue_unpin_user_page(struct mm_struct *mm, struct page *page,
+			       bool dirty, bool nolock)
 {
-	unpin_user_pages_dirty_lock(&page, 1, dirty);
+	if (nolock) {
+		if (dirty)
+			set_page_dirty(page);
+		unpin_user_page(page);
+	} else {
+		unpin_user_pages_dirty_lock(&page, 1, dirty);
+	}
+	atomic64_dec(&mm->pinned_vm);
+}
+
+/*
+ * MMU interval notifiers: one per memory slot, over the slot's range of
+ * the VMM's address space. When that range changes (munmap, mremap,
+ * MADV_DONTNEED, a new mapping on top, fork's copy-on-write, the process
+ * exiting), the core calls rvmx_slot_invalidate() (vm.rs), which unmaps
+ * the pages from EPT, flushes the CPUs and unpins them: the guest then
+ * faults on the VMM's new pages, as under KVM. vm.rs's fault path uses the
+ * notifier's sequence count so that a page pinned while an invalidation
+ * ran is never mapped.
+ */
+struct rvmx_slot_notifier {
+	/* First: vm.rs identifies a slot by this address. */
+	struct mmu_interval_notifier mni;
+	const void *vm;
+};
+
+extern bool rvmx_slot_invalidate(const void *vm,
+				 struct mmu_interval_notifier *mni, u64 start,
+				 u64 end, bool blockable, unsigned long cur_seq);
+
+static bool rvmx_slot_notifier_invalidate(struct mmu_interval_notifier *mni,
+					  const struct mmu_notifier_range *range,
+					  unsigned long cur_seq)
+{
+	struct rvmx_slot_notifier *n =
+		container_of(mni, struct rvmx_slot_notifier, mni);
+
+	return rvmx_slot_invalidate(n->vm, mni, range->start, range->end,
+				    mmu_notifier_range_blockable(range), cur_seq);
+}
+
+static const struct mmu_interval_notifier_ops rvmx_slot_notifier_ops = {
+	.invalidate = rvmx_slot_notifier_invalidate,
+};
+
+/* Registers a notifier on [start, start + length) of the current mm. */
+struct rvmx_slot_notifier *rvmx_glue_slot_notifier_new(const void *vm,
+						       u64 start, u64 length,
+						       int *err)
+{
+	struct rvmx_slot_notifier *n = kzalloc(sizeof(*n), GFP_KERNEL);
+
+	if (!n) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	n->vm = vm;
+	*err = mmu_interval_notifier_insert(&n->mni, current->mm, start, length,
+					    &rvmx_slot_notifier_ops);
+	if (*err) {
+		kfree(n);
+		return NULL;
+	}
+	return n;
+}
+
+/* Removes it; waits for a callback that is running. May sleep. */
+void rvmx_glue_slot_notifier_free(struct rvmx_slot_notifier *n)
+{
+	mmu_interval_notifier_remove(&n->mni);
+	kfree(n);
+}
+
+unsigned long rvmx_glue_slot_notifier_read_begin(struct rvmx_slot_notifier *n)
+{
+	return mmu_interval_read_begin(&n->mni);
+}
+
+bool rvmx_glue_slot_notifier_read_retry(struct rvmx_slot_notifier *n,
+					unsigned long seq)
+{
+	return mmu_interval_read_retry(&n->mni, seq);
+}
+
+void rvmx_glue_mmu_interval_set_seq(struct mmu_interval_notifier *mni,
+				    unsigned long cur_seq)
+{
+	mmu_interval_set_seq(mni, cur_seq);
 }
 
 /*

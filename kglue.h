@@ -53,7 +53,19 @@ bool rvmx_glue_mm_is_current(struct mm_struct *mm);
 void rvmx_glue_mm_drop(struct mm_struct *mm);
 bool rvmx_glue_access_ok(u64 uaddr, u64 size);
 int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page);
-void rvmx_glue_unpin_user_page(struct page *page, bool dirty);
+void rvmx_glue_unpin_user_page(struct mm_struct *mm, struct page *page,
+			       bool dirty, bool nolock);
+struct rvmx_slot_notifier;
+struct mmu_interval_notifier;
+struct rvmx_slot_notifier *rvmx_glue_slot_notifier_new(const void *vm,
+						       u64 start, u64 length,
+						       int *err);
+void rvmx_glue_slot_notifier_free(struct rvmx_slot_notifier *n);
+unsigned long rvmx_glue_slot_notifier_read_begin(struct rvmx_slot_notifier *n);
+bool rvmx_glue_slot_notifier_read_retry(struct rvmx_slot_notifier *n,
+					unsigned long seq);
+void rvmx_glue_mmu_interval_set_seq(struct mmu_interval_notifier *mni,
+				    unsigned long cur_seq);
 int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
 void rvmx_glue_restore_host_breakpoints(void);
 void rvmx_glue_machine_check(void);

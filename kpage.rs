@@ -40,6 +40,24 @@ impl KernelPage {
         self.addr.as_ptr().cast()
     }
 
+    /// Gives up ownership: the page is not freed until `from_raw`.
+    pub(crate) fn into_raw(self) -> *mut u8 {
+        let p = self.addr.as_ptr();
+        core::mem::forget(self);
+        p
+    }
+
+    /// Takes back a page `into_raw` gave up.
+    ///
+    /// # Safety
+    ///
+    /// `addr` came from `into_raw` and is taken back once.
+    pub(crate) unsafe fn from_raw(addr: *mut u8) -> Self {
+        // INVARIANT: `addr` came from `get_zeroed_page()` via `new`.
+        // SAFETY: `into_raw` returned a non-null pointer (caller).
+        Self { addr: unsafe { core::ptr::NonNull::new_unchecked(addr) } }
+    }
+
     /// The page's physical address.
     pub(crate) fn phys(&self) -> u64 {
         // SAFETY: `addr` is a direct-map address (type invariant).

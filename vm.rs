@@ -5,12 +5,15 @@
 //! logging), and the ids of its vCPUs. A VM belongs to the process that created it: its
 //! memory is that process's memory.
 //!
-//! Lock order: a vCPU's run token (vcpu/mod.rs) before `Vm::mem`.
+//! Lock order: a vCPU's run token (vcpu/mod.rs) before `Vm::mem`. The MMU
+//! notifier takes `Vm::mem` with the VMM's mmap_lock held, and from inside
+//! memory reclaim: so nothing under `Vm::mem` allocates memory, touches
+//! user memory, pins pages or takes a folio lock.
 
-use crate::ept::Ept;
+use crate::ept::{Ept, TableCache};
 use crate::uapi;
 use kernel::sync::Arc;
-use kernel::{new_mutex, prelude::*, rbtree::RBTree, sync::Mutex};
+use kernel::{new_mutex, prelude::*, rbtree::{RBTree, RBTreeNode}, sync::Mutex};
 
 extern "C" {
     fn rvmx_glue_mm_grab_current() -> *mut core::ffi::c_void;
@@ -18,7 +21,12 @@ extern "C" {
     fn rvmx_glue_mm_drop(mm: *mut core::ffi::c_void);
     fn rvmx_glue_access_ok(uaddr: u64, size: u64) -> bool;
     fn rvmx_glue_pin_user_page(uaddr: u64, write: bool, page: *mut *mut core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_unpin_user_page(page: *mut core::ffi::c_void, dirty: bool);
+    fn rvmx_glue_unpin_user_page(mm: *mut core::ffi::c_void, page: *mut core::ffi::c_void, dirty: bool, nolock: bool);
+    fn rvmx_glue_slot_notifier_new(vm: *const core::ffi::c_void, start: u64, length: u64, err: *mut core::ffi::c_int) -> *mut core::ffi::c_void;
+    fn rvmx_glue_slot_notifier_free(n: *mut core::ffi::c_void);
+    fn rvmx_glue_slot_notifier_read_begin(n: *mut core::ffi::c_void) -> core::ffi::c_ulong;
+    fn rvmx_glue_slot_notifier_read_retry(n: *mut core::ffi::c_void, seq: core::ffi::c_ulong) -> bool;
+    fn rvmx_glue_mmu_interval_set_seq(mni: *mut core::ffi::c_void, seq: core::ffi::c_ulong);
     fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
     fn rvmx_glue_copy_from_user(dst: *mut core::ffi::c_void, uaddr: u64, len: u64) -> core::ffi::c_int;
     fn rvmx_glue_copy_to_user(uaddr: u64, src: *const core::ffi::c_void, len: u64) -> core::ffi::c_int;
@@ -47,19 +55,89 @@ impl Drop for MmRef {
     }
 }
 
-/// One page of the launcher's memory, pinned while EPT maps it.
+/// One page of the launcher's memory, pinned while EPT maps it, and
+/// counted in the VM process's pinned pages (kglue.c).
+///
+/// # Invariants
+///
+/// `page` was pinned by `rvmx_glue_pin_user_page` for `mm`, which the VM
+/// keeps alive (mmgrab) for longer than its slots (`Vm`'s drop).
 struct PinnedPage {
     page: *mut core::ffi::c_void,
+    mm: *mut core::ffi::c_void,
     writable: bool,
 }
 // SAFETY: a pinned page may be unpinned from any thread.
 unsafe impl Send for PinnedPage {}
+
+impl PinnedPage {
+    /// Unpins from the MMU notifier, where the page's folio may be locked.
+    fn unpin_in_notifier(self) {
+        // SAFETY: type invariant; `nolock` takes no folio lock.
+        unsafe { rvmx_glue_unpin_user_page(self.mm, self.page, self.writable, true) };
+        core::mem::forget(self);
+    }
+}
+
 impl Drop for PinnedPage {
     fn drop(&mut self) {
         // A writable page may have been written by the guest: mark it
         // dirty so that the kernel writes it back if it is file-backed.
-        // SAFETY: `page` was pinned by `rvmx_glue_pin_user_page`.
-        unsafe { rvmx_glue_unpin_user_page(self.page, self.writable) };
+        // SAFETY: type invariant.
+        unsafe { rvmx_glue_unpin_user_page(self.mm, self.page, self.writable, false) };
+    }
+}
+
+/// A slot's MMU interval notifier (kglue.c): tells rvmx when the VMM's
+/// mapping of the slot's memory changes. Shared (`Arc`) between the slot
+/// and a fault in progress, which reads its sequence count without the
+/// memory lock; removed when the last holder lets go, which may sleep
+/// (waiting for a callback that is running), so never under the lock.
+///
+/// # Invariants
+///
+/// `ptr` is a registered `struct rvmx_slot_notifier`, freed only by Drop.
+struct SlotNotifier {
+    ptr: *mut core::ffi::c_void,
+}
+// SAFETY: the notifier's C functions may be called from any thread.
+unsafe impl Send for SlotNotifier {}
+// SAFETY: as above; the struct is read-only for Rust.
+unsafe impl Sync for SlotNotifier {}
+
+impl SlotNotifier {
+    /// Watches [uaddr, uaddr + size) of the calling process for `vm`.
+    fn new(vm: &Vm, uaddr: u64, size: u64) -> Result<Arc<Self>> {
+        let mut err = 0;
+        // SAFETY: `vm` outlives its slots' notifiers (`Vm`'s drop removes
+        // them first); the range was checked with access_ok.
+        let ptr = unsafe { rvmx_glue_slot_notifier_new((vm as *const Vm).cast(), uaddr, size, &mut err) };
+        if ptr.is_null() {
+            return Err(Error::from_errno(err));
+        }
+        // On failure the value is dropped, which removes the notifier.
+        Ok(Arc::new(Self { ptr }, GFP_KERNEL)?)
+    }
+
+    /// The sequence count a fault reads before pinning (may sleep while an
+    /// invalidation of the range is running).
+    fn read_begin(&self) -> core::ffi::c_ulong {
+        // SAFETY: type invariant.
+        unsafe { rvmx_glue_slot_notifier_read_begin(self.ptr) }
+    }
+
+    /// Whether an invalidation ran since `read_begin` returned `seq`. Must
+    /// be asked under the memory lock, which invalidations take.
+    fn changed_since(&self, seq: core::ffi::c_ulong) -> bool {
+        // SAFETY: type invariant.
+        unsafe { rvmx_glue_slot_notifier_read_retry(self.ptr, seq) }
+    }
+}
+
+impl Drop for SlotNotifier {
+    fn drop(&mut self) {
+        // SAFETY: type invariant; no lock of ours is held (see above).
+        unsafe { rvmx_glue_slot_notifier_free(self.ptr) };
     }
 }
 
@@ -67,12 +145,19 @@ impl Drop for PinnedPage {
 /// virtual memory at uaddr.
 struct Slot {
     id: u32,
+    /// Unique within the VM: a slot that is deleted, moved or re-created
+    /// gets a new one, so that a page pinned for the old slot without the
+    /// memory lock held (`Vm::fault_in`) is never mapped into the new one.
+    serial: u64,
     gpa: u64,
     size: u64,
     uaddr: u64,
     readonly: bool,
     /// Pages mapped in EPT so far, by page index within the slot.
     pinned: RBTree<u64, PinnedPage>,
+    /// Watches the VMM's mapping of [uaddr, uaddr + size); `None` only
+    /// while the VM is being destroyed.
+    notifier: Option<Arc<SlotNotifier>>,
     /// With KVM_MEM_LOG_DIRTY_PAGES: one bit per page of the slot, set when
     /// the guest (or rvmx for it) wrote the page since the last
     /// KVM_GET_DIRTY_LOG.
@@ -109,6 +194,8 @@ fn new_bitmap(pages: u64) -> Result<KVVec<u64>> {
 pub(crate) struct Memory {
     ept: Ept,
     slots: KVec<Slot>,
+    /// The serial number the next slot gets (`Slot::serial`).
+    next_serial: u64,
 }
 
 /// What an EPT violation at a GPA turned out to be.
@@ -148,13 +235,16 @@ impl Vm {
     pub(crate) fn new() -> Result<Arc<Self>> {
         let ept = Ept::new()?;
         let eptp = ept.eptp();
+        // Room for every slot now, so that adding one under the memory lock
+        // never allocates (see `set_memory_region`).
+        let slots = KVec::with_capacity(MAX_SLOTS as usize, GFP_KERNEL)?;
         // SAFETY: called from an ioctl, so `current->mm` is the caller's.
         let mm = MmRef(unsafe { rvmx_glue_mm_grab_current() });
         Arc::pin_init(
             pin_init!(Vm {
                 mm,
                 eptp,
-                mem <- new_mutex!(Memory { ept, slots: KVec::new() }, "rvmx:vm.mem"),
+                mem <- new_mutex!(Memory { ept, slots, next_serial: 0 }, "rvmx:vm.mem"),
                 vcpu_ids <- new_mutex!(KVec::new(), "rvmx:vm.vcpu_ids"),
             }),
             GFP_KERNEL,
@@ -228,13 +318,28 @@ impl Vm {
             return Err(EINVAL);
         }
 
+        // Whatever can allocate or sleep is done before the memory lock
+        // (the MMU notifier takes it from inside reclaim): the new slot's
+        // notifier and dirty bitmap, used or dropped after the lock.
+        let (mut notifier, mut bitmap) = (None, None);
+        if r.memory_size != 0 {
+            notifier = Some(SlotNotifier::new(self, r.userspace_addr, r.memory_size)?);
+            if log_dirty {
+                bitmap = Some(new_bitmap(r.memory_size / PAGE)?);
+            }
+        }
+        // A slot that goes away: dropped (unpinned, its notifier removed)
+        // after the lock, being declared before it.
+        let mut gone: Option<Slot> = None;
         let mut mem = self.mem.lock();
         let existing = mem.slots.iter().position(|s| s.id == r.slot);
         if r.memory_size == 0 {
             // Delete.
             let pos = existing.ok_or(EINVAL)?;
             let slot = crate::kpage::swap_remove(&mut mem.slots, pos);
-            self.unmap_slot(&mut mem.ept, slot);
+            gone = Some(self.unmap_slot(&mut mem.ept, slot));
+            drop(mem);
+            drop(gone);
             return Ok(());
         }
         if let Some(pos) = existing {
@@ -251,9 +356,9 @@ impl Vm {
                     (false, true) => {
                         // From now on every write must fault once: take
                         // write permission away from the mapped pages.
-                        let Memory { ept, slots } = &mut *mem;
+                        let Memory { ept, slots, .. } = &mut *mem;
                         let slot = &mut slots[pos];
-                        slot.dirty = Some(new_bitmap(slot.pages())?);
+                        slot.dirty = bitmap.take();
                         for (&index, _) in slot.pinned.iter() {
                             ept.set_writable(slot.gpa + index * PAGE, false);
                         }
@@ -269,77 +374,151 @@ impl Vm {
         if mem.slots.iter().any(|s| s.id != r.slot && r.guest_phys_addr < s.gpa + s.size && s.gpa < end) {
             return Err(EEXIST);
         }
+        let serial = mem.next_serial;
+        mem.next_serial += 1;
         let new = Slot {
             id: r.slot,
+            serial,
             gpa: r.guest_phys_addr,
             size: r.memory_size,
             uaddr: r.userspace_addr,
             readonly,
             pinned: RBTree::new(),
-            dirty: if log_dirty { Some(new_bitmap(r.memory_size / PAGE)?) } else { None },
+            notifier: notifier.take(),
+            dirty: bitmap.take(),
         };
-        mem.slots.push(new, GFP_KERNEL)?;
+        // No allocation: `slots` has room for MAX_SLOTS from the start.
+        mem.slots.push(new, GFP_NOWAIT)?;
         if let Some(pos) = existing {
             // A move: the old placement goes away (and its mappings).
             let old = crate::kpage::swap_remove(&mut mem.slots, pos);
-            self.unmap_slot(&mut mem.ept, old);
+            gone = Some(self.unmap_slot(&mut mem.ept, old));
         }
+        drop(mem);
+        drop(gone);
         Ok(())
     }
 
-    /// Removes a slot's pages from EPT, flushes every CPU's cached
-    /// translations, then unpins the pages (in that order: no CPU may still
-    /// reach a page once it is unpinned).
-    fn unmap_slot(&self, ept: &mut Ept, slot: Slot) {
+    /// Removes a slot's pages from EPT and flushes every CPU's cached
+    /// translations; the caller drops the slot (unpins the pages) after
+    /// the memory lock: no CPU may still reach a page once it is unpinned.
+    fn unmap_slot(&self, ept: &mut Ept, slot: Slot) -> Slot {
         for (&index, _) in slot.pinned.iter() {
             ept.unmap(slot.gpa + index * PAGE);
         }
         invept_everywhere(self.eptp);
-        drop(slot);
+        slot
+    }
+
+    /// The MMU notifier of slot `mni` says the VMM's mapping of [start,
+    /// end) is changing: unmap those pages from EPT, flush, unpin (without
+    /// folio locks, kglue.c). The guest faults on them again and gets the
+    /// new pages, as under KVM. Called with the notifier's sequence count
+    /// `seq` to publish under the memory lock (mmu_interval_set_seq).
+    fn invalidate(&self, mni: *mut core::ffi::c_void, start: u64, end: u64, seq: core::ffi::c_ulong) {
+        let mut mem = self.mem.lock();
+        // SAFETY: `mni` is the notifier the core is calling; under our lock.
+        unsafe { rvmx_glue_mmu_interval_set_seq(mni, seq) };
+        let Memory { ept, slots, .. } = &mut *mem;
+        // A notifier whose slot is gone (or not yet in the list) has
+        // nothing mapped.
+        let Some(slot) = slots.iter_mut().find(|s| s.notifier.as_ref().is_some_and(|n| n.ptr == mni)) else {
+            return;
+        };
+        let lo = start.max(slot.uaddr);
+        let hi = end.min(slot.uaddr + slot.size);
+        if lo >= hi {
+            return;
+        }
+        let (first, last) = ((lo - slot.uaddr) / PAGE, (hi - 1 - slot.uaddr) / PAGE);
+        let in_range = |k: &u64| (first..=last).contains(k);
+        let mut any = false;
+        for (index, _) in slot.pinned.iter().filter(|(k, _)| in_range(k)) {
+            ept.unmap(slot.gpa + index * PAGE);
+            any = true;
+        }
+        if !any {
+            return;
+        }
+        invept_everywhere(self.eptp);
+        loop {
+            let next = slot.pinned.cursor_lower_bound(&first).map(|c| *c.current().0).filter(in_range);
+            let Some(index) = next else { break };
+            if let Some(p) = slot.pinned.remove(&index) {
+                p.unpin_in_notifier();
+            }
+        }
     }
 
     /// Handles an EPT violation at `gpa` (outside the guest, may sleep): maps
     /// the page if a slot backs it, or says it is MMIO.
-    pub(crate) fn fault_in(&self, gpa: u64, write: bool) -> Result<Fault> {
-        let mut mem = self.mem.lock();
-        let Memory { ept, slots } = &mut *mem;
-        let Some(slot) = slots.iter_mut().find(|s| s.contains(gpa)) else {
-            return Ok(Fault::Mmio);
-        };
-        if write && slot.readonly {
-            return Ok(Fault::Mmio);
-        }
-        let index = (gpa - slot.gpa) / PAGE;
-        let page_gpa = slot.gpa + index * PAGE;
-        if slot.pinned.get(&index).is_some() {
-            // Mapped already: another vCPU got here first, or this is a
-            // write to a page that dirty logging write-protected. The page
-            // is dirty now, and writable until the next KVM_GET_DIRTY_LOG.
-            if write {
-                slot.mark_dirty(index);
-                ept.set_writable(page_gpa, true);
+    pub(crate) fn fault_in(&self, gpa: u64, write: bool, cache: &mut TableCache) -> Result<Fault> {
+        // 1. Under the memory lock: which slot, and is the page there yet?
+        let (serial, index, uaddr, writable, notifier) = {
+            let mut mem = self.mem.lock();
+            let Memory { ept, slots, .. } = &mut *mem;
+            let Some(slot) = slots.iter_mut().find(|s| s.contains(gpa)) else {
+                return Ok(Fault::Mmio);
+            };
+            if write && slot.readonly {
+                return Ok(Fault::Mmio);
             }
-            return Ok(Fault::Mapped);
-        }
+            let index = (gpa - slot.gpa) / PAGE;
+            if slot.pinned.get(&index).is_some() {
+                // Mapped already: another vCPU got here first, or this is a
+                // write to a page that dirty logging write-protected. The
+                // page is dirty now, and writable until the next
+                // KVM_GET_DIRTY_LOG.
+                if write {
+                    slot.mark_dirty(index);
+                    ept.set_writable(slot.gpa + index * PAGE, true);
+                }
+                return Ok(Fault::Mapped);
+            }
+            let notifier = slot.notifier.clone().ok_or(EFAULT)?;
+            (slot.serial, index, slot.uaddr + index * PAGE, !slot.readonly, notifier)
+        };
+
+        // 2. Without it: pin the page. That may sleep for as long as the
+        //    VMM's memory makes it (swap-in, userfaultfd, FUSE); holding the
+        //    lock here would stop every vCPU of the VM and every memory ioctl
+        //    behind one stuck page. The sequence count is read first: if
+        //    the VMM's mapping changes from here on, `changed_since` says so
+        //    below and the page pinned now is not mapped. The tree node and
+        //    the EPT tables that mapping may need are allocated here too.
+        let seq = notifier.read_begin();
         let mut page = core::ptr::null_mut();
         // SAFETY: the caller is the VM's process (checked at every ioctl),
         // so `uaddr` is an address of the memory the slot was created with.
-        kernel::error::to_result(unsafe {
-            rvmx_glue_pin_user_page(slot.uaddr + index * PAGE, !slot.readonly, &mut page)
-        })?;
-        let pinned = PinnedPage { page, writable: !slot.readonly };
+        kernel::error::to_result(unsafe { rvmx_glue_pin_user_page(uaddr, writable, &mut page) })?;
+        // INVARIANT: pinned just now for the VM's mm (we run in its process).
+        let pinned = PinnedPage { page, mm: self.mm.0, writable };
         // SAFETY: `page` is a pinned page.
         let hpa = unsafe { rvmx_glue_page_to_phys(page) };
-        slot.pinned.try_create_and_insert(index, pinned, GFP_KERNEL)?;
+        let node = RBTreeNode::new(index, pinned, GFP_KERNEL)?;
+        cache.top_up()?;
+
+        // 3. Under the lock again: map it, unless the slot changed meanwhile
+        //    (deleted, moved: a new serial), the VMM's mapping changed, or
+        //    another vCPU mapped the page first. Then the guest runs again
+        //    and faults again if it still must; the spare pin is dropped
+        //    after the lock (`node` is declared before the guard).
+        let mut mem = self.mem.lock();
+        let Memory { ept, slots, .. } = &mut *mem;
+        let Some(slot) = slots.iter_mut().find(|s| s.serial == serial) else {
+            return Ok(Fault::Mapped);
+        };
+        if notifier.changed_since(seq) || slot.pinned.get(&index).is_some() {
+            return Ok(Fault::Mapped);
+        }
+        let page_gpa = slot.gpa + index * PAGE;
         // With dirty logging, a page that was only read is mapped read-only,
         // so that its first write faults and is recorded.
-        if let Err(e) = ept.map(page_gpa, hpa, !slot.readonly && (write || slot.dirty.is_none())) {
-            // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the
-            // next fault would take it for mapped and the guest would fault
-            // for ever. Unpin it again (by drop) and report the error.
-            drop(slot.pinned.remove(&index));
-            return Err(e);
-        }
+        // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the next
+        // fault would take it for mapped and the guest would fault for ever.
+        // So on an error it is not inserted, and `node` unpins it.
+        ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache)?;
+        slot.pinned.insert(node);
         if write {
             slot.mark_dirty(index);
         }
@@ -379,6 +558,11 @@ impl Vm {
         Ok(slot.uaddr + (gpa - slot.gpa))
     }
 
+    /// Whether guest RAM (writable RAM, for `write`) backs `gpa`.
+    pub(crate) fn is_ram(&self, gpa: u64, write: bool) -> bool {
+        self.mem.lock().slots.iter().any(|s| s.contains(gpa) && !(write && s.readonly))
+    }
+
     /// Compare-and-exchange of a 4- or 8-byte guest page-table entry (the
     /// accessed and dirty bits of walk.rs): `Ok(true)` when replaced,
     /// `Ok(false)` when the guest changed it meanwhile. An entry in a
@@ -415,15 +599,30 @@ impl Vm {
         if slot_id >> 16 != 0 || slot_id & 0xffff >= 32767 {
             return Err(EINVAL);
         }
-        let bits = {
+        // The fresh bitmap is allocated before the memory lock (the MMU
+        // notifier takes it from inside reclaim), for the slot's size then;
+        // if the slot changed meanwhile, again.
+        let bits = loop {
+            let pages = {
+                let mem = self.mem.lock();
+                let slot = mem.slots.iter().find(|s| s.id == slot_id).ok_or(ENOENT)?;
+                if slot.dirty.is_none() {
+                    return Err(ENOENT);
+                }
+                slot.pages()
+            };
+            let fresh = new_bitmap(pages)?;
             let mut mem = self.mem.lock();
-            let Memory { ept, slots } = &mut *mem;
+            let Memory { ept, slots, .. } = &mut *mem;
             let slot = slots.iter_mut().find(|s| s.id == slot_id).ok_or(ENOENT)?;
             let gpa = slot.gpa;
             if slot.dirty.is_none() {
                 return Err(ENOENT);
             }
-            let bits = slot.dirty.replace(new_bitmap(slot.pages())?).ok_or(ENOENT)?;
+            if slot.pages() != pages {
+                continue;
+            }
+            let bits = slot.dirty.replace(fresh).ok_or(ENOENT)?;
             let mut any = false;
             for (w, &word) in bits.iter().enumerate() {
                 let mut m = word;
@@ -437,7 +636,7 @@ impl Vm {
             if any {
                 invept_everywhere(self.eptp);
             }
-            bits
+            break bits;
         };
         let len = bits.len() * 8;
         // SAFETY: `bits` is `len` bytes of plain integers; the destination is
@@ -490,5 +689,33 @@ impl PinnedDrop for Vm {
         // CPUs may still cache its translations, tagged by this EPTP, which
         // a future VM could reuse. Flush them before the tables and pages go.
         invept_everywhere(self.eptp);
+        // Then the slots, before any other field: their notifiers call back
+        // into this `Vm` until removed, and their pages are accounted to
+        // `mm`. Dropped outside the lock (see `SlotNotifier`).
+        let slots = core::mem::take(&mut self.mem.lock().slots);
+        drop(slots);
     }
+}
+
+/// Called by a slot's MMU interval notifier (kglue.c) when the VMM's
+/// mapping of part of the slot changes. Returns false, as the interface
+/// allows, when the caller cannot sleep (the OOM reaper): it then leaves
+/// this range alone, and the memory goes when the process does.
+#[no_mangle]
+extern "C" fn rvmx_slot_invalidate(
+    vm: *const core::ffi::c_void,
+    mni: *mut core::ffi::c_void,
+    start: u64,
+    end: u64,
+    blockable: bool,
+    seq: core::ffi::c_ulong,
+) -> bool {
+    if !blockable {
+        return false;
+    }
+    // SAFETY: the notifier was made for this `Vm` (`SlotNotifier::new`),
+    // and a `Vm` removes its notifiers before it is freed (its drop).
+    let vm = unsafe { &*vm.cast::<Vm>() };
+    vm.invalidate(mni, start, end, seq);
+    true
 }

@@ -214,6 +214,33 @@ extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
     0
 }
 
+/// Suspend (syscore callback, on the last CPU up, interrupts off): leave
+/// VMX on this CPU. No VMCS is current on it: a vCPU's VMCS is loaded only
+/// for a guest section (vcpu/mod.rs), and every task is frozen by now.
+#[no_mangle]
+extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
+    if let Some((_, me)) = this_cpu() {
+        if me.in_vmx.load(Ordering::Acquire) {
+            // SAFETY: reads this CPU's number.
+            pr_info!("CPU{}: leaving VMX operation for suspend\n", unsafe { rvmx_glue_raw_cpu_id() });
+        }
+        leave_vmx(me);
+    }
+    0
+}
+
+/// Resume (syscore callback, on the first CPU up, interrupts off): enter
+/// VMX again, as at load. A failure is logged; that CPU then runs no
+/// guest (a VM entry there fails, and the guest's KVM_RUN says so).
+#[no_mangle]
+extern "C" fn rvmx_cpu_resume() {
+    // SAFETY: reads this CPU's number.
+    let cpu = unsafe { rvmx_glue_raw_cpu_id() };
+    if rvmx_cpu_online(cpu) == 0 && this_cpu().is_some_and(|(_, me)| me.in_vmx.load(Ordering::Acquire)) {
+        pr_info!("CPU{}: back in VMX operation after resume\n", cpu);
+    }
+}
+
 /// Reboot notifier: leave VMX on every CPU, so that firmware (and the next
 /// kernel) can send INIT to the application processors, which VMX root
 /// operation blocks.

@@ -164,8 +164,10 @@ fn copy_to_pio(vcpu: &Vcpu, p: &Paging, linear: u64, bytes: u16, pio: *mut u8) -
 /// port-I/O page goes to guest memory. If the guest changed its page tables
 /// while userspace handled the exit and the write faults now, the
 /// instruction is undone (RDI, RCX, RIP as before it) and the #PF queued;
-/// if the buffer is no longer in guest RAM, KVM_RUN fails with EFAULT.
-pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8) -> Result {
+/// if the buffer is no longer in guest RAM (another vCPU changed the page
+/// tables, the VMM the slots), it is undone too and the exit is an
+/// emulation error: returns true, with the run page filled in.
+pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8, run: *mut kvm_run) -> Result<bool> {
     let mut buf = [0u8; BOUNCE];
     let mut done = 0usize;
     while done < usize::from(p.bytes) {
@@ -179,11 +181,15 @@ pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, 
             regs[reg::RDI] = p.old_rdi;
             regs[reg::RCX] = p.old_rcx;
             st.rip_advance = 0;
-            return if st.inject_linear_fault(e)? { Ok(()) } else { Err(EFAULT) };
+            if st.inject_linear_fault(e)? {
+                return Ok(false);
+            }
+            super::report_internal_error(run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
+            return Ok(true);
         }
         done += n;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Exception vectors raised by the checks above.

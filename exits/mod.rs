@@ -146,9 +146,8 @@ impl ExitCtx<'_, '_> {
     /// Vol. 3C §27.6, "Event Injection"): vector, type 3 (hardware
     /// exception), error code if `code` is given, valid bit.
     pub(crate) fn inject_exception(&mut self, vector: u8, code: Option<u32>) -> Result<Action> {
-        let mut info = u32::from(vector) | (3 << 8) | INTR_INFO_VALID;
+        let (info, code) = exception_info(vector, code, self.vmcs.read(GUEST_CR0).0);
         if let Some(c) = code {
-            info |= 1 << 11;
             self.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
         }
         self.vmcs.write(ENTRY_INTR_INFO, info)?;
@@ -190,6 +189,25 @@ fn raw_cpu() -> u32 {
 /// Bit 31 of the VM-entry interruption-information field (and of the exit
 /// and IDT-vectoring ones): the field holds an event.
 pub(crate) const INTR_INFO_VALID: u32 = 1 << 31;
+/// Bit 11 of the interruption-information fields: an error code is pushed.
+pub(crate) const INTR_INFO_DELIVER_CODE: u32 = 1 << 11;
+
+/// The VM-entry interruption information that injects hardware exception
+/// `vector`, and the error code to put with it. VM entry requires the
+/// deliver-error-code bit to be set exactly for #DF, #TS, #NP, #SS, #GP,
+/// #PF and #AC in protected mode (SDM Vol. 3C §27.2.1.3; with unrestricted
+/// guest, CR0.PE = 0 is real mode, where exceptions push no error code):
+/// any other combination fails the entry as an "invalid control field".
+/// So `code` is dropped where none is delivered, as KVM's
+/// kvm_inject_exception drops it in real mode, and is 0 where one must be.
+pub(crate) fn exception_info(vector: u8, code: Option<u32>, guest_cr0: u64) -> (u32, Option<u32>) {
+    let info = u32::from(vector) | (3 << 8) | INTR_INFO_VALID;
+    if guest_cr0 & 1 != 0 && matches!(vector, 8 | 10..=14 | 17) {
+        (info | INTR_INFO_DELIVER_CODE, Some(code.unwrap_or(0)))
+    } else {
+        (info, None)
+    }
+}
 
 /// A handler for one basic exit reason.
 type Handler = fn(&mut ExitCtx<'_, '_>) -> Result<Action>;
@@ -220,6 +238,7 @@ pub(crate) mod reason {
     pub(crate) const WRMSR: u32 = 32;
     pub(crate) const EPT_VIOLATION: u32 = 48;
     pub(crate) const INVEPT: u32 = 50;
+    pub(crate) const PREEMPTION_TIMER: u32 = 52;
     pub(crate) const INVVPID: u32 = 53;
     pub(crate) const WBINVD: u32 = 54;
     pub(crate) const XSETBV: u32 = 55;
@@ -237,6 +256,7 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::EXCEPTION_OR_NMI as usize] = Some(interrupt::exception_or_nmi);
     t[reason::EXTERNAL_INTERRUPT as usize] = Some(interrupt::external_interrupt);
     t[reason::TRIPLE_FAULT as usize] = Some(interrupt::triple_fault);
+    t[reason::PREEMPTION_TIMER as usize] = Some(interrupt::preemption_timer);
     t[reason::INTERRUPT_WINDOW as usize] = Some(interrupt::interrupt_window);
     t[reason::NMI_WINDOW as usize] = Some(interrupt::nmi_window);
     t[reason::CPUID as usize] = Some(cpuid::cpuid);
@@ -332,8 +352,9 @@ pub(crate) fn entry_failed(v: &Loaded<'_>, run: *mut kvm_run, r: i32, _vcpu: u32
 }
 
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace
-/// handled (the "complete_userspace_io" of KVM).
-pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) -> Result {
+/// handled (the "complete_userspace_io" of KVM). Returns true when that
+/// itself ends in an exit to userspace (the run page says which).
+pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) -> Result<bool> {
     let pending = core::mem::replace(&mut st.pending, Pending::None);
     let regs = st.regs_mut();
     match pending {
@@ -357,7 +378,7 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_ru
             }
             st.rip_advance = u64::from(len);
         }
-        Pending::StringIn(p) => io::complete_string_in(vcpu, st, &p, pio)?,
+        Pending::StringIn(p) => return io::complete_string_in(vcpu, st, &p, pio, run),
     }
-    Ok(())
+    Ok(false)
 }

@@ -251,10 +251,11 @@ impl Vcpu {
         let mut v = st.vmcs.load()?;
         let mut info = 0;
         if e.exception.injected != 0 {
-            info = u32::from(e.exception.nr) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
-            if e.exception.has_error_code != 0 {
-                info |= 1 << 11;
-                v.write(ENTRY_EXCEPTION_ERROR_CODE, e.exception.error_code)?;
+            let code = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
+            let (i, code) = exits::exception_info(e.exception.nr, code, v.read(GUEST_CR0).0);
+            info = i;
+            if let Some(c) = code {
+                v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
             }
         }
         v.write(ENTRY_INTR_INFO, info)?;
@@ -276,9 +277,8 @@ impl VcpuState {
     /// #PF also sets the guest's CR2.
     pub(crate) fn queue_exception(&mut self, vector: u8, code: Option<u32>, cr2: Option<u64>) -> Result {
         let mut v = self.vmcs.load()?;
-        let mut info = u32::from(vector) | (INTR_TYPE_HW_EXCEPTION << 8) | exits::INTR_INFO_VALID;
+        let (info, code) = exits::exception_info(vector, code, v.read(GUEST_CR0).0);
         if let Some(c) = code {
-            info |= 1 << 11;
             v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
         }
         v.write(ENTRY_INTR_INFO, info)?;

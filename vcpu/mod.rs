@@ -152,6 +152,9 @@ pub(crate) struct VcpuState {
     last_cpu: Option<u32>,
     /// The guest's linear translations must be flushed before it runs.
     flush_tlb: bool,
+    /// Pages for the EPT tables the next fault may need (ept.rs): filled
+    /// before the VM's memory lock, which must not allocate.
+    ept_tables: crate::ept::TableCache,
     /// Whether KVM_RUN ran yet (KVM refuses a new CPUID table after that).
     ran: bool,
     /// This vCPU's number for IBPB between vCPUs (kglue.c): unique for the
@@ -289,6 +292,7 @@ impl Vcpu {
             vpid,
             last_cpu: None,
             flush_tlb: true,
+            ept_tables: crate::ept::TableCache::new(),
             ran: false,
             uid: NEXT_VCPU_UID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             sigmask: None,
@@ -487,6 +491,18 @@ impl Vcpu {
             write_pdptes(&mut v, &p)?;
         }
         v.write(GUEST_IA32_EFER, s.efer)?;
+        // An exception already queued (KVM_SET_VCPU_EVENTS) follows the new
+        // CR0.PE: with or without its error code (exits::exception_info).
+        let pending = v.read(ENTRY_INTR_INFO);
+        if pending & exits::INTR_INFO_VALID != 0 && (pending >> 8) & 7 == 3 {
+            let code = (pending & exits::INTR_INFO_DELIVER_CODE != 0).then(|| v.read(ENTRY_EXCEPTION_ERROR_CODE));
+            // CAST: bits 7:0 are the vector.
+            let (info, code) = exits::exception_info(pending as u8, code, s.cr0);
+            if let Some(c) = code {
+                v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
+            }
+            v.write(ENTRY_INTR_INFO, info)?;
+        }
         set_long_mode(&mut v, s.efer & EFER_LMA != 0)
     }
 
@@ -585,7 +601,9 @@ impl Vcpu {
     fn run_locked(&self, st: &mut VcpuState, run: *mut kvm_run) -> Result {
         // Finish the instruction the last exit to userspace left open (the
         // data of an IN or an MMIO read, a hypercall's return value).
-        exits::complete_pending(self, st, run, self.pio_page())?;
+        if exits::complete_pending(self, st, run, self.pio_page())? {
+            return Ok(());
+        }
         // SAFETY: `run` is our run page; userspace may write it at any time,
         // so its inputs are read once, with volatile reads.
         let (immediate_exit, want_window, cr8) = unsafe {
@@ -619,7 +637,7 @@ impl Vcpu {
             match self.guest_section(st)? {
                 Section::ToUser => return Ok(()),
                 Section::Reschedule => continue,
-                Section::EptViolation(f) => match self.vm.fault_in(f.gpa, f.write)? {
+                Section::EptViolation(f) => match self.vm.fault_in(f.gpa, f.write, &mut st.ept_tables)? {
                     Fault::Mapped => continue,
                     Fault::Mmio => {
                         if exits::mmio::start(self, st, &f, run)? {
