@@ -1,12 +1,16 @@
 # Makefile: the project's commands. `make check` runs every test, `make demo`
 # the main job; both install and build what they need (tools/setup).
+# `make check-kasan` runs every test again on a KASAN kernel.
 # Build against your own kernel: make KDIR=/lib/modules/$(uname -r)/build
 KDIR ?=
 RVMX_CACHE ?= /var/cache/rvmx
+# The test kernel (tools/lib.sh): $(RVMX_CACHE)/kernel, or kernel-kasan for
+# `make check-kasan`.
+RVMX_KERNEL ?= $(RVMX_CACHE)/kernel
 RUSTC ?= /usr/bin/rustc
 BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 
-.PHONY: all module setup check demo clean
+.PHONY: all module setup check check-kasan demo clean
 
 all: module
 
@@ -17,13 +21,18 @@ setup:
 module:
 ifeq ($(KDIR),)
 	tools/setup
-	$(MAKE) -C $(RVMX_CACHE)/kernel M=$(CURDIR) LLVM=1 RUSTC=$(RUSTC) BINDGEN=$(BINDGEN) modules
+	$(MAKE) -C $(RVMX_KERNEL) M=$(CURDIR) LLVM=1 RUSTC=$(RUSTC) BINDGEN=$(BINDGEN) modules
 else
 	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
 endif
 
 check:
 	tools/check
+
+# The whole suite on a second test kernel with KASAN (tools/kernel-kasan.config;
+# built and cached apart, once). Not part of `make check`: see README.
+check-kasan:
+	RVMX_FLAVOR=kasan tools/check
 
 demo:
 	tools/demo

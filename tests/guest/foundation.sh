@@ -40,7 +40,7 @@ load() { insmod $MODDIR/rvmx.ko; }
 unload() { rmmod rvmx; }
 
 echo "TAP version 13"
-echo "1..17"
+echo "1..18"
 
 # 1-8: load, VMX root on every CPU, the device, unload.
 check "insmod rvmx" load
@@ -131,5 +131,26 @@ if load && all_cpus_in "1 1" && unload && all_cpus_in "0 0"; then
 else
 	not_ok "rvmx loads and unloads cleanly after the refusal"
 fi
+
+# 18: suspend to RAM. /sys/power/pm_test=core runs the whole suspend path
+# up to the platform's sleep (CPU1 goes offline through hotplug, then the
+# syscore callbacks run on CPU0) and resumes at once: rvmx must take CPU0
+# out of VMX and put it back, and every CPU must be in VMX root afterwards.
+# (The firmware's reset of CR4 and VMX on a real S3 is not emulated.)
+load
+if [ -w /sys/power/pm_test ] && grep -qw mem /sys/power/state; then
+	echo core > /sys/power/pm_test
+	echo mem > /sys/power/state; rc=$?
+	echo none > /sys/power/pm_test
+	if [ $rc -eq 0 ] && dmesg | grep -q "rvmx: CPU0: leaving VMX operation for suspend" &&
+	   dmesg | grep -q "rvmx: CPU0: back in VMX operation after resume" && all_cpus_in "1 1"; then
+		ok "suspend to RAM (pm_test=core): CPU0 leaves VMX and re-enters it, every CPU in VMX root after"
+	else
+		not_ok "suspend to RAM (pm_test=core): CPU0 leaves VMX and re-enters it, every CPU in VMX root after" "rc=$rc; $(dmesg | grep -i 'rvmx\|PM:' | tail -6 | tr '\n' ' ')"
+	fi
+else
+	not_ok "suspend to RAM (pm_test=core)" "no /sys/power/pm_test or no 'mem' state: $(cat /sys/power/state 2>&1)"
+fi
+unload
 
 [ $fails -eq 0 ]

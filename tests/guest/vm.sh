@@ -18,18 +18,34 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..18"
+echo "1..24"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
 sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
 sub "dirty logging, slot changes, FPU state on rvmx (subtests)" memory /dev/rvmx
+sub "guest memory follows the VMM's mapping; pinning accounted on rvmx (subtests)" mapping /dev/rvmx
 sub "exit-path benchmark on rvmx" bench /dev/rvmx
 sub "ioctl fuzzer: 100,000 random calls on rvmx (subtests)" fuzz_ioctl /dev/rvmx 100000
-# tests/selftests lifecycle (close, munmap, fork, kill -9 and exit under
-# running vCPUs; 500 VMs) is not run here yet: it passed twice, then hung
-# once in this run (after the fuzzer) and is being investigated.
+sub "lifecycle races: close, munmap, fork, kill -9, exit under running vCPUs; 500 VMs (subtests)" lifecycle /dev/rvmx
+# Hostile guests, with the host's per-CPU registers (MSRs, DR7, DEBUGCTL,
+# XCR0, CR0/CR4) read by vmxprobe.ko before and after: they must not move.
+hoststate() {
+	insmod $MODDIR/vmxprobe.ko tag=$1 hoststate=1 2>/dev/null
+	# busybox insmod retries a refused module once: one line per CPU.
+	dmesg | grep "vmxprobe $1: cpu[0-9]* hoststate" | sed "s/.*vmxprobe $1: //" | sort -u
+}
+hoststate before > /tmp/hoststate.before
+sub "hostile guests on rvmx: random code, sensitive instructions (subtests)" hostile /dev/rvmx 40
+hoststate after > /tmp/hoststate.after
+if [ -s /tmp/hoststate.before ] && cmp -s /tmp/hoststate.before /tmp/hoststate.after && ! grep -q NOT /tmp/hoststate.after; then
+	ok "host MSRs, DR7, DEBUGCTL, XCR0, CR0, CR4 of every CPU unchanged by the hostile guests ($(wc -l < /tmp/hoststate.before) CPUs)"
+else
+	not_ok "host MSRs, DR7, DEBUGCTL, XCR0, CR0, CR4 of every CPU unchanged by the hostile guests"
+	diff /tmp/hoststate.before /tmp/hoststate.after | sed 's/^/# /'
+	grep NOT /tmp/hoststate.after | sed 's/^/# /'
+fi
 # Leaks: with every VM closed, nothing rvmx allocated may be left
 # unreferenced. kmemleak (in the test kernel, no periodic scans) is asked
 # for scans. leaker.ko leaks objects on purpose first: the scans must find
@@ -62,6 +78,16 @@ sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
 sub "the same SMP guests on KVM (subtests)" smp /dev/kvm
 sub "the same events on KVM (subtests)" events /dev/kvm
 sub "the same memory tests on KVM (subtests)" memory /dev/kvm
+sub "the same mapping changes on KVM (subtests)" mapping /dev/kvm
 sub "the same benchmark on KVM" bench /dev/kvm
+sub "the same sensitive instructions on KVM (subtests)" hostile /dev/kvm
+# Where rvmx and KVM end the same sensitive instruction differently (for
+# the record: an MSR one accepts and the other refuses, say).
+if [ -f /tmp/hostile.rvmx.txt ] && [ -f /tmp/hostile.kvm.txt ]; then
+	# busybox diff writes unified diffs: "-" is rvmx's line, "+" KVM's.
+	diff -U0 /tmp/hostile.rvmx.txt /tmp/hostile.kvm.txt | grep '^[-+][^-+]' > /tmp/hostile.diff
+	echo "# sensitive instructions ending differently on rvmx (-) and KVM (+): $(grep -c '^-' /tmp/hostile.diff)"
+	sed 's/^/#   /' /tmp/hostile.diff
+fi
 if rmmod kvm_intel && rmmod kvm; then ok "kvm unloads"; else not_ok "kvm unloads"; fi
 [ $fails -eq 0 ]

@@ -32,6 +32,14 @@ impl Tap {
         }
     }
 
+    /// Reports a check that does not apply here (on the other device, say):
+    /// `ok N - name # SKIP reason`, which tools/check counts as skipped,
+    /// not passed.
+    pub fn skip(&mut self, name: &str, reason: &str) {
+        self.n += 1;
+        println!("ok {} - {name} # SKIP {reason}", self.n);
+    }
+
     /// Compares an ioctl-style result with what is expected.
     pub fn expect_eq<T: PartialEq + std::fmt::Debug>(&mut self, got: T, want: T, name: &str) {
         let ok = got == want;
@@ -147,3 +155,20 @@ impl TestVm {
 // SAFETY: the mapping's address is shared between test threads, which
 // synchronize through the guest (atomic instructions) or join first.
 unsafe impl Sync for TestVm {}
+
+/// xorshift64*: reproducible from the printed seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}

@@ -20,7 +20,7 @@
 use kvm_bindings::*;
 // The pointers the fuzzer passes point into its own mappings (no Rust
 // object lives there) or nowhere valid.
-use rvmx_selftests::{install_empty_handler, ioctl, Tap};
+use rvmx_selftests::{install_empty_handler, ioctl, Rng, Tap};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::mem::size_of;
@@ -41,23 +41,6 @@ fn ior(nr: u64, size: usize) -> u64 {
 }
 fn iowr(nr: u64, size: usize) -> u64 {
     ioc(3, nr, size)
-}
-
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
 }
 
 /// Memory the fuzzer hands out as arguments and guest RAM.

@@ -681,7 +681,7 @@ fn main() {
         0xf4,             // hlt
     ]);
     if is_kvm {
-        t.check(run(&mut g, 0) == Exit::Hlt, "1000 WBINVD # SKIP the exit count is rvmx's own", "");
+        t.check(run(&mut g, 0) == Exit::Hlt, "1000 WBINVD run to the HLT (the exit count is rvmx's own page)", "");
     } else {
         let exits_before = exit_count(&g);
         let end = run(&mut g, 0);

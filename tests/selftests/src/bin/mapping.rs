@@ -1,0 +1,195 @@
+//! The guest's memory follows the VMM's mapping (issue 9), on /dev/rvmx or
+//! (first argument) /dev/kvm: after MADV_DONTNEED, a new mapping over the
+//! old one (MAP_FIXED), mremap and munmap of a slot's memory, the guest
+//! sees what the VMM's address space now holds, never the old page, as
+//! under KVM (rvmx's MMU notifier, vm.rs). On rvmx only: pinned guest pages
+//! are accounted (VmPin) and limited by RLIMIT_MEMLOCK without
+//! CAP_IPC_LOCK (KVM does not pin guest memory). Prints TAP.
+
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use rvmx_selftests::Tap;
+use std::ffi::CString;
+
+const SLOT: usize = 64 << 10;
+const CODE: u64 = 0x1000;
+const DATA: u64 = 0x8000;
+/// linux/capability.h.
+const CAP_IPC_LOCK: u32 = 14;
+
+/// A VM with one 64 KiB slot at GPA 0 over an anonymous mapping, and a
+/// real-mode vCPU that reads the byte at DATA, sends it to port 0x10 and
+/// does it again, for ever.
+struct Vm {
+    vm: kvm_ioctls::VmFd,
+    vcpu: VcpuFd,
+    mem: *mut u8,
+}
+
+fn map_anon(at: *mut u8, size: usize, fixed: bool) -> *mut u8 {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if fixed { libc::MAP_FIXED } else { 0 };
+    // SAFETY: an anonymous mapping; with MAP_FIXED it replaces one of ours.
+    let p = unsafe { libc::mmap(at as *mut _, size, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    assert!(p != libc::MAP_FAILED);
+    p as *mut u8
+}
+
+impl Vm {
+    fn new(kvm: &Kvm) -> Vm {
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        let mem = map_anon(std::ptr::null_mut(), SLOT, false);
+        let r = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: SLOT as u64,
+            userspace_addr: mem as u64,
+        };
+        // SAFETY: the mapping lives as long as the process (the test
+        // replaces and unmaps parts of it on purpose).
+        unsafe { vm.set_user_memory_region(r) }.expect("KVM_SET_USER_MEMORY_REGION");
+        let v = Vm { vcpu: vm.create_vcpu(0).expect("KVM_CREATE_VCPU"), vm, mem };
+        // mov al, [DATA]; out 0x10, al; jmp $-7
+        v.write(CODE, &[0xa0, DATA as u8, (DATA >> 8) as u8, 0xe6, 0x10, 0xeb, 0xf9]);
+        let mut s = v.vcpu.get_sregs().expect("KVM_GET_SREGS");
+        s.cs.selector = 0;
+        s.cs.base = 0;
+        v.vcpu.set_sregs(&s).expect("KVM_SET_SREGS");
+        let regs = kvm_bindings::kvm_regs { rip: CODE, rflags: 2, rsp: 0x7000, ..Default::default() };
+        v.vcpu.set_regs(&regs).expect("KVM_SET_REGS");
+        v
+    }
+
+    fn write(&self, gpa: u64, bytes: &[u8]) {
+        // SAFETY: within the slot's mapping (the caller keeps it mapped).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mem.add(gpa as usize), bytes.len()) };
+    }
+
+    /// The next byte the guest reads at DATA, or how the run ended.
+    fn read(&mut self) -> Result<u8, String> {
+        match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(0x10, d)) => Ok(d[0]),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) => Err(format!("errno {}", e.errno())),
+        }
+    }
+}
+
+/// VmPin of this process, in kB.
+fn vm_pin_kb() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmPin:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// In a child process without CAP_IPC_LOCK and with RLIMIT_MEMLOCK at
+/// 16 KiB: a guest that touches the 16 pages of a slot must be refused
+/// (KVM_RUN fails with ENOMEM) before the fifth. Returns the child's
+/// verdict.
+fn memlock_limit(path: &str) -> Result<(), String> {
+    // SAFETY: fork; the child makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut h = Header { version: 0x2008_0522, pid: 0 };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget/capset with a v3 header and two data words.
+        let code = unsafe {
+            libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr());
+            d[0].effective &= !(1 << CAP_IPC_LOCK);
+            d[0].permitted &= !(1 << CAP_IPC_LOCK);
+            let lim = libc::rlimit { rlim_cur: 16 << 10, rlim_max: 16 << 10 };
+            if libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) != 0 || libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                2
+            } else {
+                let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open");
+                let mut v = Vm::new(&kvm);
+                // cld; xor di, di; mov cx, 0xe000 (all but the code page...);
+                // mov al, 1; rep stosb at 0x2000..; out 0x10, al.
+                v.write(CODE, &[0xfc, 0xbf, 0x00, 0x20, 0xb9, 0x00, 0xe0, 0xb0, 0x01, 0xf3, 0xaa, 0xe6, 0x10]);
+                match v.vcpu.run() {
+                    Err(e) if e.errno() == libc::ENOMEM => 0,
+                    _ => 1,
+                }
+            }
+        };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, 1) => Err("the guest touched 14 pages past a 16 KiB RLIMIT_MEMLOCK without ENOMEM".into()),
+        (true, 2) => Err("could not drop CAP_IPC_LOCK or set the limit".into()),
+        _ => Err(format!("child status {status:#x}")),
+    }
+}
+
+fn main() {
+    let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
+    let is_kvm = path.ends_with("kvm");
+    let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
+    let mut t = Tap::plan(if is_kvm { 6 } else { 8 });
+    let mut v = Vm::new(&kvm);
+    let page = (DATA as usize) & !4095;
+
+    v.write(DATA, &[0x11]);
+    t.expect_eq(v.read(), Ok(0x11), "the guest reads the VMM's byte");
+
+    // SAFETY: drops our own anonymous page: it reads as zero from now on.
+    let rc = unsafe { libc::madvise(v.mem.add(page) as *mut _, 4096, libc::MADV_DONTNEED) };
+    // SAFETY: within the slot's mapping.
+    let vmm_sees = unsafe { std::ptr::read_volatile(v.mem.add(DATA as usize)) };
+    let guest_sees = v.read();
+    println!("# after MADV_DONTNEED (rc {rc}) the VMM reads {vmm_sees:#x}, the guest {guest_sees:?}");
+    t.expect_eq((rc, vmm_sees, guest_sees), (0, 0, Ok(0)), "after MADV_DONTNEED the guest reads the new zero page, not the old page");
+    v.write(DATA, &[0x44]);
+    t.expect_eq(v.read(), Ok(0x44), "then a store by the VMM reaches the guest");
+
+    // SAFETY: an address within the slot's mapping (no access made).
+    let p = map_anon(unsafe { v.mem.add(page) }, 4096, true);
+    // SAFETY: the page just mapped.
+    unsafe { *p = 0x22 };
+    t.expect_eq(v.read(), Ok(0x22), "after a new mapping over it (MAP_FIXED) the guest reads the new page");
+
+    // mremap a fresh page over it (MREMAP_FIXED): the slot's address now
+    // holds that page's content.
+    let q = map_anon(std::ptr::null_mut(), 4096, false);
+    // SAFETY: our own mapping.
+    unsafe { *q = 0x33 };
+    // SAFETY: moves our page `q` onto the slot's page.
+    let r = unsafe { libc::mremap(q as *mut _, 4096, 4096, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, v.mem.add(page)) };
+    assert!(r != libc::MAP_FAILED);
+    t.expect_eq(v.read(), Ok(0x33), "after mremap onto it the guest reads the moved page");
+
+    if !is_kvm {
+        let pin = vm_pin_kb();
+        t.check(pin >= 8, "the pinned guest pages are accounted to the VMM (VmPin)", format!("VmPin {pin} kB"));
+    }
+
+    // SAFETY: unmaps the page: the guest's next read has no memory behind it.
+    unsafe { libc::munmap(v.mem.add(page) as *mut _, 4096) };
+    let after = v.read();
+    t.check(after == Err("errno 14".to_string()), "after munmap the guest's read fails KVM_RUN with EFAULT", format!("{after:?}"));
+    drop(v.vm);
+
+    if !is_kvm {
+        let r = memlock_limit(&path);
+        t.check(r.is_ok(), "without CAP_IPC_LOCK, pinning stops at RLIMIT_MEMLOCK: KVM_RUN fails with ENOMEM", format!("{r:?}"));
+    }
+    t.finish();
+}
