@@ -14,7 +14,7 @@ use super::decode::{self, Access, CodeSize, Reg, MAX_INSN_LEN};
 use super::Pending;
 use crate::exits::ept::EptFault;
 use crate::gmem;
-use crate::uapi::{self, kvm_run};
+use crate::uapi::{self, RunPage};
 use crate::vcpu::{reg, Vcpu, VcpuState};
 use kernel::prelude::*;
 
@@ -95,19 +95,10 @@ fn fetch(vcpu: &Vcpu, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::
 ///   RSP: KVM_INTERNAL_ERROR_EMULATION.
 ///   The instruction at RIP is not the access that faulted in the first
 ///   two cases, so decoding it would emulate the wrong thing.
-pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: *mut kvm_run) -> Result<bool> {
+pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage) -> Result<bool> {
     if e.vectoring_info & super::INTR_INFO_VALID != 0 {
-        // SAFETY: plain stores to the run page's `internal` member.
-        unsafe {
-            (*run).exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
-            let i = &mut (*run).__bindgen_anon_1.internal;
-            i.suberror = uapi::KVM_INTERNAL_ERROR_DELIVERY_EV;
-            i.ndata = 4;
-            i.data[0] = u64::from(e.vectoring_info);
-            i.data[1] = u64::from(super::reason::EPT_VIOLATION);
-            i.data[2] = e.qualification;
-            i.data[3] = e.gpa;
-        }
+        let data = [u64::from(e.vectoring_info), u64::from(super::reason::EPT_VIOLATION), e.qualification, e.gpa];
+        run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_DELIVERY_EV, &data);
         return Ok(true);
     }
     let f = &st.insn_context()?;
@@ -133,15 +124,7 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: *mut kvm
     // emulated (KVM's emulator could, compilers never do it to a device).
     let decoded = decoded.filter(|d| !matches!(d.access, Access::Load { reg: Reg { num: 4, high_byte: false }, .. }));
     let Some(d) = decoded else {
-        // SAFETY: plain stores to the run page's `internal` member.
-        unsafe {
-            (*run).exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
-            let i = &mut (*run).__bindgen_anon_1.internal;
-            i.suberror = uapi::KVM_INTERNAL_ERROR_EMULATION;
-            i.ndata = 2;
-            i.data[0] = e.gpa;
-            i.data[1] = f.rip;
-        }
+        run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, &[e.gpa, f.rip]);
         return Ok(true);
     };
     let regs = st.regs_mut();
@@ -155,15 +138,7 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: *mut kvm
         Access::StoreImm(v) => (Some(mask(v, d.size)), None),
         Access::Load { reg, dst_size } => (None, Some(Dest { reg, src_size: d.size, dst_size })),
     };
-    // SAFETY: plain stores to the run page's `mmio` member.
-    unsafe {
-        (*run).exit_reason = uapi::KVM_EXIT_MMIO;
-        let m = &mut (*run).__bindgen_anon_1.mmio;
-        m.phys_addr = e.gpa;
-        m.len = u32::from(d.size);
-        m.is_write = u8::from(write.is_some());
-        m.data = write.unwrap_or(0).to_le_bytes();
-    }
+    run.exit_mmio(e.gpa, u32::from(d.size), write);
     st.pending = Pending::Mmio { len: d.len, dest };
     Ok(true)
 }

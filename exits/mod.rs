@@ -47,7 +47,7 @@ pub(crate) mod vmx_insn;
 pub(crate) mod wbinvd;
 pub(crate) mod xsetbv;
 
-use crate::uapi::{self, kvm_run};
+use crate::uapi::{self, RunPage};
 use crate::vcpu::{self, reg, Guest, Vcpu, VcpuState};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
@@ -91,7 +91,7 @@ pub(crate) struct ExitCtx<'a, 'b> {
     /// Guest state outside the VMCS: MSRs, CR8, XCR0, CPUID table,
     /// interrupt queue.
     pub(crate) guest: &'a mut Guest,
-    pub(crate) run: *mut kvm_run,
+    pub(crate) run: RunPage,
     /// The port-I/O data page (kvm_run + KVM_PIO_PAGE_OFFSET pages).
     pub(crate) pio: *mut u8,
     pub(crate) pending: &'a mut Pending,
@@ -132,8 +132,7 @@ impl ExitCtx<'_, '_> {
 
     /// Sets kvm_run.exit_reason.
     pub(crate) fn exit_to_user(&mut self, reason: u32) -> Action {
-        // SAFETY: `run` is the vCPU's run page, a plain store.
-        unsafe { (*self.run).exit_reason = reason };
+        self.run.set_exit_reason(reason);
         Action::ToUser
     }
 
@@ -165,17 +164,8 @@ impl ExitCtx<'_, '_> {
 
 /// Fills the run page for KVM_EXIT_INTERNAL_ERROR: the suberror, the raw
 /// exit reason and the CPU (`data[0]`, `data[1]`).
-pub(crate) fn report_internal_error(run: *mut kvm_run, suberror: u32, reason: u32) {
-    // SAFETY: `run` is the vCPU's run page; plain stores to its exit reason
-    // and the `internal` member of its exit union.
-    unsafe {
-        let r = &mut *run;
-        r.exit_reason = uapi::KVM_EXIT_INTERNAL_ERROR;
-        r.__bindgen_anon_1.internal.suberror = suberror;
-        r.__bindgen_anon_1.internal.ndata = 2;
-        r.__bindgen_anon_1.internal.data[0] = u64::from(reason);
-        r.__bindgen_anon_1.internal.data[1] = u64::from(raw_cpu());
-    }
+pub(crate) fn report_internal_error(run: RunPage, suberror: u32, reason: u32) {
+    run.exit_internal_error(suberror, &[u64::from(reason), u64::from(raw_cpu())]);
 }
 
 fn raw_cpu() -> u32 {
@@ -291,13 +281,8 @@ pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>, full: u32) -> Result<Action> {
     if full & reason::ENTRY_FAILURE != 0 {
         // The entry failed its guest-state checks (reason 33), MSR loading
         // (34) or a machine-check (41): the guest never ran.
-        // SAFETY: plain stores to the run page's `fail_entry` member.
-        unsafe {
-            let r = &mut *ctx.run;
-            r.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(full);
-            r.__bindgen_anon_1.fail_entry.cpu = raw_cpu();
-        }
-        return Ok(ctx.exit_to_user(uapi::KVM_EXIT_FAIL_ENTRY));
+        ctx.run.exit_fail_entry(u64::from(full), raw_cpu());
+        return Ok(Action::ToUser);
     }
     reinject_interrupted_event(ctx)?;
     let basic = full & 0xffff;
@@ -341,20 +326,15 @@ fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
 /// VMLAUNCH/VMRESUME itself failed (VMfailValid/VMfailInvalid, `r` = 1) or
 /// faulted (`r` = 2): KVM_EXIT_FAIL_ENTRY with the VM-instruction error
 /// number (SDM §31.4), or 0 when there is none.
-pub(crate) fn entry_failed(v: &Loaded<'_>, run: *mut kvm_run, r: i32, _vcpu: u32) {
+pub(crate) fn entry_failed(v: &Loaded<'_>, run: RunPage, r: i32, _vcpu: u32) {
     let err = if r == 1 { v.instruction_error() } else { 0 };
-    // SAFETY: plain stores to the run page.
-    unsafe {
-        (*run).exit_reason = uapi::KVM_EXIT_FAIL_ENTRY;
-        (*run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(err);
-        (*run).__bindgen_anon_1.fail_entry.cpu = raw_cpu();
-    }
+    run.exit_fail_entry(u64::from(err), raw_cpu());
 }
 
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace
 /// handled (the "complete_userspace_io" of KVM). Returns true when that
 /// itself ends in an exit to userspace (the run page says which).
-pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_run, pio: *mut u8) -> Result<bool> {
+pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: RunPage, pio: *mut u8) -> Result<bool> {
     let pending = core::mem::replace(&mut st.pending, Pending::None);
     let regs = st.regs_mut();
     match pending {
@@ -367,13 +347,11 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: *mut kvm_ru
             regs[reg::RAX] = mmio::merge(regs[reg::RAX], v, size, false);
         }
         Pending::Hypercall => {
-            // SAFETY: reads the `hypercall` member userspace filled in.
-            regs[reg::RAX] = unsafe { (*run).__bindgen_anon_1.hypercall.ret };
+            regs[reg::RAX] = run.hypercall_ret();
         }
         Pending::Mmio { len, dest } => {
             if let Some(d) = dest {
-                // SAFETY: reads the `mmio` member userspace filled in.
-                let data = unsafe { (*run).__bindgen_anon_1.mmio.data };
+                let data = run.mmio_data();
                 mmio::complete_read(regs, d, u64::from_le_bytes(data));
             }
             st.rip_advance = u64::from(len);

@@ -8,7 +8,6 @@
 //! -KVM_ENOSYS; this difference is listed in the README.)
 
 use super::{Action, ExitCtx, Pending};
-use crate::uapi;
 use crate::vcpu::reg;
 use crate::vmcs::{controls, fields::*};
 use kernel::prelude::*;
@@ -22,15 +21,8 @@ pub(crate) fn vmcall(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         && ctx.vmcs.read(GUEST_CS_AR) & (1 << 13) != 0;
     let r = &*ctx.regs;
     let args = [r[reg::RBX], r[reg::RCX], r[reg::RDX], r[reg::RSI], r[reg::RDI], r[8]];
-    // SAFETY: plain stores to the run page's `hypercall` member.
-    unsafe {
-        let h = &mut (*ctx.run).__bindgen_anon_1.hypercall;
-        h.nr = r[reg::RAX];
-        h.args = args;
-        h.ret = 0;
-        h.__bindgen_anon_1.flags = u64::from(long) * KVM_EXIT_HYPERCALL_LONG_MODE;
-    }
+    ctx.run.exit_hypercall(r[reg::RAX], args, u64::from(long) * KVM_EXIT_HYPERCALL_LONG_MODE);
     *ctx.pending = Pending::Hypercall;
     ctx.skip_instruction()?;
-    Ok(ctx.exit_to_user(uapi::KVM_EXIT_HYPERCALL))
+    Ok(Action::ToUser)
 }

@@ -20,6 +20,9 @@
 
 include!("uapi_generated.rs");
 
+mod run;
+pub(crate) use run::RunPage;
+
 use kernel::ioctl::{_IO, _IOR, _IOW, _IOWR};
 use kernel::types::{AsBytes, FromBytes};
 

@@ -38,7 +38,7 @@ use crate::exits::{self, Action, Pending};
 use crate::hw::{self, cr::*, msr};
 use crate::kpage::KernelPage;
 use crate::msrs::GuestMsrs;
-use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_sregs, rvmx_exit_info};
+use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_sregs, rvmx_exit_info, RunPage};
 use crate::vm::{Fault, Vm};
 use crate::vmcs::{controls, fields::*, Loaded, Vmcs};
 use crate::vmxon;
@@ -205,7 +205,7 @@ pub(crate) struct Vcpu {
     /// The "virtual NMIs" control is on: NMIs can be injected (KVM_NMI).
     virtual_nmis: bool,
     /// Flush L1D before every VM entry (L1TF; caps.rs).
-    l1d_flush: bool,
+    l1d_flush: crate::caps::L1dFlush,
     #[pin]
     token: Mutex<bool>,
     #[pin]
@@ -341,8 +341,11 @@ impl Vcpu {
         }
     }
 
-    fn run_page(&self) -> *mut kvm_run {
-        self.pages[RUN_PAGE].as_ptr()
+    /// The run page shared with userspace (uapi/run.rs: volatile access only).
+    fn run_page(&self) -> RunPage {
+        // SAFETY: page RUN_PAGE is the vCPU's run page and lives as long as
+        // the vCPU, which outlives every use of the value.
+        unsafe { RunPage::new(self.pages[RUN_PAGE].as_ptr()) }
     }
 
     /// Takes the run token, waiting (interruptibly) while another thread
@@ -590,29 +593,19 @@ impl Vcpu {
             // SAFETY: pairs with the activation above.
             unsafe { rvmx_glue_sigmask_deactivate() };
         }
-        // SAFETY: plain stores to our run page.
-        unsafe {
-            (*run).cr8 = st.guest.cr8;
-            (*run).apic_base = st.guest.msrs.apic_base;
-        }
+        run.set_cr8_apic_base(st.guest.cr8, st.guest.msrs.apic_base);
         r
     }
 
-    fn run_locked(&self, st: &mut VcpuState, run: *mut kvm_run) -> Result {
+    fn run_locked(&self, st: &mut VcpuState, run: RunPage) -> Result {
         // Finish the instruction the last exit to userspace left open (the
         // data of an IN or an MMIO read, a hypercall's return value).
         if exits::complete_pending(self, st, run, self.pio_page())? {
             return Ok(());
         }
-        // SAFETY: `run` is our run page; userspace may write it at any time,
-        // so its inputs are read once, with volatile reads.
-        let (immediate_exit, want_window, cr8) = unsafe {
-            (
-                core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile(),
-                core::ptr::addr_of!((*run).request_interrupt_window).read_volatile(),
-                core::ptr::addr_of!((*run).cr8).read_volatile(),
-            )
-        };
+        // Userspace may write the run page at any time: its inputs are read
+        // once each (uapi/run.rs).
+        let (immediate_exit, want_window, cr8) = (run.immediate_exit(), run.request_interrupt_window(), run.cr8());
         // As KVM without an in-kernel local APIC: userspace owns the TPR
         // and hands it in with each KVM_RUN (a value with reserved bits set
         // is ignored, as KVM's kvm_set_cr8 refuses it).
@@ -621,15 +614,13 @@ impl Vcpu {
         }
         st.guest.want_irq_window = want_window != 0;
         if immediate_exit != 0 {
-            // SAFETY: a plain store to our run page.
-            unsafe { (*run).exit_reason = uapi::KVM_EXIT_INTR };
+            run.set_exit_reason(uapi::KVM_EXIT_INTR);
             return Err(EINTR);
         }
         loop {
             // SAFETY: a plain check of the current task.
             if unsafe { rvmx_glue_signal_pending() } {
-                // SAFETY: a plain store to our run page.
-                unsafe { (*run).exit_reason = uapi::KVM_EXIT_INTR };
+                run.set_exit_reason(uapi::KVM_EXIT_INTR);
                 return Err(EINTR);
             }
             // SAFETY: may sleep; we hold no lock but the run token.
@@ -744,10 +735,15 @@ impl Vcpu {
                     unsafe { rvmx_glue_irq_enable() };
                     return Err(e);
                 }
-                if self.l1d_flush {
+                match self.l1d_flush {
+                    crate::caps::L1dFlush::NotNeeded => {}
                     // SAFETY: caps.rs saw IA32_FLUSH_CMD on this CPU; the
                     // write only flushes L1D (the L1TF mitigation).
-                    unsafe { msr::wrmsr(msr::IA32_FLUSH_CMD, 1) };
+                    crate::caps::L1dFlush::Msr => unsafe { msr::wrmsr(msr::IA32_FLUSH_CMD, 1) },
+                    // SAFETY: the module allocated the buffer at load for
+                    // this mode (rvmx_main.rs) and frees it after the last
+                    // vCPU is gone.
+                    crate::caps::L1dFlush::Software => unsafe { hw::l1d_flush_software() },
                 }
                 // SAFETY: the VMCS is current (we hold `v`), its host state
                 // is this CPU's, `regs` and `host_rsp` are ours.
@@ -851,12 +847,7 @@ impl Vcpu {
     fn publish_run_state(&self, v: &Loaded<'_>, g: &Guest) {
         let rflags = v.read(GUEST_RFLAGS).0;
         let ready = g.irq.is_none() && interruptible(v);
-        let run = self.run_page();
-        // SAFETY: plain stores to our run page.
-        unsafe {
-            (*run).if_flag = u8::from(rflags & RFLAGS_IF != 0);
-            (*run).ready_for_interrupt_injection = u8::from(ready);
-        }
+        self.run_page().set_interrupt_state(rflags & RFLAGS_IF != 0, ready);
     }
 }
 

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `RunPage`: the one way rvmx reads and writes a vCPU's `struct kvm_run`,
+//! the page it shares with the VMM (mmap of the vCPU fd, page 0). Another
+//! thread of the VMM may write any byte of it at any moment, so rvmx never
+//! makes a Rust reference into it (that would promise the compiler nobody
+//! else changes it): every access is one volatile load or store of one
+//! field through a raw pointer, and a value read from it is used once.
+
+use super::{kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HYPERCALL, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_MMIO};
+use core::ptr::addr_of_mut;
+
+/// A vCPU's run page.
+///
+/// # Invariants
+///
+/// `ptr` points at the vCPU's run page, a kernel page the vCPU owns for as
+/// long as it lives (userspace maps the same page; it cannot free it).
+#[derive(Clone, Copy)]
+pub(crate) struct RunPage {
+    ptr: *mut kvm_run,
+}
+
+/// A store of `v` into field `$($f).+` of the run page `$p`.
+macro_rules! put {
+    ($p:expr, $($f:ident).+, $v:expr) => {
+        // SAFETY: the field lies within the run page (type invariant of
+        // `RunPage`); a volatile store makes no reference into shared memory.
+        unsafe { addr_of_mut!((*$p.ptr).$($f).+).write_volatile($v) }
+    };
+}
+
+/// A load of field `$($f).+` of the run page `$p`.
+macro_rules! get {
+    ($p:expr, $($f:ident).+) => {
+        // SAFETY: as for `put!`.
+        unsafe { addr_of_mut!((*$p.ptr).$($f).+).read_volatile() }
+    };
+}
+
+impl RunPage {
+    /// # Safety
+    ///
+    /// `ptr` must be a vCPU's run page, live as long as the value is used.
+    pub(crate) unsafe fn new(ptr: *mut kvm_run) -> Self {
+        // INVARIANT: guaranteed by the caller.
+        Self { ptr }
+    }
+
+    // What userspace hands in with each KVM_RUN.
+
+    pub(crate) fn immediate_exit(self) -> u8 {
+        get!(self, immediate_exit__unsafe)
+    }
+    pub(crate) fn request_interrupt_window(self) -> u8 {
+        get!(self, request_interrupt_window)
+    }
+    pub(crate) fn cr8(self) -> u64 {
+        get!(self, cr8)
+    }
+    /// The value userspace put in for a hypercall's RAX.
+    pub(crate) fn hypercall_ret(self) -> u64 {
+        get!(self, __bindgen_anon_1.hypercall.ret)
+    }
+    /// The data userspace put in for an MMIO read.
+    pub(crate) fn mmio_data(self) -> [u8; 8] {
+        get!(self, __bindgen_anon_1.mmio.data)
+    }
+
+    // What rvmx hands out at each return from KVM_RUN.
+
+    pub(crate) fn set_exit_reason(self, reason: u32) {
+        put!(self, exit_reason, reason);
+    }
+    /// The guest's interrupt state (KVM updates these at every return).
+    pub(crate) fn set_interrupt_state(self, if_flag: bool, ready: bool) {
+        put!(self, if_flag, u8::from(if_flag));
+        put!(self, ready_for_interrupt_injection, u8::from(ready));
+    }
+    pub(crate) fn set_cr8_apic_base(self, cr8: u64, apic_base: u64) {
+        put!(self, cr8, cr8);
+        put!(self, apic_base, apic_base);
+    }
+
+    /// KVM_EXIT_IO: `count` elements of `size` bytes at the port-I/O page.
+    pub(crate) fn exit_io(self, direction: u8, size: u8, port: u16, count: u32, data_offset: u64) {
+        put!(self, __bindgen_anon_1.io.direction, direction);
+        put!(self, __bindgen_anon_1.io.size, size);
+        put!(self, __bindgen_anon_1.io.port, port);
+        put!(self, __bindgen_anon_1.io.count, count);
+        put!(self, __bindgen_anon_1.io.data_offset, data_offset);
+        self.set_exit_reason(KVM_EXIT_IO);
+    }
+
+    /// KVM_EXIT_MMIO: `len` bytes at `addr`, with `data` for a write.
+    pub(crate) fn exit_mmio(self, addr: u64, len: u32, write: Option<u64>) {
+        put!(self, __bindgen_anon_1.mmio.phys_addr, addr);
+        put!(self, __bindgen_anon_1.mmio.len, len);
+        put!(self, __bindgen_anon_1.mmio.is_write, u8::from(write.is_some()));
+        put!(self, __bindgen_anon_1.mmio.data, write.unwrap_or(0).to_le_bytes());
+        self.set_exit_reason(KVM_EXIT_MMIO);
+    }
+
+    /// KVM_EXIT_HYPERCALL: number, six arguments, flags; `ret` cleared.
+    pub(crate) fn exit_hypercall(self, nr: u64, args: [u64; 6], flags: u64) {
+        put!(self, __bindgen_anon_1.hypercall.nr, nr);
+        put!(self, __bindgen_anon_1.hypercall.args, args);
+        put!(self, __bindgen_anon_1.hypercall.ret, 0);
+        put!(self, __bindgen_anon_1.hypercall.__bindgen_anon_1.flags, flags);
+        self.set_exit_reason(KVM_EXIT_HYPERCALL);
+    }
+
+    /// KVM_EXIT_INTERNAL_ERROR: a suberror and up to 16 words of data.
+    pub(crate) fn exit_internal_error(self, suberror: u32, data: &[u64]) {
+        let n = data.len().min(16);
+        put!(self, __bindgen_anon_1.internal.suberror, suberror);
+        // CAST: at most 16.
+        put!(self, __bindgen_anon_1.internal.ndata, n as u32);
+        let mut words = [0u64; 16];
+        words[..n].copy_from_slice(&data[..n]);
+        put!(self, __bindgen_anon_1.internal.data, words);
+        self.set_exit_reason(KVM_EXIT_INTERNAL_ERROR);
+    }
+
+    /// KVM_EXIT_FAIL_ENTRY: the hardware's reason and the CPU.
+    pub(crate) fn exit_fail_entry(self, reason: u64, cpu: u32) {
+        put!(self, __bindgen_anon_1.fail_entry.hardware_entry_failure_reason, reason);
+        put!(self, __bindgen_anon_1.fail_entry.cpu, cpu);
+        self.set_exit_reason(KVM_EXIT_FAIL_ENTRY);
+    }
+}
