@@ -110,6 +110,40 @@ pub(crate) fn canonical(linear: u64) -> bool {
     (((linear << 16) as i64) >> 16) as u64 == linear
 }
 
+/// A data segment as the CPU's limit check sees it (outside 64-bit mode,
+/// where limits apply): its limit and access rights as in the VMCS.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub(crate) limit: u32,
+    pub(crate) access_rights: u32,
+}
+
+/// How many of `count` elements of `size` bytes, the first at `offset` and
+/// going up, lie within `seg`'s limit and below the address-size wrap
+/// (`addr_mask`: 0xffff or 0xffff_ffff), as the CPU checks each one (SDM
+/// Vol. 3A §5.3): `None` when the first element does not (the instruction
+/// faults: #GP, or #SS for SS), otherwise at least 1. An unusable segment
+/// (access rights bit 16) faults; an expand-down one (type bit 2) allows
+/// offsets above the limit, up to 0xffff or, with its B bit, 0xffff_ffff.
+pub(crate) fn segment_room(seg: Segment, addr_mask: u64, offset: u64, size: u64, count: u64) -> Option<u64> {
+    if seg.access_rights & (1 << 16) != 0 || size == 0 {
+        return None;
+    }
+    let limit = u64::from(seg.limit);
+    let expand_down = seg.access_rights & (1 << 4) != 0 && seg.access_rights & (1 << 3) == 0 && seg.access_rights & (1 << 2) != 0;
+    let (low, high) = if expand_down {
+        let top = if seg.access_rights & (1 << 14) != 0 { 0xffff_ffff } else { 0xffff };
+        (limit.saturating_add(1), top)
+    } else {
+        (0, limit)
+    };
+    let high = high.min(addr_mask);
+    if offset < low || offset > high || high - offset < size - 1 {
+        return None;
+    }
+    Some(((high - offset + 1) / size).min(count).max(1))
+}
+
 /// One entry used by the walk: where it is and what it held.
 #[derive(Clone, Copy)]
 struct Used {

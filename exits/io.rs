@@ -19,7 +19,7 @@
 use super::{Action, ExitCtx, Pending};
 use crate::gmem::{self, Paging};
 use crate::walk;
-use crate::uapi::{self, kvm_run};
+use crate::uapi::{self, RunPage};
 use crate::vcpu::{reg, Vcpu, VcpuState};
 use crate::vmcs::fields::*;
 use kernel::prelude::*;
@@ -37,6 +37,8 @@ pub(crate) struct StringIo {
     seg_base: u64,
     /// The segment is SS (a non-canonical address is then #SS, not #GP).
     stack_seg: bool,
+    /// Its limit and access rights, checked outside 64-bit mode.
+    seg_limits: Option<walk::Segment>,
     /// RFLAGS.DF: addresses go down.
     down: bool,
     len: u64,
@@ -58,17 +60,10 @@ pub(crate) struct StringIn {
 /// Bytes moved per step between guest memory and the port-I/O page.
 const BOUNCE: usize = 256;
 
-fn fill_io(run: *mut kvm_run, is_in: bool, size: u8, port: u16, count: u32) {
-    // SAFETY: plain stores to the run page's `io` member.
-    unsafe {
-        (*run).exit_reason = uapi::KVM_EXIT_IO;
-        let io = &mut (*run).__bindgen_anon_1.io;
-        io.direction = if is_in { uapi::KVM_EXIT_IO_IN } else { uapi::KVM_EXIT_IO_OUT } as u8;
-        io.size = size;
-        io.port = port;
-        io.count = count;
-        io.data_offset = 4096 * u64::from(uapi::KVM_PIO_PAGE_OFFSET);
-    }
+fn fill_io(run: RunPage, is_in: bool, size: u8, port: u16, count: u32) {
+    // CAST: KVM_EXIT_IO_IN/OUT are 1 and 0.
+    let direction = if is_in { uapi::KVM_EXIT_IO_IN } else { uapi::KVM_EXIT_IO_OUT } as u8;
+    run.exit_io(direction, size, port, count, 4096 * u64::from(uapi::KVM_PIO_PAGE_OFFSET));
 }
 
 /// Writes `v` into the low `addr_size` bytes of a register, as the CPU
@@ -90,7 +85,7 @@ fn mask(addr_size: u8) -> u64 {
 /// #GP(0) (#SS(0) through SS), a failed page walk is #PF; then nothing of
 /// the instruction has happened. Memory rvmx cannot reach (the buffer in
 /// MMIO) is KVM_INTERNAL_ERROR_EMULATION.
-pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *mut kvm_run, pio: *mut u8) -> Result<bool> {
+pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: RunPage, pio: *mut u8) -> Result<bool> {
     let m = mask(s.addr_size);
     let regs = st.regs_mut();
     let rcx = regs[reg::RCX] & m;
@@ -99,12 +94,24 @@ pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: *
         return Ok(false);
     }
     let per_page = 4096 / u64::from(s.size);
-    let count = if !s.rep || s.down { 1 } else { rcx.min(per_page) };
-    // CAST: at most 4096 bytes.
-    let bytes = (count * u64::from(s.size)) as u16;
+    let mut count = if !s.rep || s.down { 1 } else { rcx.min(per_page) };
     let index = if s.is_in { reg::RDI } else { reg::RSI };
     let (old_index, old_rcx) = (regs[index], regs[reg::RCX]);
     let offset = old_index & m;
+    // Outside 64-bit mode each element must lie within the segment's limit
+    // and below the address-size wrap: the first one that does not faults
+    // (after the ones before it were done, as the CPU does them one by one).
+    if let Some(seg) = s.seg_limits {
+        match walk::segment_room(seg, m, offset, u64::from(s.size), count) {
+            Some(k) => count = k,
+            None => {
+                st.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+                return Ok(false);
+            }
+        }
+    }
+    // CAST: at most 4096 bytes.
+    let bytes = (count * u64::from(s.size)) as u16;
     let linear = s.paging.wrap(s.seg_base.wrapping_add(offset));
     let next = if s.down { offset.wrapping_sub(u64::from(bytes)) } else { offset.wrapping_add(u64::from(bytes)) };
     if s.paging.long_mode && !(walk::canonical(linear) && walk::canonical(linear.wrapping_add(u64::from(bytes) - 1))) {
@@ -167,7 +174,7 @@ fn copy_to_pio(vcpu: &Vcpu, p: &Paging, linear: u64, bytes: u16, pio: *mut u8) -
 /// if the buffer is no longer in guest RAM (another vCPU changed the page
 /// tables, the VMM the slots), it is undone too and the exit is an
 /// emulation error: returns true, with the run page filled in.
-pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8, run: *mut kvm_run) -> Result<bool> {
+pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8, run: RunPage) -> Result<bool> {
     let mut buf = [0u8; BOUNCE];
     let mut done = 0usize;
     while done < usize::from(p.bytes) {
@@ -212,25 +219,32 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         // Bits 9:7: address size 0/1/2 = 16/32/64; bits 17:15: segment.
         let addr_size = 2u8 << ((info >> 7) & 7).min(2);
         let seg = if is_in { 0 } else { (info >> 15) & 7 };
-        let seg_base = match seg {
-            0 => GUEST_ES_BASE,
-            1 => GUEST_CS_BASE,
-            2 => GUEST_SS_BASE,
-            3 => GUEST_DS_BASE,
-            4 => GUEST_FS_BASE,
-            _ => GUEST_GS_BASE,
+        let fields = match seg {
+            0 => &GUEST_ES,
+            1 => &GUEST_CS,
+            2 => &GUEST_SS,
+            3 => &GUEST_DS,
+            4 => &GUEST_FS,
+            _ => &GUEST_GS,
         };
+        let paging = Paging::capture(ctx.vmcs);
+        let mode64 = paging.long_mode && ctx.vmcs.read(GUEST_CS_AR) & (1 << 13) != 0;
+        let seg_limits = (!mode64).then(|| walk::Segment {
+            limit: ctx.vmcs.read(fields.limit),
+            access_rights: ctx.vmcs.read(fields.access_rights),
+        });
         return Ok(Action::StringIo(StringIo {
             port,
             size,
             is_in,
             rep: q & (1 << 5) != 0,
             addr_size,
-            seg_base: ctx.vmcs.read(seg_base).0,
+            seg_base: ctx.vmcs.read(fields.base).0,
             stack_seg: seg == 2,
+            seg_limits,
             down: ctx.vmcs.read(GUEST_RFLAGS).0 & (1 << 10) != 0,
             len: u64::from(ctx.vmcs.read(EXIT_INSTRUCTION_LEN)),
-            paging: Paging::capture(ctx.vmcs),
+            paging,
         }));
     }
     if is_in {

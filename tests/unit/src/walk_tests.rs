@@ -2,7 +2,7 @@
 //! protection check, accessed/dirty bits, entries that change under the
 //! walk, and a seeded fuzz run over random page tables.
 
-use crate::walk::{canonical, pf, translate, Access, GuestPhys, Mode, Paging, WalkError};
+use crate::walk::{canonical, pf, segment_room, translate, Access, GuestPhys, Mode, Paging, Segment, WalkError};
 use crate::Rng;
 use std::println;
 use std::vec;
@@ -296,4 +296,70 @@ fn fuzz_random_page_tables() {
         }
     }
     println!("walk fuzz: {walks} walks: {ok} translated, {faults} page faults, {unhandled} outside guest RAM");
+}
+
+/// Access rights of a present, usable, writable data segment (type 3),
+/// expand-down (type 7) when asked, with the B bit when asked.
+fn data_seg(limit: u32, expand_down: bool, big: bool) -> Segment {
+    let t = if expand_down { 7 } else { 3 };
+    Segment { limit, access_rights: t | (1 << 4) | (1 << 7) | (u32::from(big) << 14) }
+}
+
+#[test]
+fn segment_limits() {
+    let real = data_seg(0xffff, false, false);
+    assert_eq!(segment_room(real, 0xffff, 0xfffe, 2, 1), Some(1));
+    assert_eq!(segment_room(real, 0xffff, 0xffff, 2, 1), None, "a word at the limit crosses it");
+    assert_eq!(segment_room(real, 0xffff, 0xfff0, 1, 100), Some(16), "a REP stops at the limit");
+    let unusable = Segment { limit: 0xffff, access_rights: 1 << 16 };
+    assert_eq!(segment_room(unusable, 0xffff, 0, 1, 1), None);
+    let down = data_seg(0x0fff, true, false);
+    assert_eq!(segment_room(down, 0xffff, 0x0fff, 1, 1), None, "expand-down: the limit itself is outside");
+    assert_eq!(segment_room(down, 0xffff, 0x1000, 1, 1), Some(1));
+    assert_eq!(segment_room(down, 0xffff, 0xff00, 1, 1000), Some(256), "expand-down, B=0: up to 0xffff");
+    assert_eq!(segment_room(data_seg(0x0fff, true, true), 0xffff_ffff, 0xffff_fffc, 4, 9), Some(1));
+    // Big real mode (a 4 GiB limit) with 16-bit addressing: the offset wraps
+    // at 0xffff, so a word there crosses the address size.
+    assert_eq!(segment_room(data_seg(0xffff_ffff, false, false), 0xffff, 0xffff, 2, 1), None);
+    assert_eq!(segment_room(data_seg(0x10, false, false), 0xffff_ffff, 0x20, 1, 1), None);
+}
+
+#[test]
+fn segment_limits_fuzz() {
+    let seed = crate::seed();
+    let n: u64 = std::env::var("RVMX_FUZZ_INPUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    println!("segment fuzz: seed {seed} (RVMX_SEED={seed} reproduces), {n} string accesses");
+    let mut rng = Rng::new(seed);
+    for _ in 0..n {
+        let limit = match rng.below(4) {
+            0 => 0xffff,
+            1 => 0xffff_ffff,
+            _ => rng.next() as u32 >> rng.below(32),
+        };
+        let seg = data_seg(limit, rng.below(3) == 0, rng.below(2) == 0);
+        let mask: u64 = if rng.below(2) == 0 { 0xffff } else { 0xffff_ffff };
+        let size = 1u64 << rng.below(3);
+        let offset = rng.next() & mask;
+        let count = 1 + rng.below(4096);
+        // The reference: element by element, as the CPU checks each access.
+        let ok = |i: u64| {
+            let first = offset + i * size;
+            let last = first + size - 1;
+            let (low, high) = if seg.access_rights & 4 != 0 {
+                (u64::from(limit) + 1, if seg.access_rights & (1 << 14) != 0 { 0xffff_ffff } else { 0xffff })
+            } else {
+                (0, u64::from(limit))
+            };
+            first >= low && last <= high.min(mask)
+        };
+        match segment_room(seg, mask, offset, size, count) {
+            None => assert!(!ok(0), "{seg:?} {mask:#x} {offset:#x} {size}: refused, but the first element fits"),
+            Some(k) => {
+                assert!(k >= 1 && k <= count);
+                assert!((0..k).all(ok), "{seg:?} {mask:#x} {offset:#x} {size} {count}: {k} allowed, one does not fit");
+                assert!(k == count || !ok(k), "{seg:?} {mask:#x} {offset:#x} {size} {count}: only {k} allowed");
+            }
+        }
+    }
+    println!("segment fuzz: {n} string accesses, each checked against a per-element reference");
 }

@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(36);
+    let mut t = Tap::plan(38);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -731,6 +731,34 @@ fn main() {
         unsafe { std::arch::asm!("mov es, {0:x}", "mov es, {1:x}", in(reg) 7u16, in(reg) 0u16) };
     }
     t.check(r == 0 && matches!(e, Exit::Out(0x1b, _)), "the launcher's LDT survives KVM_RUN", format!("modify_ldt={r} {e:?}"));
+
+    // 15b. Segment limits of string I/O, outside 64-bit mode: a 32-bit guest
+    //     whose DS ends at 0x0fff (no IDT: a fault is a triple fault). OUTSB
+    //     from DS:0x1000 faults (#GP) before any byte goes out; REP OUTSB of
+    //     32 bytes from DS:0x0ff0 sends the 16 below the limit, then faults.
+    for (name, esi, ecx, want) in [("OUTSB beyond DS's limit: #GP, nothing sent", 0x1000u32, 1u32, 0usize),
+                                   ("REP OUTSB across DS's limit: the bytes below it, then #GP", 0x0ff0, 32, 16)] {
+        let mut code = vec![0xbe];
+        code.extend_from_slice(&esi.to_le_bytes()); // mov esi, imm32
+        code.push(0xb9);
+        code.extend_from_slice(&ecx.to_le_bytes()); // mov ecx, imm32
+        code.extend_from_slice(&[0x66, 0xba, 0x1c, 0x00, 0xf3, 0x6e, 0xf4]); // mov dx, 0x1c; rep outsb; hlt
+        let mut g = Guest::real(&kvm, &code);
+        protected_mode(&mut g);
+        let mut s = g.vcpu.get_sregs().unwrap();
+        s.ds.limit = 0x0fff;
+        s.ds.g = 0;
+        s.idt.limit = 0;
+        g.vcpu.set_sregs(&s).unwrap();
+        let mut sent = 0;
+        let end = loop {
+            match run(&mut g, 0) {
+                Exit::Out(0x1c, d) => sent += d.len(),
+                other => break other,
+            }
+        };
+        t.check(sent == want && end == Exit::Shutdown, name, format!("{sent} bytes sent, then {end:?}"));
+    }
 
     // 16. Back to real mode after all that: the same guest runs again.
     let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);
