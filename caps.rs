@@ -91,11 +91,21 @@ pub(crate) struct VmxCaps {
     /// IA32_VMX_MISC[4:0]: the preemption timer ticks once per 2^n TSC
     /// ticks (0 under Bochs: once per emulated instruction).
     pub(crate) preemption_timer_rate: u8,
-    /// L1TF: flush the L1 data cache (IA32_FLUSH_CMD) before every VM
-    /// entry, as the host kernel's L1TF mitigation asks (kglue.c).
-    pub(crate) l1d_flush: bool,
-    /// L1TF would need a flush this CPU cannot do (logged at load).
-    pub(crate) l1d_flush_missing: bool,
+    /// L1TF: how L1D is flushed before every VM entry, as the host
+    /// kernel's L1TF mitigation asks (kglue.c).
+    pub(crate) l1d_flush: L1dFlush,
+}
+
+/// How rvmx flushes L1D before a VM entry (the L1TF mitigation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum L1dFlush {
+    /// The CPU is not affected, or the host kernel turned the mitigation off.
+    NotNeeded,
+    /// A write to IA32_FLUSH_CMD.
+    Msr,
+    /// Reading a buffer twice the size of L1D (no IA32_FLUSH_CMD, or the
+    /// `l1d_flush=software` module parameter).
+    Software,
 }
 
 /// Why the CPU cannot run rvmx; `probe()` logs the reason and maps it to the
@@ -186,9 +196,11 @@ impl VmxCaps {
             // CAST: bits 7:0.
             maxphyaddr: hw::cpuid(0x8000_0008, 0)[0] as u8,
             // SAFETY: reads the kernel's own mitigation choices.
-            l1d_flush: unsafe { rvmx_glue_l1d_flush_mode() } == 1,
-            // SAFETY: as above.
-            l1d_flush_missing: unsafe { rvmx_glue_l1d_flush_mode() } == 2,
+            l1d_flush: match unsafe { rvmx_glue_l1d_flush_mode() } {
+                1 => L1dFlush::Msr,
+                2 => L1dFlush::Software,
+                _ => L1dFlush::NotNeeded,
+            },
         };
         caps.check_required()?;
         // A kernel that delivers events with FRED instead of the IDT: rvmx
@@ -247,12 +259,10 @@ impl VmxCaps {
             yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
             yn(self.proc2.allows(PROC2_PML)),
         );
-        let l1d = if self.l1d_flush {
-            "yes"
-        } else if self.l1d_flush_missing {
-            "NEEDED BUT UNAVAILABLE (this CPU is affected by L1TF and has no IA32_FLUSH_CMD: guests may read host data from L1D)"
-        } else {
-            "not needed"
+        let l1d = match self.l1d_flush {
+            L1dFlush::Msr => "yes (IA32_FLUSH_CMD)",
+            L1dFlush::Software => "yes (by software: a 64 KiB read, as KVM without IA32_FLUSH_CMD)",
+            L1dFlush::NotNeeded => "not needed",
         };
         pr_info!("mitigations on VM entry: CPU buffers cleared with VERW where the kernel clears them, IBPB between vCPUs where the kernel uses IBPB, L1D flush {}\n", l1d);
     }

@@ -546,16 +546,72 @@ void rvmx_glue_machine_check(void)
  * may skip it, or mitigations off), 1 flush with IA32_FLUSH_CMD, 2 needed
  * but this CPU has no IA32_FLUSH_CMD (rvmx has no software flush: logged).
  */
+/*
+ * l1d_flush=software makes rvmx flush L1D by software before every VM
+ * entry even where L1TF does not ask for it: the tests use it to run that
+ * path on emulated CPUs that are not affected.
+ */
+static char *l1d_flush = "auto";
+module_param(l1d_flush, charp, 0444);
+MODULE_PARM_DESC(l1d_flush, "auto (as the host's L1TF mitigation asks) or software (always, by reading a buffer)");
+
+/* 0: no flush; 1: IA32_FLUSH_CMD; 2: by software (no IA32_FLUSH_CMD). */
 int rvmx_glue_l1d_flush_mode(void)
 {
 	u64 arch_cap = 0;
 
+	if (!strcmp(l1d_flush, "software"))
+		return 2;
 	if (boot_cpu_has(X86_FEATURE_ARCH_CAPABILITIES))
 		rdmsrl(MSR_IA32_ARCH_CAPABILITIES, arch_cap);
 	if (!boot_cpu_has_bug(X86_BUG_L1TF) || l1tf_mitigation == L1TF_MITIGATION_OFF ||
 	    (arch_cap & ARCH_CAP_SKIP_VMENTRY_L1DFLUSH))
 		return 0;
 	return boot_cpu_has(X86_FEATURE_FLUSH_L1D) ? 1 : 2;
+}
+
+/*
+ * The software L1D flush, for CPUs affected by L1TF without IA32_FLUSH_CMD
+ * (old microcode), as KVM's vmx_l1d_flush does it: read a 64 KiB buffer,
+ * twice the size of any L1D, one byte per cache line, after touching each
+ * page so that the TLB misses do not leave lines unfilled. The buffer's
+ * pages are filled with different bytes, so that KSM cannot merge them.
+ */
+#define RVMX_L1D_FLUSH_ORDER 4
+static struct page *rvmx_l1d_flush_pages;
+
+int rvmx_glue_l1d_flush_alloc(void)
+{
+	int i;
+
+	rvmx_l1d_flush_pages = alloc_pages(GFP_KERNEL, RVMX_L1D_FLUSH_ORDER);
+	if (!rvmx_l1d_flush_pages)
+		return -ENOMEM;
+	for (i = 0; i < 1 << RVMX_L1D_FLUSH_ORDER; i++)
+		memset(page_address(rvmx_l1d_flush_pages) + i * PAGE_SIZE, i + 1, PAGE_SIZE);
+	return 0;
+}
+
+void rvmx_glue_l1d_flush_free(void)
+{
+	if (rvmx_l1d_flush_pages)
+		__free_pages(rvmx_l1d_flush_pages, RVMX_L1D_FLUSH_ORDER);
+	rvmx_l1d_flush_pages = NULL;
+}
+
+void rvmx_glue_l1d_flush_sw(void)
+{
+	const u8 *p = page_address(rvmx_l1d_flush_pages);
+	unsigned long size = PAGE_SIZE << RVMX_L1D_FLUSH_ORDER, i;
+	unsigned int a = 0, b, c = 0, d;
+
+	for (i = 0; i < size; i += PAGE_SIZE)
+		(void)READ_ONCE(p[i]);
+	/* Serializing, as KVM's: the fill below starts after the TLB fills. */
+	native_cpuid(&a, &b, &c, &d);
+	for (i = 0; i < size; i += L1_CACHE_BYTES)
+		(void)READ_ONCE(p[i]);
+	rmb();
 }
 
 /*

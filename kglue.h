@@ -70,6 +70,9 @@ int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
 void rvmx_glue_restore_host_breakpoints(void);
 void rvmx_glue_machine_check(void);
 int rvmx_glue_l1d_flush_mode(void);
+int rvmx_glue_l1d_flush_alloc(void);
+void rvmx_glue_l1d_flush_free(void);
+void rvmx_glue_l1d_flush_sw(void);
 void rvmx_glue_ibpb_on_vcpu_switch(u64 uid);
 
 /* The VMM's segment state a VM exit does not keep (kglue.c). */

@@ -41,6 +41,8 @@ module! {
 struct Rvmx {
     _dev: dev::RvmxDevice,
     _root: vmxon::VmxRoot,
+    /// The software L1D flush's buffer, where that flush is used.
+    _l1d: Option<hw::L1dFlushBuffer>,
     _guards: guards::Guards,
 }
 
@@ -61,10 +63,14 @@ impl kernel::Module for Rvmx {
         })?;
         caps.log();
         let guards = guards::Guards::register()?;
+        let l1d = match caps.l1d_flush {
+            caps::L1dFlush::Software => Some(hw::L1dFlushBuffer::new()?),
+            _ => None,
+        };
         let root = vmxon::VmxRoot::enable(caps)?;
         pr_info!("{} CPUs in VMX root operation\n", root.cpus_in_vmx());
         let dev = dev::RvmxDevice::register()?;
-        Ok(Rvmx { _dev: dev, _root: root, _guards: guards })
+        Ok(Rvmx { _dev: dev, _root: root, _l1d: l1d, _guards: guards })
     }
 }
 

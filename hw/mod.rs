@@ -267,3 +267,44 @@ pub(crate) fn invoke_nmi_handler() {
     // the NMI entry code saves and restores all state and returns with IRET.
     unsafe { asm!("int 2") };
 }
+
+extern "C" {
+    fn rvmx_glue_l1d_flush_alloc() -> core::ffi::c_int;
+    fn rvmx_glue_l1d_flush_free();
+    fn rvmx_glue_l1d_flush_sw();
+}
+
+/// The buffer the software L1D flush reads (kglue.c), for the module's
+/// lifetime where that flush is used (caps.rs `L1dFlush::Software`).
+///
+/// # Invariants
+///
+/// While a value exists, the buffer is allocated: `l1d_flush_software` may
+/// run.
+pub(crate) struct L1dFlushBuffer(());
+
+impl L1dFlushBuffer {
+    pub(crate) fn new() -> kernel::error::Result<Self> {
+        // SAFETY: allocates the module's one buffer; freed by Drop.
+        kernel::error::to_result(unsafe { rvmx_glue_l1d_flush_alloc() })?;
+        Ok(Self(()))
+    }
+}
+
+impl Drop for L1dFlushBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `new`; no vCPU is left (the module unloads).
+        unsafe { rvmx_glue_l1d_flush_free() };
+    }
+}
+
+/// Flushes this CPU's L1 data cache by reading the buffer (KVM's software
+/// L1TF mitigation, for CPUs without IA32_FLUSH_CMD).
+///
+/// # Safety
+///
+/// An `L1dFlushBuffer` exists.
+pub(crate) unsafe fn l1d_flush_software() {
+    // SAFETY: the buffer is allocated (caller); the call only reads it.
+    unsafe { rvmx_glue_l1d_flush_sw() };
+}
