@@ -5,12 +5,14 @@
 //! breakpoints. rvmx sets "MOV-DR exiting" and keeps the guest's debug
 //! registers in software: a MOV to DRn stores the value (with the checks
 //! and fixed bits of the CPU, as KVM's kvm_set_dr), a MOV from DRn reads it
-//! back. The CPU keeps running the guest with DR7 = 0x400 (VM entry loads
-//! it from the VMCS: "load debug controls"), so no breakpoint of the host's
-//! is ever armed in the guest, and the guest's own hardware breakpoints do
-//! not fire (not emulated yet). After every exit the host's DR7 and
-//! IA32_DEBUGCTL are put back (vcpu/mod.rs), since a VM exit sets DR7 to
-//! 0x400 and clears IA32_DEBUGCTL.
+//! back. VM entry loads the guest's DR7 from the VMCS ("load debug
+//! controls"), which this file keeps equal to the guest's; while that DR7
+//! arms a breakpoint, the run loop (vcpu/mod.rs) loads the guest's DR0-3
+//! and DR6 into the CPU before each entry and reads DR6 back after the
+//! exit, so the guest's breakpoints fire in the guest (#DB is not
+//! intercepted) and never with the host's addresses. After every exit the
+//! host's DR7, DR6 and IA32_DEBUGCTL are put back, since a VM exit sets DR7
+//! to 0x400 and clears IA32_DEBUGCTL.
 //! Exit qualification (SDM Vol. 3C, table 28-4): bits 2:0 the debug
 //! register, bit 4 the direction (1 = MOV from DR), bits 11:8 the GPR.
 
@@ -40,6 +42,18 @@ pub(crate) struct DebugRegs {
 impl DebugRegs {
     /// Their values after RESET (SDM Vol. 3A, table 10-1).
     pub(crate) const RESET: Self = DebugRegs { dr: [0; 4], dr6: DR6_FIXED_1, dr7: DR7_FIXED_1 };
+
+    /// Whether DR7 enables a breakpoint (L0-L3, G0-G3): the guest's DR0-3
+    /// must then be in the CPU while it runs.
+    pub(crate) fn armed(&self) -> bool {
+        self.dr7 & 0xff != 0
+    }
+
+    /// Takes DR6 as the CPU left it after the guest ran (its #DBs set B0-B3
+    /// and BS there without an exit).
+    pub(crate) fn set_dr6_from_cpu(&mut self, v: u64) {
+        self.dr6 = (v & DR6_VOLATILE) | DR6_FIXED_1;
+    }
 }
 
 pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
@@ -76,7 +90,11 @@ pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             // Bits 63:32 of DR6 and DR7 are reserved: #GP(0).
             6 | 7 if v >> 32 != 0 => return ctx.inject_exception(GP, Some(0)),
             6 => d.dr6 = (v & DR6_VOLATILE) | DR6_FIXED_1,
-            _ => d.dr7 = (v & DR7_VOLATILE) | DR7_FIXED_1,
+            _ => {
+                d.dr7 = (v & DR7_VOLATILE) | DR7_FIXED_1;
+                let dr7 = d.dr7;
+                ctx.vmcs.write(GUEST_DR7, Natural(dr7))?;
+            }
         }
     }
     ctx.skip_instruction()?;

@@ -308,3 +308,37 @@ pub(crate) unsafe fn l1d_flush_software() {
     // SAFETY: the buffer is allocated (caller); the call only reads it.
     unsafe { rvmx_glue_l1d_flush_sw() };
 }
+
+/// Loads a guest's breakpoint addresses (DR0-3) and DR6 into this CPU, for
+/// the VM entry that follows (VM entry loads DR7 from the VMCS).
+///
+/// # Safety
+///
+/// Interrupts are off until the host's debug registers are put back after
+/// the VM exit (the host's #DB handler must not see these).
+pub(crate) unsafe fn load_guest_debug_regs(dr: &[u64; 4], dr6: u64) {
+    // SAFETY: MOV to DR0-3 and DR6 only changes breakpoint state, which the
+    // caller restores; DR7 (what arms them) is 0x400 outside the guest.
+    unsafe {
+        asm!("mov dr0, {}", in(reg) dr[0], options(nomem, nostack, preserves_flags));
+        asm!("mov dr1, {}", in(reg) dr[1], options(nomem, nostack, preserves_flags));
+        asm!("mov dr2, {}", in(reg) dr[2], options(nomem, nostack, preserves_flags));
+        asm!("mov dr3, {}", in(reg) dr[3], options(nomem, nostack, preserves_flags));
+        asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Reads DR6 (after a VM exit: what the guest's debug exceptions left).
+pub(crate) fn read_dr6() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR6 in ring 0 has no side effect.
+    unsafe { asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Puts DR6 back to its idle value (no debug condition recorded), as the
+/// host's #DB handler expects it between debug exceptions.
+pub(crate) fn clear_dr6() {
+    // SAFETY: writing DR6's architectural idle value only clears status.
+    unsafe { asm!("mov dr6, {}", in(reg) 0xffff_0ff0u64, options(nomem, nostack, preserves_flags)) };
+}

@@ -745,10 +745,21 @@ impl Vcpu {
                     // vCPU is gone.
                     crate::caps::L1dFlush::Software => unsafe { hw::l1d_flush_software() },
                 }
+                // The guest's breakpoints, if its DR7 arms any (exits/dr.rs).
+                let guest_breakpoints = st.guest.debug.armed();
+                if guest_breakpoints {
+                    // SAFETY: interrupts stay off until the host's debug
+                    // registers are back, right after the exit.
+                    unsafe { hw::load_guest_debug_regs(&st.guest.debug.dr, st.guest.debug.dr6) };
+                }
                 // SAFETY: the VMCS is current (we hold `v`), its host state
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
                 st.cr2 = hw::read_cr2();
+                if guest_breakpoints {
+                    st.guest.debug.set_dr6_from_cpu(hw::read_dr6());
+                    hw::clear_dr6();
+                }
                 // The exit set DR7 to 0x400 and cleared IA32_DEBUGCTL (SDM
                 // Vol. 3C §28.5.1): the host's come back first, as in KVM's
                 // vmx_vcpu_run.
@@ -910,6 +921,21 @@ impl VcpuState {
             rsp: v.read(GUEST_RSP).0,
             paging: crate::gmem::Paging::capture(&v),
         })
+    }
+
+    /// The base of segment `seg` (decode.rs numbering: ES, CS, SS, DS, FS,
+    /// GS), for an MMIO access that may cross a page.
+    pub(crate) fn segment_base(&mut self, seg: u8) -> Result<u64> {
+        let v = self.vmcs.load()?;
+        let field = match seg {
+            0 => GUEST_ES.base,
+            1 => GUEST_CS.base,
+            2 => GUEST_SS.base,
+            3 => GUEST_DS.base,
+            4 => GUEST_FS.base,
+            _ => GUEST_GS.base,
+        };
+        Ok(v.read(field).0)
     }
 
     pub(crate) fn regs_mut(&mut self) -> &mut [u64; 16] {
