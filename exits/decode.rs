@@ -18,7 +18,10 @@
 //! address (A0-A3), MOV of an immediate to memory (C6 /0, C7 /0), and MOVZX
 //! from memory (0F B6, 0F B7), with ModRM/SIB/displacement, the operand- and
 //! address-size prefixes, segment overrides and REX. Anything else is
-//! `None`, never a guess.
+//! `None`, never a guess. The memory operand is decoded too ([`Mem`]): with
+//! the guest's registers and segment bases it gives the linear address the
+//! access starts at, which the exit does not report when the access began
+//! on the page before the device (exits/mmio.rs).
 
 /// The longest x86 instruction, in bytes (SDM Vol. 2, §2.3.11).
 pub(crate) const MAX_INSN_LEN: usize = 15;
@@ -63,6 +66,58 @@ pub(crate) struct Insn {
     /// Bytes moved to or from the device: 1, 2, 4 or 8.
     pub(crate) size: u8,
     pub(crate) access: Access,
+    pub(crate) mem: Mem,
+}
+
+/// The segment registers, numbered as in VMX's instruction information.
+pub(crate) const ES: u8 = 0;
+pub(crate) const CS: u8 = 1;
+pub(crate) const SS: u8 = 2;
+pub(crate) const DS: u8 = 3;
+pub(crate) const FS: u8 = 4;
+pub(crate) const GS: u8 = 5;
+
+/// The memory operand: segment, and the effective address as base +
+/// index * scale + displacement (SDM Vol. 2, §2.1.5), wrapped at the
+/// address size.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Mem {
+    /// ES, CS, SS, DS, FS or GS (above): the override, or the default (SS
+    /// for an rBP or rSP base, DS otherwise).
+    pub(crate) seg: u8,
+    /// Base and index register numbers (0 = rAX ... 15 = R15).
+    pub(crate) base: Option<u8>,
+    pub(crate) index: Option<u8>,
+    /// 1, 2, 4 or 8.
+    pub(crate) scale: u8,
+    /// The displacement, sign-extended (the address itself for moffs).
+    pub(crate) disp: u64,
+    /// Relative to the next instruction (64-bit mode, ModRM mod 0 r/m 5).
+    pub(crate) rip_relative: bool,
+    /// Address size in bytes, 2, 4 or 8: the effective address wraps there.
+    pub(crate) addr_size: u8,
+}
+
+impl Mem {
+    /// The effective address, with `reg(n)` the value of register `n` and
+    /// `rip` the address of the instruction `len` bytes long.
+    pub(crate) fn effective_address(&self, reg: impl Fn(u8) -> u64, rip: u64, len: u8) -> u64 {
+        let mut ea = self.disp;
+        if let Some(b) = self.base {
+            ea = ea.wrapping_add(reg(b));
+        }
+        if let Some(i) = self.index {
+            ea = ea.wrapping_add(reg(i).wrapping_mul(u64::from(self.scale)));
+        }
+        if self.rip_relative {
+            ea = ea.wrapping_add(rip.wrapping_add(u64::from(len)));
+        }
+        match self.addr_size {
+            2 => ea & 0xffff,
+            4 => ea & 0xffff_ffff,
+            _ => ea,
+        }
+    }
 }
 
 /// Reads instruction bytes front to back and can only fail.
@@ -86,11 +141,6 @@ impl<'a> Cursor<'a> {
         let b = self.peek()?;
         self.pos += 1;
         Some(b)
-    }
-
-    /// Skips `n` bytes (a displacement).
-    fn skip(&mut self, n: usize) -> Option<()> {
-        self.le(n).map(|_| ())
     }
 
     /// Reads an `n`-byte little-endian value, `n` <= 8.
@@ -117,12 +167,21 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeSize) -> Option<Insn> {
         CodeSize::Bits32 => 4,
         CodeSize::Bits64 => 8,
     };
-    // Legacy prefixes, in any number (the cursor bounds them).
+    // Legacy prefixes, in any number (the cursor bounds them); of several
+    // segment overrides the last counts.
+    let mut seg_override = None;
     loop {
         match c.peek()? {
             0x66 => opsize = if mode == CodeSize::Bits16 { 4 } else { 2 },
             0x67 => addrsize = if mode == CodeSize::Bits32 { 2 } else { 4 },
-            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            // In 64-bit mode these four are ignored (their bases are 0).
+            0x26 | 0x2e | 0x36 | 0x3e if mode == CodeSize::Bits64 => {}
+            0x26 => seg_override = Some(ES),
+            0x2e => seg_override = Some(CS),
+            0x36 => seg_override = Some(SS),
+            0x3e => seg_override = Some(DS),
+            0x64 => seg_override = Some(FS),
+            0x65 => seg_override = Some(GS),
             _ => break,
         }
         c.byte()?;
@@ -136,6 +195,9 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeSize) -> Option<Insn> {
         opsize = 8;
     }
     let rex_r = (rex >> 2) & 1;
+    let rex_x = (rex >> 1) & 1;
+    let rex_b = rex & 1;
+    let mut mem = Mem { seg: DS, base: None, index: None, scale: 1, disp: 0, rip_relative: false, addr_size: addrsize };
     let mut op = c.byte()?;
     let two_byte = op == 0x0f;
     if two_byte {
@@ -145,10 +207,11 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeSize) -> Option<Insn> {
     // MOV AL/eAX <-> moffs (A0-A3): no ModRM, an address-size offset.
     if !two_byte && (0xa0..=0xa3).contains(&op) {
         let size = if op & 1 == 0 { 1 } else { opsize };
-        c.skip(usize::from(addrsize))?;
+        mem.disp = c.le(usize::from(addrsize))?;
+        mem.seg = seg_override.unwrap_or(DS);
         let rax = Reg { num: 0, high_byte: false };
         let access = if op < 0xa2 { Access::Load { reg: rax, dst_size: size } } else { Access::StoreReg(rax) };
-        return Some(Insn { len: c.len(), size, access });
+        return Some(Insn { len: c.len(), size, access, mem });
     }
 
     // ModRM, then SIB and displacement; a register operand (mod = 3) is
@@ -160,25 +223,58 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeSize) -> Option<Insn> {
     if md == 3 {
         return None;
     }
+    // Register numbers: 0 rAX, 1 rCX, 2 rDX, 3 rBX, 4 rSP, 5 rBP, 6 rSI, 7 rDI.
+    let stack_base;
     if addrsize == 2 {
-        c.skip(match (md, rm) {
-            (0, 6) | (2, _) => 2,
-            (1, _) => 1,
+        // The 16-bit forms (SDM Vol. 2, table 2-1).
+        let (base, index) = match rm {
+            0 => (Some(3), Some(6)),
+            1 => (Some(3), Some(7)),
+            2 => (Some(5), Some(6)),
+            3 => (Some(5), Some(7)),
+            4 => (Some(6), None),
+            5 => (Some(7), None),
+            6 if md == 0 => (None, None),
+            6 => (Some(5), None),
+            _ => (Some(3), None),
+        };
+        (mem.base, mem.index) = (base, index);
+        stack_base = base == Some(5);
+        mem.disp = match (md, rm) {
+            // CAST: sign-extension of the displacement.
+            (0, 6) | (2, _) => c.le(2)? as u16 as i16 as i64 as u64,
+            (1, _) => c.le(1)? as u8 as i8 as i64 as u64,
             _ => 0,
-        })?;
+        };
     } else {
+        let mut disp32 = md == 2;
         if rm == 4 {
             let sib = c.byte()?;
+            mem.scale = 1 << (sib >> 6);
+            let index = ((sib >> 3) & 7) | (rex_x << 3);
+            mem.index = (index != 4).then_some(index);
             if md == 0 && sib & 7 == 5 {
-                c.skip(4)?;
+                disp32 = true;
+            } else {
+                mem.base = Some((sib & 7) | (rex_b << 3));
             }
+        } else if md == 0 && rm == 5 {
+            disp32 = true;
+            mem.rip_relative = mode == CodeSize::Bits64;
+        } else {
+            mem.base = Some(rm | (rex_b << 3));
         }
-        c.skip(match (md, rm) {
-            (0, 5) | (2, _) => 4,
-            (1, _) => 1,
-            _ => 0,
-        })?;
+        stack_base = matches!(mem.base, Some(4) | Some(5));
+        mem.disp = if disp32 {
+            // CAST: sign-extension of the displacement.
+            c.le(4)? as u32 as i32 as i64 as u64
+        } else if md == 1 {
+            c.le(1)? as u8 as i8 as i64 as u64
+        } else {
+            0
+        };
     }
+    mem.seg = seg_override.unwrap_or(if stack_base { SS } else { DS });
     // An 8-bit register operand: AH..BH without REX, SPL..DIL with it.
     let byte_reg = |r: u8| -> Reg {
         if rex == 0 && (4..8).contains(&r) { Reg { num: r - 4, high_byte: true } } else { Reg { num: r, high_byte: false } }
@@ -200,5 +296,5 @@ pub(crate) fn decode(bytes: &[u8], mode: CodeSize) -> Option<Insn> {
         (true, 0xb7) => (2, Access::Load { reg: full_reg, dst_size: opsize }),
         _ => return None,
     };
-    Some(Insn { len: c.len(), size, access })
+    Some(Insn { len: c.len(), size, access, mem })
 }

@@ -9,6 +9,12 @@
 //! RIP through the guest's own page tables, gmem.rs) and decodes it
 //! (decode.rs, which says which instructions are understood). Anything else
 //! is KVM_EXIT_INTERNAL_ERROR (emulation), never a guess.
+//!
+//! An access that crosses a page boundary with guest RAM on one side and
+//! the device on the other is split as KVM's emulator splits it: the RAM
+//! bytes are read or written here, and only the device's bytes go out,
+//! at the device's address (the EPT violation reports only that side, so
+//! the start comes from the decoded memory operand).
 
 use super::decode::{self, Access, CodeSize, Reg, MAX_INSN_LEN};
 use super::Pending;
@@ -43,6 +49,30 @@ pub(crate) fn merge(old: u64, v: u64, size: u8, high_byte: bool) -> u64 {
 
 fn mask(v: u64, size: u8) -> u64 {
     if size >= 8 { v } else { v & ((1u64 << (8 * u32::from(size))) - 1) }
+}
+
+/// The RAM side of an access split across a page boundary: what it read
+/// (placed where it belongs in the value), and where the device's bytes go
+/// in the value (`whole`: none, the device has all of it).
+#[derive(Clone, Copy)]
+pub(crate) struct RamPart {
+    /// The bytes read from RAM, already at their position in the value.
+    value: u64,
+    /// The device's bytes start at this byte of the value.
+    device_at: u8,
+    /// How many bytes the device supplies.
+    device_len: u8,
+}
+
+impl RamPart {
+    const fn whole(len: u8) -> Self {
+        RamPart { value: 0, device_at: 0, device_len: len }
+    }
+
+    /// The value of the read, from the device's `data`.
+    pub(crate) fn combine(&self, data: u64) -> u64 {
+        self.value | (mask(data, self.device_len) << (8 * u32::from(self.device_at)))
+    }
 }
 
 /// Completes an MMIO read at the next KVM_RUN.
@@ -138,7 +168,79 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
         Access::StoreImm(v) => (Some(mask(v, d.size)), None),
         Access::Load { reg, dst_size } => (None, Some(Dest { reg, src_size: d.size, dst_size })),
     };
-    run.exit_mmio(e.gpa, u32::from(d.size), write);
-    st.pending = Pending::Mmio { len: d.len, dest };
+    let regs = *st.regs_mut();
+    let reg_value = |n: u8| if n & 15 == reg::RSP as u8 { f.rsp } else { regs[usize::from(n & 15)] };
+    let ram = match split(vcpu, st, f, &d, e.gpa, mode, write, reg_value) {
+        Ok(r) => r,
+        Err(err) if st.inject_linear_fault(err)? => return Ok(false),
+        Err(_) => RamPart::whole(d.size),
+    };
+    let device_write = write.map(|v| v >> (8 * u32::from(ram.device_at)));
+    run.exit_mmio(e.gpa, u32::from(ram.device_len), device_write);
+    st.pending = Pending::Mmio { len: d.len, dest, ram };
     Ok(true)
+}
+
+/// Splits an access of `d.size` bytes that crosses a page with RAM on one
+/// side: does the RAM side (a write's bytes stored, a read's bytes read)
+/// and says which bytes the device has. An access within one page, or
+/// with the device on both sides, is the device's whole (the exit reports
+/// the side that faulted first). An error is what the RAM side's access
+/// ran into (the guest's page tables changed since the exit): a #PF to
+/// inject, or `Unhandled` (then the device gets the access whole).
+#[allow(clippy::too_many_arguments)]
+fn split(
+    vcpu: &Vcpu,
+    st: &mut VcpuState,
+    f: &InsnCtx,
+    d: &decode::Insn,
+    gpa: u64,
+    mode: CodeSize,
+    write: Option<u64>,
+    reg_value: impl Fn(u8) -> u64,
+) -> Result<RamPart, gmem::LinearError> {
+    let size = u64::from(d.size);
+    let off = gpa % 4096;
+    // The device's side starts mid-page and the access fits: the common
+    // case, decided without reading anything more.
+    if off != 0 && off + size <= 4096 {
+        return Ok(RamPart::whole(d.size));
+    }
+    // In 64-bit mode only FS and GS have a base.
+    let seg_base = if mode == CodeSize::Bits64 && !matches!(d.mem.seg, decode::FS | decode::GS) {
+        0
+    } else {
+        st.segment_base(d.mem.seg).map_err(|_| gmem::LinearError::Unhandled)?
+    };
+    let linear = f.paging.wrap(seg_base.wrapping_add(d.mem.effective_address(reg_value, f.rip, d.len)));
+    let first = 4096 - linear % 4096;
+    if first >= size || (off != 0 && linear % 4096 != off) {
+        // Within one page after all, or not the access the exit reports.
+        return Ok(RamPart::whole(d.size));
+    }
+    // CAST: fewer than `size` <= 8 bytes.
+    let n1 = first as u8;
+    let bytes = write.unwrap_or(0).to_le_bytes();
+    let vm = vcpu.vm();
+    let mut b = [0u8; 8];
+    if off == 0 && linear % 4096 != 0 {
+        // RAM, then the device at `gpa`: the RAM side is the first n1 bytes.
+        let r = 0..usize::from(n1);
+        if write.is_some() {
+            gmem::write_linear(vm, &f.paging, linear, &bytes[r])?;
+        } else {
+            gmem::read_linear(vm, &f.paging, linear, &mut b[r], false)?;
+        }
+        Ok(RamPart { value: u64::from_le_bytes(b), device_at: n1, device_len: d.size - n1 })
+    } else {
+        // The device at `gpa`, then RAM on the next page.
+        let next = f.paging.wrap(linear.wrapping_add(first));
+        let r = usize::from(n1)..usize::from(d.size);
+        if write.is_some() {
+            gmem::write_linear(vm, &f.paging, next, &bytes[r])?;
+        } else {
+            gmem::read_linear(vm, &f.paging, next, &mut b[r], false)?;
+        }
+        Ok(RamPart { value: u64::from_le_bytes(b), device_at: 0, device_len: n1 })
+    }
 }

@@ -78,7 +78,7 @@ pub(crate) enum Pending {
     Hypercall,
     /// An MMIO access: a read's data goes to a register; RIP advances by
     /// `len` at the next entry.
-    Mmio { len: u8, dest: Option<mmio::Dest> },
+    Mmio { len: u8, dest: Option<mmio::Dest>, ram: mmio::RamPart },
     /// A string IN: the data goes to guest memory.
     StringIn(io::StringIn),
 }
@@ -349,10 +349,9 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: RunPage, pi
         Pending::Hypercall => {
             regs[reg::RAX] = run.hypercall_ret();
         }
-        Pending::Mmio { len, dest } => {
+        Pending::Mmio { len, dest, ram } => {
             if let Some(d) = dest {
-                let data = run.mmio_data();
-                mmio::complete_read(regs, d, u64::from_le_bytes(data));
+                mmio::complete_read(regs, d, ram.combine(u64::from_le_bytes(run.mmio_data())));
             }
             st.rip_advance = u64::from(len);
         }

@@ -1,7 +1,7 @@
 //! Tests of exits/decode.rs: known encodings, hostile byte strings, and a
 //! seeded fuzz run checked against the iced-x86 disassembler.
 
-use crate::decode::{decode, Access, CodeSize, Insn, Reg};
+use crate::decode::{decode, Access, CodeSize, Reg};
 use crate::Rng;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use std::println;
@@ -15,33 +15,39 @@ fn r(num: u8) -> Reg {
     Reg { num, high_byte: false }
 }
 
-fn insn(len: u8, size: u8, access: Access) -> Option<Insn> {
-    Some(Insn { len, size, access })
+fn insn(len: u8, size: u8, access: Access) -> Option<(u8, u8, Access)> {
+    Some((len, size, access))
+}
+
+/// What `decode` says of length, size and access (the memory operand is
+/// checked against iced-x86 below).
+fn dec(b: &[u8], mode: CodeSize) -> Option<(u8, u8, Access)> {
+    decode(b, mode).map(|i| (i.len, i.size, i.access))
 }
 
 #[test]
 fn known_encodings() {
     // mov [rax], ecx / rcx / ah / spl
-    assert_eq!(decode(&[0x89, 0x08], B64), insn(2, 4, Access::StoreReg(r(1))));
-    assert_eq!(decode(&[0x48, 0x89, 0x08], B64), insn(3, 8, Access::StoreReg(r(1))));
-    assert_eq!(decode(&[0x88, 0x20], B64), insn(2, 1, Access::StoreReg(Reg { num: 0, high_byte: true })));
-    assert_eq!(decode(&[0x40, 0x88, 0x20], B64), insn(3, 1, Access::StoreReg(r(4))));
+    assert_eq!(dec(&[0x89, 0x08], B64), insn(2, 4, Access::StoreReg(r(1))));
+    assert_eq!(dec(&[0x48, 0x89, 0x08], B64), insn(3, 8, Access::StoreReg(r(1))));
+    assert_eq!(dec(&[0x88, 0x20], B64), insn(2, 1, Access::StoreReg(Reg { num: 0, high_byte: true })));
+    assert_eq!(dec(&[0x40, 0x88, 0x20], B64), insn(3, 1, Access::StoreReg(r(4))));
     // mov r9d, [rip + 0x1000]
-    assert_eq!(decode(&[0x44, 0x8b, 0x0d, 0, 0x10, 0, 0], B64), insn(7, 4, Access::Load { reg: r(9), dst_size: 4 }));
+    assert_eq!(dec(&[0x44, 0x8b, 0x0d, 0, 0x10, 0, 0], B64), insn(7, 4, Access::Load { reg: r(9), dst_size: 4 }));
     // mov dword [rax], 0x12345678; mov qword [rax], -1
-    assert_eq!(decode(&[0xc7, 0x00, 0x78, 0x56, 0x34, 0x12], B64), insn(6, 4, Access::StoreImm(0x1234_5678)));
-    assert_eq!(decode(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], B64), insn(7, 8, Access::StoreImm(u64::MAX)));
+    assert_eq!(dec(&[0xc7, 0x00, 0x78, 0x56, 0x34, 0x12], B64), insn(6, 4, Access::StoreImm(0x1234_5678)));
+    assert_eq!(dec(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], B64), insn(7, 8, Access::StoreImm(u64::MAX)));
     // mov byte [bx + si], 0x5a (16-bit)
-    assert_eq!(decode(&[0xc6, 0x00, 0x5a], B16), insn(3, 1, Access::StoreImm(0x5a)));
+    assert_eq!(dec(&[0xc6, 0x00, 0x5a], B16), insn(3, 1, Access::StoreImm(0x5a)));
     // mov eax, [0xfee00020]; in 64-bit mode an 8-byte moffs
-    assert_eq!(decode(&[0xa1, 0x20, 0, 0xe0, 0xfe], B32), insn(5, 4, Access::Load { reg: r(0), dst_size: 4 }));
-    assert_eq!(decode(&[0x48, 0xa3, 1, 2, 3, 4, 5, 6, 7, 8], B64), insn(10, 8, Access::StoreReg(r(0))));
+    assert_eq!(dec(&[0xa1, 0x20, 0, 0xe0, 0xfe], B32), insn(5, 4, Access::Load { reg: r(0), dst_size: 4 }));
+    assert_eq!(dec(&[0x48, 0xa3, 1, 2, 3, 4, 5, 6, 7, 8], B64), insn(10, 8, Access::StoreReg(r(0))));
     // movzx eax, byte [rcx]; movzx ax, word? (0x66 0f b7: dst 2)
-    assert_eq!(decode(&[0x0f, 0xb6, 0x01], B64), insn(3, 1, Access::Load { reg: r(0), dst_size: 4 }));
-    assert_eq!(decode(&[0x66, 0x0f, 0xb7, 0x01], B32), insn(4, 2, Access::Load { reg: r(0), dst_size: 2 }));
+    assert_eq!(dec(&[0x0f, 0xb6, 0x01], B64), insn(3, 1, Access::Load { reg: r(0), dst_size: 4 }));
+    assert_eq!(dec(&[0x66, 0x0f, 0xb7, 0x01], B32), insn(4, 2, Access::Load { reg: r(0), dst_size: 2 }));
     // mov ax, [bx + 2] (16-bit); with 0x67, [eax + ecx*4 + 0x10]
-    assert_eq!(decode(&[0x8b, 0x47, 0x02], B16), insn(3, 2, Access::Load { reg: r(0), dst_size: 2 }));
-    assert_eq!(decode(&[0x67, 0x8b, 0x44, 0x88, 0x10], B16), insn(5, 2, Access::Load { reg: r(0), dst_size: 2 }));
+    assert_eq!(dec(&[0x8b, 0x47, 0x02], B16), insn(3, 2, Access::Load { reg: r(0), dst_size: 2 }));
+    assert_eq!(dec(&[0x67, 0x8b, 0x44, 0x88, 0x10], B16), insn(5, 2, Access::Load { reg: r(0), dst_size: 2 }));
     // A register operand is not a memory access.
     assert_eq!(decode(&[0x89, 0xc8], B64), None);
 }
@@ -71,7 +77,7 @@ fn hostile_bytes_are_undecodable_not_a_crash() {
     // A displacement that ends exactly at byte 15 is fine.
     let mut b = [0x2eu8; 15];
     b[8..15].copy_from_slice(&[0x8b, 0x84, 0x24, 1, 2, 3, 4]);
-    assert_eq!(decode(&b, B64), insn(15, 4, Access::Load { reg: r(0), dst_size: 4 }));
+    assert_eq!(dec(&b, B64), insn(15, 4, Access::Load { reg: r(0), dst_size: 4 }));
 }
 
 /// Bytes that are likely to form instructions the decoder knows, mixed
@@ -125,7 +131,14 @@ fn check_against_iced(b: &[u8], mode: CodeSize) {
     };
     let ours = decode(b, mode);
     let window = &b[..b.len().min(15)];
-    let mut dec = Decoder::with_ip(bitness, window, 0, DecoderOptions::NONE);
+    // An instruction address near the top, so that RIP-relative and 16-bit
+    // wrap-around are exercised.
+    let rip: u64 = match mode {
+        B16 => 0xfff8,
+        B32 => 0xffff_fff8,
+        B64 => 0xffff_ffff_ffff_fff8,
+    };
+    let mut dec = Decoder::with_ip(bitness, window, rip, DecoderOptions::NONE);
     let ins: Instruction = dec.decode();
     let valid = !ins.is_invalid();
     let mem_op = (0..ins.op_count()).find(|&k| ins.op_kind(k) == OpKind::Memory);
@@ -137,6 +150,37 @@ fn check_against_iced(b: &[u8], mode: CodeSize) {
         assert_eq!(usize::from(d.len), ins.len(), "length: {}", ctx());
         let k = mem_op.unwrap_or_else(|| panic!("no memory operand: {}", ctx()));
         assert_eq!(ins.memory_size().size(), usize::from(d.size), "size: {}", ctx());
+        // The effective address, for registers with recognisable values
+        // (register n holds 0x1111_1111_1111_1111 * (n + 1) rotated by n),
+        // and the segment, against iced's virtual address with every
+        // segment base 0 but the one iced names (checked by name).
+        let regv = |n: u8| (0x1111_1111_1111_1111u64.wrapping_mul(u64::from(n) + 1)).rotate_left(u32::from(n) * 7);
+        let ea = d.mem.effective_address(regv, rip, d.len);
+        let iced_ea = ins.virtual_address(k, 0, |r, _, _| {
+            if r.is_segment_register() {
+                return Some(0);
+            }
+            let n = r.full_register().number() as u8;
+            let v = regv(n);
+            Some(match r.size() {
+                2 => v & 0xffff,
+                4 => v & 0xffff_ffff,
+                _ => v,
+            })
+        });
+        assert_eq!(Some(ea), iced_ea, "effective address: {} ({:?})", ctx(), d.mem);
+        let seg = match ins.memory_segment() {
+            Register::ES => 0,
+            Register::CS => 1,
+            Register::SS => 2,
+            Register::DS => 3,
+            Register::FS => 4,
+            _ => 5,
+        };
+        // In 64-bit mode ES, CS, SS and DS all have base 0: only FS and GS
+        // tell (iced names an ignored override, rvmx the default).
+        let flat = |s: u8| if mode == B64 && s != 4 && s != 5 { 3 } else { s };
+        assert_eq!(flat(d.mem.seg), flat(seg), "segment: {} ({:?})", ctx(), d.mem);
         match d.access {
             Access::StoreReg(r) => {
                 assert_eq!(k, 0, "{}", ctx());
