@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(38);
+    let mut t = Tap::plan(42);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -705,6 +705,59 @@ fn main() {
     let end = run(&mut g, 0);
     let r = g.vcpu.get_regs().unwrap();
     t.expect_eq((end, r.rbx, r.rcx, r.rdx), (Exit::Hlt, 0x1122_3344_5566_7788, 0x401, 0xffff_0ff0), "MOV to/from DR0, DR7, DR6: the guest's own values");
+
+    // 22b. The guest's own hardware breakpoint fires in the guest: a write
+    //      watchpoint on 0x2000 (DR0, DR7 = L0, write, 4 bytes), then a
+    //      store there: #DB to the guest's handler, which reads DR6 (B0 set)
+    //      and sends it out.
+    let mut g = Guest::real(&kvm, &[
+        0x48, 0xb8, 0x00, 0x20, 0, 0, 0, 0, 0, 0, // mov rax, 0x2000
+        0x0f, 0x23, 0xc0,                         // mov dr0, rax
+        0x48, 0xb8, 0x01, 0x00, 0x0d, 0, 0, 0, 0, 0, // mov rax, 0xd0001 (L0, RW0 = write, LEN0 = 4)
+        0x0f, 0x23, 0xf8,                         // mov dr7, rax
+        0xc7, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, // mov dword [0x2000], 1
+        0xf4,                                     // hlt (not reached first)
+    ]);
+    long_mode(&mut g);
+    idt64(&mut g, 1, &[0x0f, 0x21, 0xf0, 0xe7, 0x1d, 0xf4]); // #DB: mov rax, dr6; out 0x1d, eax; hlt
+    let end = run(&mut g, 0);
+    let fired = matches!(&end, Exit::Out(0x1d, d) if d.len() == 4 && d[0] & 0x0f == 0x01);
+    t.check(fired, "a hardware watchpoint the guest sets fires in the guest (#DB, DR6.B0)", format!("{end:?}"));
+
+    // 22c. Accesses that cross from RAM into MMIO and back (64-bit mode,
+    //      RAM below 2 MiB, MMIO from 2 MiB, and a second RAM slot at
+    //      0x201000): the RAM bytes stay in RAM, only the device's bytes go
+    //      out, at the device's address, as KVM's emulator splits them.
+    let mut g = Guest::real(&kvm, &[
+        0xc7, 0x04, 0x25, 0xfe, 0xff, 0x1f, 0x00, 0x11, 0x22, 0x33, 0x44, // mov dword [0x1ffffe], 0x44332211
+        0x8b, 0x04, 0x25, 0xfe, 0xff, 0x1f, 0x00,                         // mov eax, [0x1ffffe]
+        0xe7, 0x1e,                                                       // out 0x1e, eax
+        0xc7, 0x04, 0x25, 0xfe, 0x0f, 0x20, 0x00, 0x55, 0x66, 0x77, 0x88, // mov dword [0x200ffe], 0x88776655
+        0xf4,                                                             // hlt
+    ]);
+    long_mode(&mut g);
+    // SAFETY: a fresh anonymous page for the second slot, leaked (the
+    // process is short-lived).
+    let page2 = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    } as *mut u8;
+    let slot2 = kvm_userspace_memory_region { slot: 1, flags: 0, guest_phys_addr: 0x20_1000, memory_size: 4096, userspace_addr: page2 as u64 };
+    // SAFETY: the page outlives the VM.
+    unsafe { g.vm.set_user_memory_region(slot2).expect("KVM_SET_USER_MEMORY_REGION") };
+    let w = run(&mut g, 0);
+    // SAFETY: within the 2 MiB slot's mapping.
+    let ram_lo = unsafe { [*g.mem.add(0x1f_fffe), *g.mem.add(0x1f_ffff)] };
+    t.check(w == Exit::MmioWrite(0x20_0000, vec![0x33, 0x44]) && ram_lo == [0x11, 0x22],
+        "a store from RAM into MMIO: the low bytes to RAM, the high ones to the device at its address", format!("{w:?}, RAM {ram_lo:02x?}"));
+    let r = run(&mut g, 0x6655);
+    let out = run(&mut g, 0);
+    t.check(r == Exit::MmioRead(0x20_0000, 2) && out == Exit::Out(0x1e, vec![0x11, 0x22, 0x55, 0x66]),
+        "a load from RAM into MMIO: RAM's bytes and the device's, in order", format!("{r:?}, then {out:?}"));
+    let w2 = run(&mut g, 0);
+    // SAFETY: the second slot's page.
+    let ram_hi = unsafe { [*page2, *page2.add(1)] };
+    t.check(w2 == Exit::MmioWrite(0x20_0ffe, vec![0x55, 0x66]) && ram_hi == [0x77, 0x88] && run(&mut g, 0) == Exit::Hlt,
+        "a store from MMIO into RAM: the device gets its two bytes, RAM the rest", format!("{w2:?}, RAM {ram_hi:02x?}"));
 
     // 23. The launcher's own LDT (modify_ldt) survives KVM_RUN: a VM exit
     //     leaves LDTR null, and nothing reloads it before the return to
