@@ -115,6 +115,12 @@ fn translate(vm: &Vm, p: &Paging, linear: u64, acc: Access) -> Result<u64, Linea
     })
 }
 
+/// The guest-physical address of a data access at `linear` (a write if
+/// `write`), as the CPU translates it (accessed/dirty bits included).
+pub(crate) fn data_gpa(vm: &Vm, p: &Paging, linear: u64, write: bool) -> Result<u64, LinearError> {
+    translate(vm, p, linear, Access { write, fetch: false, user: p.user, ac: p.ac })
+}
+
 /// Calls `f(gpa, range)` for each page-sized piece of `len` bytes at
 /// `linear`, translated for `acc`.
 fn for_each_page(

@@ -10,11 +10,12 @@
 //! (decode.rs, which says which instructions are understood). Anything else
 //! is KVM_EXIT_INTERNAL_ERROR (emulation), never a guess.
 //!
-//! An access that crosses a page boundary with guest RAM on one side and
-//! the device on the other is split as KVM's emulator splits it: the RAM
-//! bytes are read or written here, and only the device's bytes go out,
-//! at the device's address (the EPT violation reports only that side, so
-//! the start comes from the decoded memory operand).
+//! An access that crosses a page boundary is split as KVM's emulator splits
+//! it: with guest RAM on one side, the RAM bytes are read or written here
+//! and only the device's bytes go out, at the device's address; with a
+//! device on both sides, there are two exits, one per page (KVM's "MMIO
+//! fragments"). The EPT violation reports only the side that faulted, so
+//! the start comes from the decoded memory operand.
 
 use super::decode::{self, Access, CodeSize, Reg, MAX_INSN_LEN};
 use super::Pending;
@@ -51,22 +52,47 @@ fn mask(v: u64, size: u8) -> u64 {
     if size >= 8 { v } else { v & ((1u64 << (8 * u32::from(size))) - 1) }
 }
 
-/// The RAM side of an access split across a page boundary: what it read
-/// (placed where it belongs in the value), and where the device's bytes go
-/// in the value (`whole`: none, the device has all of it).
+/// How an access split across a page boundary is put together: the bytes
+/// already known (read from RAM, or from the first of two device
+/// fragments), where the device's bytes of this exit go in the value, and
+/// the second device fragment still to come (`whole`: one exit has it all).
 #[derive(Clone, Copy)]
 pub(crate) struct RamPart {
-    /// The bytes read from RAM, already at their position in the value.
+    /// The bytes known so far, already at their position in the value.
     value: u64,
     /// The device's bytes start at this byte of the value.
     device_at: u8,
     /// How many bytes the device supplies.
     device_len: u8,
+    /// A second device fragment: its guest-physical address; it has the
+    /// bytes after this exit's.
+    next: Option<u64>,
+    /// The whole access's size in bytes.
+    size: u8,
 }
 
 impl RamPart {
     const fn whole(len: u8) -> Self {
-        RamPart { value: 0, device_at: 0, device_len: len }
+        RamPart { value: 0, device_at: 0, device_len: len, next: None, size: len }
+    }
+
+    /// After the first of two device fragments completed with `data`: the
+    /// exit for the second, and how it is put together.
+    pub(crate) fn second_fragment(&self, data: u64) -> Option<(u64, RamPart)> {
+        let gpa = self.next?;
+        let value = self.combine(data);
+        let at = self.device_at + self.device_len;
+        Some((gpa, RamPart { value, device_at: at, device_len: self.size - at, next: None, size: self.size }))
+    }
+
+    /// The bytes of a write that go to this exit's device fragment.
+    pub(crate) fn device_bytes(&self, write: u64) -> u64 {
+        mask(write >> (8 * u32::from(self.device_at)), self.device_len)
+    }
+
+    /// The fragment's length.
+    pub(crate) fn device_len(&self) -> u8 {
+        self.device_len
     }
 
     /// The value of the read, from the device's `data`.
@@ -175,9 +201,9 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
         Err(err) if st.inject_linear_fault(err)? => return Ok(false),
         Err(_) => RamPart::whole(d.size),
     };
-    let device_write = write.map(|v| v >> (8 * u32::from(ram.device_at)));
+    let device_write = write.map(|v| ram.device_bytes(v));
     run.exit_mmio(e.gpa, u32::from(ram.device_len), device_write);
-    st.pending = Pending::Mmio { len: d.len, dest, ram };
+    st.pending = Pending::Mmio { len: d.len, dest, ram, write };
     Ok(true)
 }
 
@@ -231,16 +257,21 @@ fn split(
         } else {
             gmem::read_linear(vm, &f.paging, linear, &mut b[r], false)?;
         }
-        Ok(RamPart { value: u64::from_le_bytes(b), device_at: n1, device_len: d.size - n1 })
+        Ok(RamPart { value: u64::from_le_bytes(b), device_at: n1, device_len: d.size - n1, next: None, size: d.size })
     } else {
-        // The device at `gpa`, then RAM on the next page.
+        // The device at `gpa`, then the next page: RAM, or a device too
+        // (a second fragment, at that page's address).
         let next = f.paging.wrap(linear.wrapping_add(first));
+        let next_gpa = gmem::data_gpa(vm, &f.paging, next, write.is_some())?;
+        if !vm.is_ram(next_gpa, write.is_some()) {
+            return Ok(RamPart { value: 0, device_at: 0, device_len: n1, next: Some(next_gpa), size: d.size });
+        }
         let r = usize::from(n1)..usize::from(d.size);
         if write.is_some() {
             gmem::write_linear(vm, &f.paging, next, &bytes[r])?;
         } else {
             gmem::read_linear(vm, &f.paging, next, &mut b[r], false)?;
         }
-        Ok(RamPart { value: u64::from_le_bytes(b), device_at: 0, device_len: n1 })
+        Ok(RamPart { value: u64::from_le_bytes(b), device_at: 0, device_len: n1, next: None, size: d.size })
     }
 }

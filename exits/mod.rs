@@ -78,7 +78,9 @@ pub(crate) enum Pending {
     Hypercall,
     /// An MMIO access: a read's data goes to a register; RIP advances by
     /// `len` at the next entry.
-    Mmio { len: u8, dest: Option<mmio::Dest>, ram: mmio::RamPart },
+    /// `ram` says how a page-crossing access is put together; `write` is
+    /// the whole value of a store (for a second device fragment).
+    Mmio { len: u8, dest: Option<mmio::Dest>, ram: mmio::RamPart, write: Option<u64> },
     /// A string IN: the data goes to guest memory.
     StringIn(io::StringIn),
 }
@@ -349,7 +351,13 @@ pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: RunPage, pi
         Pending::Hypercall => {
             regs[reg::RAX] = run.hypercall_ret();
         }
-        Pending::Mmio { len, dest, ram } => {
+        Pending::Mmio { len, dest, ram, write } => {
+            // The first of two device fragments: the second one's exit now.
+            if let Some((gpa, second)) = ram.second_fragment(u64::from_le_bytes(run.mmio_data())) {
+                run.exit_mmio(gpa, u32::from(second.device_len()), write.map(|v| second.device_bytes(v)));
+                st.pending = Pending::Mmio { len, dest, ram: second, write };
+                return Ok(true);
+            }
             if let Some(d) = dest {
                 mmio::complete_read(regs, d, ram.combine(u64::from_le_bytes(run.mmio_data())));
             }

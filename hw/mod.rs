@@ -23,7 +23,10 @@ pub(crate) mod cr {
     pub(crate) const CR0_PG: u64 = 1 << 31;
     pub(crate) const CR4_PAE: u64 = 1 << 5;
     pub(crate) const CR4_VMXE: u64 = 1 << 13;
+    pub(crate) const CR4_PCIDE: u64 = 1 << 17;
     pub(crate) const CR4_FRED: u64 = 1 << 32;
+    /// XCR0 bit 9: the PKRU state component.
+    pub(crate) const XFEATURE_PKRU: u64 = 1 << 9;
     /// CR4 bits whose state rvmx does not switch between guest and host,
     /// so a guest may never set them, whatever its CPUID says: LA57
     /// (5-level paging: the software page walk has 4 levels), PKE and PKS
@@ -32,8 +35,6 @@ pub(crate) mod cr {
     /// owned by rvmx in the VMCS (a MOV to CR4 exits) and refused with #GP
     /// there and EINVAL in KVM_SET_SREGS, as KVM does for bits it does not
     /// support.
-    /// XCR0 bit 9: the PKRU state component.
-    pub(crate) const XFEATURE_PKRU: u64 = 1 << 9;
     pub(crate) const CR4_NOT_VIRTUALIZED: u64 = (1 << 12) | (1 << 22) | (1 << 23) | (1 << 24);
     pub(crate) const EFER_LME: u64 = 1 << 8;
     pub(crate) const EFER_LMA: u64 = 1 << 10;

@@ -117,7 +117,9 @@ impl RunPage {
         // CAST: at most 16.
         put!(self, __bindgen_anon_1.internal.ndata, n as u32);
         let mut words = [0u64; 16];
-        words[..n].copy_from_slice(&data[..n]);
+        for (w, d) in words.iter_mut().zip(data) {
+            *w = *d;
+        }
         put!(self, __bindgen_anon_1.internal.data, words);
         self.set_exit_reason(KVM_EXIT_INTERNAL_ERROR);
     }

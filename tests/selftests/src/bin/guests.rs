@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(42);
+    let mut t = Tap::plan(45);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -733,6 +733,9 @@ fn main() {
         0x8b, 0x04, 0x25, 0xfe, 0xff, 0x1f, 0x00,                         // mov eax, [0x1ffffe]
         0xe7, 0x1e,                                                       // out 0x1e, eax
         0xc7, 0x04, 0x25, 0xfe, 0x0f, 0x20, 0x00, 0x55, 0x66, 0x77, 0x88, // mov dword [0x200ffe], 0x88776655
+        0xc7, 0x04, 0x25, 0xfe, 0x2f, 0x20, 0x00, 0xaa, 0xbb, 0xcc, 0xdd, // mov dword [0x202ffe], 0xddccbbaa
+        0x8b, 0x04, 0x25, 0xfe, 0x2f, 0x20, 0x00,                         // mov eax, [0x202ffe]
+        0xe7, 0x1e,                                                       // out 0x1e, eax
         0xf4,                                                             // hlt
     ]);
     long_mode(&mut g);
@@ -756,8 +759,36 @@ fn main() {
     let w2 = run(&mut g, 0);
     // SAFETY: the second slot's page.
     let ram_hi = unsafe { [*page2, *page2.add(1)] };
-    t.check(w2 == Exit::MmioWrite(0x20_0ffe, vec![0x55, 0x66]) && ram_hi == [0x77, 0x88] && run(&mut g, 0) == Exit::Hlt,
+    t.check(w2 == Exit::MmioWrite(0x20_0ffe, vec![0x55, 0x66]) && ram_hi == [0x77, 0x88],
         "a store from MMIO into RAM: the device gets its two bytes, RAM the rest", format!("{w2:?}, RAM {ram_hi:02x?}"));
+    // Across two device pages: two exits, one per page.
+    let f1 = run(&mut g, 0);
+    let f2 = run(&mut g, 0);
+    t.check(f1 == Exit::MmioWrite(0x20_2ffe, vec![0xaa, 0xbb]) && f2 == Exit::MmioWrite(0x20_3000, vec![0xcc, 0xdd]),
+        "a store across two MMIO pages: two exits, each at its page", format!("{f1:?}, then {f2:?}"));
+    let r1 = run(&mut g, 0x2211);
+    let r2 = run(&mut g, 0x4433);
+    let out2 = run(&mut g, 0);
+    t.check(r1 == Exit::MmioRead(0x20_2ffe, 2) && r2 == Exit::MmioRead(0x20_3000, 2) && out2 == Exit::Out(0x1e, vec![0x11, 0x22, 0x33, 0x44]) && run(&mut g, 0) == Exit::Hlt,
+        "a load across two MMIO pages: two exits, the value put together", format!("{r1:?}, {r2:?}, then {out2:?}"));
+
+    // 22d. 64-bit code turning paging off in a MOV to CR0 that rvmx
+    //      emulates (it also sets CR0.CD, a bit the host owns): #GP, as on
+    //      the CPU (no IDT: a triple fault), not a guest state that VM
+    //      entry refuses.
+    let mut g = Guest::real(&kvm, &[
+        0x0f, 0x20, 0xc0,                   // mov rax, cr0
+        0x25, 0xff, 0xff, 0xff, 0x7f,       // and eax, 0x7fffffff (PG off)
+        0x0d, 0x00, 0x00, 0x00, 0x40,       // or eax, 0x40000000 (CD on)
+        0x0f, 0x22, 0xc0,                   // mov cr0, rax
+        0xf4,                               // hlt
+    ]);
+    long_mode(&mut g);
+    let mut s = g.vcpu.get_sregs().unwrap();
+    s.idt.limit = 0;
+    g.vcpu.set_sregs(&s).unwrap();
+    let end = run(&mut g, 0);
+    t.expect_eq(end, Exit::Shutdown, "64-bit code clearing CR0.PG (with CD set, so rvmx emulates it): #GP");
 
     // 23. The launcher's own LDT (modify_ldt) survives KVM_RUN: a VM exit
     //     leaves LDTR null, and nothing reloads it before the return to
