@@ -88,6 +88,12 @@ pub(crate) struct VmxCaps {
     /// CPUID.80000008H:EAX[7:0], the physical-address width: guest page
     /// table entries with address bits at or above it are reserved.
     pub(crate) maxphyaddr: u8,
+    /// CPUID.80000008H:EAX[15:8], the linear-address width (48 or 57):
+    /// what "canonical" means on this CPU.
+    pub(crate) linear_bits: u8,
+    /// IA32_VMX_MISC, raw (the entry-failure explainer reads the activity
+    /// states and zero-length injection from it).
+    pub(crate) misc: u64,
     /// IA32_VMX_MISC[4:0]: the preemption timer ticks once per 2^n TSC
     /// ticks (0 under Bochs: once per emulated instruction).
     pub(crate) preemption_timer_rate: u8,
@@ -195,6 +201,9 @@ impl VmxCaps {
             preemption_timer_rate: (read(msr::IA32_VMX_MISC) & 0x1f) as u8,
             // CAST: bits 7:0.
             maxphyaddr: hw::cpuid(0x8000_0008, 0)[0] as u8,
+            // CAST: bits 15:8.
+            linear_bits: (hw::cpuid(0x8000_0008, 0)[0] >> 8) as u8,
+            misc: read(msr::IA32_VMX_MISC),
             // SAFETY: reads the kernel's own mitigation choices.
             l1d_flush: match unsafe { rvmx_glue_l1d_flush_mode() } {
                 1 => L1dFlush::Msr,

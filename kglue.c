@@ -14,6 +14,7 @@
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
+#include <linux/ratelimit.h>
 #include <linux/slab.h>
 #include <linux/module.h>
 #include <linux/notifier.h>
@@ -92,6 +93,18 @@ void rvmx_glue_cr4_clear_vmxe(void)
 unsigned int rvmx_glue_nr_cpu_ids(void)
 {
 	return nr_cpu_ids;
+}
+
+/*
+ * Whether a log line about something a guest or VMM can repeat at will
+ * (a failed VM entry) may be printed now: at most 10 every 5 seconds,
+ * module-wide, as printk_ratelimited allows.
+ */
+bool rvmx_glue_log_ratelimit(void)
+{
+	static DEFINE_RATELIMIT_STATE(rs, DEFAULT_RATELIMIT_INTERVAL, DEFAULT_RATELIMIT_BURST);
+
+	return __ratelimit(&rs);
 }
 
 unsigned int rvmx_glue_raw_cpu_id(void)

@@ -23,6 +23,7 @@ void rvmx_glue_cr4_set_vmxe(void);
 void rvmx_glue_cr4_clear_vmxe(void);
 unsigned int rvmx_glue_nr_cpu_ids(void);
 unsigned int rvmx_glue_raw_cpu_id(void);
+bool rvmx_glue_log_ratelimit(void);
 u64 rvmx_glue_page_to_phys(struct page *page);
 int rvmx_glue_cpuhp_setup(void);
 void rvmx_glue_cpuhp_remove(int state);

@@ -24,6 +24,7 @@
 //! | 54 WBINVD, WBNOINVD                 | wbinvd.rs       | skipped (no host flush)   |
 //! | 55 XSETBV                           | xsetbv.rs       | guest XCR0 set, or #GP    |
 //! | anything else                       | this file       | KVM_EXIT_INTERNAL_ERROR   |
+//! | 33, 34 failed VM entry (bit 31), VMfailValid | entry_failure.rs | KVM_EXIT_FAIL_ENTRY, the broken SDM check named |
 //!
 //! A handler runs right after the exit, with the VMCS loaded, preemption
 //! off and interrupts on: it must not sleep. What needs to sleep (mapping
@@ -37,6 +38,7 @@ pub(crate) mod decode;
 pub(crate) mod dr;
 pub(crate) mod cr;
 pub(crate) mod ept;
+pub(crate) mod entry_failure;
 pub(crate) mod hlt;
 pub(crate) mod interrupt;
 pub(crate) mod io;
@@ -278,14 +280,8 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
 };
 
 /// Dispatches one VM exit; `full` is the EXIT_REASON field (the run loop
-/// has read it already).
+/// has read it already, and sent failed entries to entry_failure.rs).
 pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>, full: u32) -> Result<Action> {
-    if full & reason::ENTRY_FAILURE != 0 {
-        // The entry failed its guest-state checks (reason 33), MSR loading
-        // (34) or a machine-check (41): the guest never ran.
-        ctx.run.exit_fail_entry(u64::from(full), raw_cpu());
-        return Ok(Action::ToUser);
-    }
     reinject_interrupted_event(ctx)?;
     let basic = full & 0xffff;
     match HANDLERS.get(basic as usize).copied().flatten() {
@@ -323,14 +319,6 @@ fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
     // Bit 12 is undefined in IDT-vectoring information and reserved in
     // the entry field.
     ctx.vmcs.write(ENTRY_INTR_INFO, idt & !(1 << 12))
-}
-
-/// VMLAUNCH/VMRESUME itself failed (VMfailValid/VMfailInvalid, `r` = 1) or
-/// faulted (`r` = 2): KVM_EXIT_FAIL_ENTRY with the VM-instruction error
-/// number (SDM §31.4), or 0 when there is none.
-pub(crate) fn entry_failed(v: &Loaded<'_>, run: RunPage, r: i32, _vcpu: u32) {
-    let err = if r == 1 { v.instruction_error() } else { 0 };
-    run.exit_fail_entry(u64::from(err), raw_cpu());
 }
 
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace

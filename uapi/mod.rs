@@ -114,4 +114,7 @@ const _: () = assert!(core::mem::size_of::<kvm_xcrs>() == 392);
 const _: () = assert!(core::mem::size_of::<kvm_vcpu_events>() == 64);
 const _: () = assert!(core::mem::size_of::<kvm_dirty_log>() == 16);
 const _: () = assert!(core::mem::size_of::<kvm_run>() == 2352);
-const _: () = assert!(core::mem::size_of::<rvmx_exit_info>() == 64);
+const _: () = assert!(core::mem::size_of::<rvmx_exit_info>() == 80);
+// rvmx's fail_entry extension starts with KVM's fields, at the same place.
+const _: () = assert!(core::mem::offset_of!(rvmx_fail_entry, check) == 12);
+const _: () = assert!(core::mem::size_of::<rvmx_fail_entry>() <= 256);

@@ -7,7 +7,7 @@
 //! else changes it): every access is one volatile load or store of one
 //! field through a raw pointer, and a value read from it is used once.
 
-use super::{kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HYPERCALL, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_MMIO};
+use super::{kvm_run, rvmx_fail_entry, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HYPERCALL, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_MMIO};
 use core::ptr::addr_of_mut;
 
 /// A vCPU's run page.
@@ -124,10 +124,22 @@ impl RunPage {
         self.set_exit_reason(KVM_EXIT_INTERNAL_ERROR);
     }
 
-    /// KVM_EXIT_FAIL_ENTRY: the hardware's reason and the CPU.
-    pub(crate) fn exit_fail_entry(self, reason: u64, cpu: u32) {
-        put!(self, __bindgen_anon_1.fail_entry.hardware_entry_failure_reason, reason);
-        put!(self, __bindgen_anon_1.fail_entry.cpu, cpu);
+    /// KVM_EXIT_FAIL_ENTRY: the hardware's reason and the CPU, as KVM
+    /// gives them, followed by what rvmx's checker found (uapi/rvmx.h,
+    /// `struct rvmx_fail_entry`: check number, segment, field value).
+    pub(crate) fn exit_fail_entry(self, reason: u64, cpu: u32, found: (u16, u8, u64)) {
+        let e = rvmx_fail_entry {
+            hardware_entry_failure_reason: reason,
+            cpu,
+            check: found.0,
+            segment: found.1,
+            pad: 0,
+            value: found.2,
+        };
+        // SAFETY: the exit union lies within the run page (type invariant)
+        // and is 256 bytes, larger than `rvmx_fail_entry` (uapi/mod.rs
+        // asserts it); a volatile store of the whole struct, no reference.
+        unsafe { addr_of_mut!((*self.ptr).__bindgen_anon_1).cast::<rvmx_fail_entry>().write_volatile(e) };
         self.set_exit_reason(KVM_EXIT_FAIL_ENTRY);
     }
 }

@@ -58,6 +58,34 @@ struct rvmx_exit_info {
 	__u32 intr_error_code;
 	__u64 guest_rip;	/* RIP of the instruction that caused the exit */
 	__u64 exits;		/* VM exits of this vCPU so far */
+	/*
+	 * After a failed VM entry (full_reason bit 31, or VMLAUNCH/VMRESUME
+	 * failing with vm_instruction_error 7 or 8): the first rule of the
+	 * SDM's entry checks the VMCS breaks, as rvmx's checker found it
+	 * (vmcs/checks.rs; 0: none found), the segment register it concerns
+	 * (1-8: ES CS SS DS FS GS LDTR TR; 0: none) and the field's value.
+	 */
+	__u32 vm_instruction_error;
+	__u16 entry_check;
+	__u8 entry_segment;
+	__u8 pad;
+	__u64 entry_value;
+};
+
+/*
+ * rvmx's addition to KVM_EXIT_FAIL_ENTRY: kvm_run's exit union holds, as
+ * in KVM, struct { __u64 hardware_entry_failure_reason; __u32 cpu; }
+ * fail_entry, and rvmx fills the bytes after it with what its checker
+ * found (the same three values as in struct rvmx_exit_info). A KVM client
+ * reads fail_entry as usual and never sees the rest.
+ */
+struct rvmx_fail_entry {
+	__u64 hardware_entry_failure_reason;	/* as KVM */
+	__u32 cpu;				/* as KVM */
+	__u16 check;
+	__u8 segment;
+	__u8 pad;
+	__u64 value;
 };
 
 #endif /* _UAPI_RVMX_H */

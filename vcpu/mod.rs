@@ -783,11 +783,20 @@ impl Vcpu {
                 // delivered here.
                 unsafe { rvmx_glue_irq_enable() };
                 if r != 0 {
-                    exits::entry_failed(&v, run, r, self.id);
+                    let e = exits::entry_failure::vm_instruction_failed(&v, run, r, self.id);
+                    self.publish_exit_info(&v, st.exits, e);
                     break Section::ToUser;
                 }
                 resume = 1;
                 st.exits += 1;
+                if reason & exits::reason::ENTRY_FAILURE != 0 {
+                    // The entry failed its guest-state checks (reason 33),
+                    // MSR loading (34) or a machine check (41): the guest
+                    // never ran.
+                    let e = exits::entry_failure::entry_failed_with_exit(&v, run, reason, self.id);
+                    self.publish_exit_info(&v, st.exits, e);
+                    break Section::ToUser;
+                }
                 let mut ctx = exits::ExitCtx {
                     vmcs: &mut v,
                     regs: &mut st.regs,
@@ -805,7 +814,7 @@ impl Vcpu {
                     Action::StringIo(s) => Section::StringIo(s),
                     Action::LoadPdptes(cr3) => Section::LoadPdptes(cr3),
                 };
-                self.publish_exit_info(&v, st.exits);
+                self.publish_exit_info(&v, st.exits, Default::default());
                 break section;
             };
             self.publish_run_state(&v, &st.guest);
@@ -833,7 +842,7 @@ impl Vcpu {
     }
 
     /// Fills rvmx's exit-information page (for learners and debuggers).
-    fn publish_exit_info(&self, v: &Loaded<'_>, exits: u64) {
+    fn publish_exit_info(&self, v: &Loaded<'_>, exits: u64, failed: exits::entry_failure::Explained) {
         let full = v.read(EXIT_REASON);
         let info = rvmx_exit_info {
             basic_reason: full & 0xffff,
@@ -847,6 +856,11 @@ impl Vcpu {
             intr_error_code: v.read(EXIT_INTR_ERROR_CODE),
             guest_rip: v.read(GUEST_RIP).0,
             exits,
+            vm_instruction_error: failed.vm_instruction_error,
+            entry_check: failed.check,
+            entry_segment: failed.segment,
+            pad: 0,
+            entry_value: failed.value,
         };
         // SAFETY: the info page is ours and large enough; userspace only
         // reads it.

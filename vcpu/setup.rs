@@ -16,11 +16,16 @@ extern "C" {
     static rvmx_vmexit: u8;
 }
 
-fn seg_ar(s: &kvm_segment) -> u32 {
+/// The VMCS access rights of a KVM segment. Like KVM's
+/// `__vmx_set_segment`, every segment but LDTR gets its "accessed" type
+/// bit set: the CPU's reset state has it, VM entry requires it of an
+/// unrestricted guest's data segments (SDM Vol. 3C §27.3.1.2), and older
+/// VMMs (QEMU) leave it clear.
+fn seg_ar(s: &kvm_segment, accessed: bool) -> u32 {
     if s.unusable != 0 || s.present == 0 {
         return 1 << 16;
     }
-    u32::from(s.type_ & 15)
+    u32::from(s.type_ & 15 | u8::from(accessed))
         | u32::from(s.s & 1) << 4
         | u32::from(s.dpl & 3) << 5
         | u32::from(s.present & 1) << 7
@@ -34,7 +39,8 @@ pub(super) fn write_seg(v: &mut Loaded<'_>, f: &SegmentFields, s: &kvm_segment) 
     v.write(f.selector, s.selector)?;
     v.write(f.base, Natural(s.base))?;
     v.write(f.limit, s.limit)?;
-    v.write(f.access_rights, seg_ar(s))
+    let accessed = f.selector != GUEST_LDTR.selector;
+    v.write(f.access_rights, seg_ar(s, accessed))
 }
 
 pub(super) fn read_seg(v: &Loaded<'_>, f: &SegmentFields) -> kvm_segment {

@@ -87,6 +87,9 @@ fields! {
 
     // 64-bit fields.
     MSR_BITMAP: u64 = 0x2004;
+    EXIT_MSR_STORE_ADDR: u64 = 0x2006;
+    EXIT_MSR_LOAD_ADDR: u64 = 0x2008;
+    ENTRY_MSR_LOAD_ADDR: u64 = 0x200a;
     TSC_OFFSET: u64 = 0x2010;
     EPT_POINTER: u64 = 0x201a;
     GUEST_PHYSICAL_ADDRESS: u64 = 0x2400;

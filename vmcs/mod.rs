@@ -12,7 +12,10 @@
 //!   `Drop` VMCLEARs, so a VMCS is never left active on a CPU that the vCPU
 //!   thread may leave (see vcpu/mod.rs for why that scheme is correct).
 //! - `fields` lists the field encodings, typed by width.
+//! - `checks` holds the SDM's VM-entry checks, to name the rule a failed
+//!   entry broke (exits/entry_failure.rs).
 
+pub(crate) mod checks;
 pub(crate) mod controls;
 pub(crate) mod fields;
 

@@ -42,6 +42,12 @@ use std::sync::Mutex;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::{Serial, Trigger};
 
+/// The SDM's VM-entry checks: the module's own file, compiled here to turn
+/// the check number rvmx reports after a failed entry into words.
+#[allow(dead_code)]
+#[path = "../../../vmcs/checks.rs"]
+mod checks;
+
 const SERIAL_BASE: u16 = 0x3f8;
 const EXIT_PORT: u16 = 0xf4;
 const MMIO_BASE: u64 = 0xd000_0000;
@@ -251,6 +257,31 @@ struct RvmxExitInfo {
     intr_error_code: u32,
     guest_rip: u64,
     exits: u64,
+    vm_instruction_error: u32,
+    entry_check: u16,
+    entry_segment: u8,
+    pad: u8,
+    entry_value: u64,
+}
+
+/// After KVM_EXIT_FAIL_ENTRY on rvmx: the SDM check the VMCS broke, which
+/// rvmx puts in the exit union after KVM's two fail_entry fields (uapi/
+/// rvmx.h, struct rvmx_fail_entry: check at byte 12, segment at 14, the
+/// field's value at 16).
+fn explain_failed_entry(vcpu: &mut VcpuFd) {
+    let r = vcpu.get_kvm_run();
+    // SAFETY: the exit union is 256 plain bytes; any bit pattern is valid.
+    let u: [u8; 256] = unsafe { std::mem::transmute(r.__bindgen_anon_1) };
+    let check = u16::from_ne_bytes([u[12], u[13]]);
+    let value = u64::from_ne_bytes(u[16..24].try_into().unwrap());
+    match checks::Check::from_number(check) {
+        Some(c) => {
+            let seg = checks::Seg::from_number(u[14]).map_or(String::new(), |s| format!(" for {}", s.name()));
+            eprintln!("rvmx-run: the VMCS breaks check {check} (SDM Vol. 3C {}){seg}: {}", c.section(), c.rule());
+            eprintln!("rvmx-run:   the field's value: {value:#x}");
+        }
+        None => eprintln!("rvmx-run: rvmx found no broken rule among the checks it knows"),
+    }
 }
 
 /// Maps rvmx's exit-information page, if the device is rvmx.
@@ -296,7 +327,7 @@ impl Machine {
 /// Runs one vCPU until it halts or the guest ends or fails: KVM_RUN, then
 /// whatever the exit asks of the devices (each exit takes the machine's
 /// lock for as long as it needs the devices).
-fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd) -> End {
+fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd, rvmx: bool) -> End {
     loop {
         let exit = match vcpu.run() {
             Ok(e) => e,
@@ -365,7 +396,11 @@ fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd) -> End {
                 return End::Status(3);
             }
             VcpuExit::FailEntry(reason, cpu) => {
+                drop(m);
                 eprintln!("rvmx-run: VM entry failed (KVM_EXIT_FAIL_ENTRY): reason {reason:#x} on CPU {cpu}");
+                if rvmx {
+                    explain_failed_entry(vcpu);
+                }
                 return End::Status(3);
             }
             VcpuExit::InternalError => {
@@ -437,6 +472,9 @@ fn main() {
         vcpus.push(vcpu);
     }
     let infos: Vec<_> = vcpus.iter().filter_map(map_exit_info).collect();
+    // The extra fail_entry bytes and the info page are rvmx's (on KVM the
+    // page maps but faults).
+    let rvmx = o.device != "/dev/kvm" && !infos.is_empty();
 
     // One thread per vCPU. The first vCPU to end the guest (exit port,
     // failure) ends the process with its status, after the summary; if all
@@ -447,7 +485,7 @@ fn main() {
         for mut vcpu in vcpus {
             let (tx, machine) = (tx.clone(), &machine);
             s.spawn(move || {
-                let end = run_vcpu(machine, &mut vcpu);
+                let end = run_vcpu(machine, &mut vcpu, rvmx);
                 let _ = tx.send(end);
                 // A vCPU thread whose guest ended waits here for the process
                 // to exit rather than dropping its vCPU under the others.

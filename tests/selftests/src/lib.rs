@@ -156,19 +156,6 @@ impl TestVm {
 // synchronize through the guest (atomic instructions) or join first.
 unsafe impl Sync for TestVm {}
 
-/// xorshift64*: reproducible from the printed seed.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
+#[path = "../../rng.rs"]
+mod rng;
+pub use rng::Rng;

@@ -10,28 +10,12 @@ pub mod decode;
 #[path = "../../../walk.rs"]
 pub mod walk;
 
-/// A small, seeded pseudo-random generator for the fuzz tests
-/// (xorshift64*: the tests need reproducible streams from a printed seed,
-/// not statistical quality, and this keeps them free of a dependency).
-pub struct Rng(u64);
+#[path = "../../../vmcs/checks.rs"]
+pub mod checks;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
+#[path = "../../rng.rs"]
+mod rng;
+pub use rng::Rng;
 
 #[cfg(test)]
 extern crate std;
@@ -41,6 +25,9 @@ mod decode_tests;
 
 #[cfg(test)]
 mod walk_tests;
+
+#[cfg(test)]
+mod checks_tests;
 
 /// The fuzz seed: `RVMX_SEED` if set (to reproduce a failure), else the
 /// clock, so that every run explores new inputs. Printed by each fuzz test.
