@@ -10,7 +10,7 @@
 use crate::uapi::{self, *};
 use crate::vcpu::{self, Vcpu};
 use crate::vm::{self, Vm};
-use kernel::sync::Arc;
+use kernel::sync::{Arc, ArcBorrow};
 use kernel::{
     prelude::*,
     types::{AsBytes, ForeignOwnable, FromBytes},
@@ -25,6 +25,9 @@ extern "C" {
     fn rvmx_glue_misc_deregister();
     fn rvmx_glue_vm_fd(vm: *const core::ffi::c_void) -> core::ffi::c_int;
     fn rvmx_glue_vcpu_fd(vcpu: *const core::ffi::c_void) -> core::ffi::c_int;
+    fn rvmx_glue_vm_stats_fd(vm: *const core::ffi::c_void) -> core::ffi::c_int;
+    fn rvmx_glue_vcpu_stats_fd(vcpu: *const core::ffi::c_void) -> core::ffi::c_int;
+    fn rvmx_glue_current_tgid() -> core::ffi::c_int;
     fn rvmx_glue_num_online_cpus() -> u32;
 }
 
@@ -115,7 +118,8 @@ fn check_extension(cap: usize) -> i32 {
     match cap as u32 {
         KVM_CAP_USER_MEMORY | KVM_CAP_READONLY_MEM | KVM_CAP_IMMEDIATE_EXIT | KVM_CAP_HLT
         | KVM_CAP_EXT_CPUID | KVM_CAP_SET_TSS_ADDR | KVM_CAP_SET_IDENTITY_MAP_ADDR
-        | KVM_CAP_XSAVE | KVM_CAP_XCRS | KVM_CAP_VCPU_EVENTS | KVM_CAP_INTR_SHADOW => 1,
+        | KVM_CAP_XSAVE | KVM_CAP_XCRS | KVM_CAP_VCPU_EVENTS | KVM_CAP_INTR_SHADOW
+        | KVM_CAP_BINARY_STATS_FD => 1,
         KVM_CAP_NR_MEMSLOTS => vm::MAX_SLOTS as i32,
         // As KVM: the recommended number is one vCPU per online CPU, the
         // hard limit (and the ids' bound) is MAX_VCPUS.
@@ -208,6 +212,8 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
             install_fd(vcpu, rvmx_glue_vcpu_fd).inspect_err(|_| vm.remove_vcpu_id(id))
         }
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
+        // The file holds a reference to the VM (stats.rs).
+        uapi::KVM_GET_STATS_FD => install_fd(vm.clone(), rvmx_glue_vm_stats_fd),
         uapi::KVM_GET_DIRTY_LOG => {
             let log: kvm_dirty_log = read_arg(arg)?;
             // SAFETY: reads the pointer member of the union (plain integer).
@@ -247,7 +253,7 @@ extern "C" fn rvmx_vm_release(vm: *const core::ffi::c_void) {
     drop(unsafe { Arc::<Vm>::from_foreign(vm) });
 }
 
-fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
+fn vcpu_ioctl(vcpu: ArcBorrow<'_, Vcpu>, cmd: u32, arg: usize) -> Result<i32> {
     if !vcpu.vm().is_owner() {
         return Err(EIO);
     }
@@ -292,6 +298,7 @@ fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
             vcpu.set_signal_mask(Some(mask)).map(|()| 0)
         }
         uapi::KVM_NMI => vcpu.nmi().map(|()| 0),
+        uapi::KVM_GET_STATS_FD => install_fd(Arc::from(vcpu), rvmx_glue_vcpu_stats_fd),
         uapi::KVM_GET_VCPU_EVENTS => write_arg(arg, &vcpu.get_events()?).map(|()| 0),
         uapi::KVM_SET_VCPU_EVENTS => vcpu.set_events(&read_arg(arg)?).map(|()| 0),
         uapi::KVM_GET_FPU => write_arg(arg, &vcpu.get_fpu()?).map(|()| 0),
@@ -335,7 +342,7 @@ fn vcpu_ioctl(vcpu: &Vcpu, cmd: u32, arg: usize) -> Result<i32> {
 extern "C" fn rvmx_vcpu_ioctl(vcpu: *const core::ffi::c_void, cmd: core::ffi::c_uint, arg: core::ffi::c_ulong) -> core::ffi::c_long {
     // SAFETY: as in `rvmx_vm_ioctl`.
     let vcpu = unsafe { Arc::<Vcpu>::borrow(vcpu) };
-    to_long(vcpu_ioctl(&vcpu, cmd, arg as usize))
+    to_long(vcpu_ioctl(vcpu, cmd, arg as usize))
 }
 
 /// `release` of a vCPU fd.
@@ -344,6 +351,45 @@ extern "C" fn rvmx_vcpu_release(vcpu: *const core::ffi::c_void) {
     // SAFETY: the reference the fd owned since `into_foreign`.
     let vcpu = unsafe { Arc::<Vcpu>::from_foreign(vcpu) };
     vcpu.vm().remove_vcpu_id(vcpu.id());
+}
+
+/// `read` of a VM's statistics file (KVM_GET_STATS_FD; stats.rs).
+#[no_mangle]
+extern "C" fn rvmx_vm_stats_read(vm: *const core::ffi::c_void, buf: *mut core::ffi::c_void, size: usize, pos: *mut i64) -> isize {
+    // SAFETY: the file's reference (`install_fd`) keeps the VM alive while
+    // the file exists; `pos` is the file position the VFS hands in.
+    let (vm, pos) = unsafe { (Arc::<Vm>::borrow(vm), &mut *pos) };
+    // SAFETY: reads the current task's process id.
+    let pid = unsafe { rvmx_glue_current_tgid() };
+    // CAST: a count of at most `size` bytes, or a negative errno.
+    crate::stats::read(&crate::stats::Source::Vm(vm.stats()), pid, buf as usize, size, pos).map_or_else(|e| e.to_errno() as isize, |n| n as isize)
+}
+
+/// `release` of a VM's statistics file.
+#[no_mangle]
+extern "C" fn rvmx_vm_stats_release(vm: *const core::ffi::c_void) {
+    // SAFETY: the reference the file owned since `into_foreign`.
+    drop(unsafe { Arc::<Vm>::from_foreign(vm) });
+}
+
+/// `read` of a vCPU's statistics file.
+#[no_mangle]
+extern "C" fn rvmx_vcpu_stats_read(vcpu: *const core::ffi::c_void, buf: *mut core::ffi::c_void, size: usize, pos: *mut i64) -> isize {
+    // SAFETY: as in `rvmx_vm_stats_read`.
+    let (vcpu, pos) = unsafe { (Arc::<Vcpu>::borrow(vcpu), &mut *pos) };
+    // SAFETY: reads the current task's process id.
+    let pid = unsafe { rvmx_glue_current_tgid() };
+    let src = crate::stats::Source::Vcpu(vcpu.stats(), vcpu.id());
+    // CAST: as in `rvmx_vm_stats_read`.
+    crate::stats::read(&src, pid, buf as usize, size, pos).map_or_else(|e| e.to_errno() as isize, |n| n as isize)
+}
+
+/// `release` of a vCPU's statistics file: only the reference goes (the
+/// vCPU fd's release gives back the vCPU id).
+#[no_mangle]
+extern "C" fn rvmx_vcpu_stats_release(vcpu: *const core::ffi::c_void) {
+    // SAFETY: the reference the file owned since `into_foreign`.
+    drop(unsafe { Arc::<Vcpu>::from_foreign(vcpu) });
 }
 
 /// The page behind page `index` of a vCPU mapping (kglue.c's mmap).

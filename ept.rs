@@ -164,6 +164,32 @@ fn free_tables(table: *mut u64, level: u32) {
     }
 }
 
+/// Counts the tables below `table` at `level` (as `free_tables` walks).
+fn count_tables(table: *mut u64, level: u32) -> u64 {
+    if level == 0 {
+        return 0;
+    }
+    let mut n = 0u64;
+    for i in 0..512 {
+        let v = entry(table, i).load(Ordering::Acquire);
+        if v & READ != 0 {
+            // SAFETY: as in `free_tables`; the caller holds the VM's memory
+            // lock, so no table goes away during the walk.
+            let child: *mut u64 = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
+            n = n.saturating_add(1).saturating_add(count_tables(child, level - 1));
+        }
+    }
+    n
+}
+
+impl Ept {
+    /// The paging-structure pages of this EPT, the root included (for the
+    /// VM's statistics; walks the tree).
+    pub(crate) fn tables(&self) -> u64 {
+        1 + count_tables(self.root.as_ptr(), 3)
+    }
+}
+
 impl Drop for Ept {
     fn drop(&mut self) {
         free_tables(self.root.as_ptr(), 3);

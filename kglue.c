@@ -10,6 +10,7 @@
 #include <linux/anon_inodes.h>
 #include <linux/interrupt.h>
 #include <linux/cpuhotplug.h>
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -751,6 +752,82 @@ static const struct file_operations rvmx_vcpu_fops = {
 	.release = rvmx_vcpu_fop_release,
 	.llseek = noop_llseek,
 };
+
+/*
+ * Statistics files (KVM_GET_STATS_FD on a VM or vCPU fd): read-only, in
+ * KVM's binary format (stats.rs writes it). private_data holds a
+ * reference to the VM or vCPU, dropped at release.
+ */
+static ssize_t rvmx_vm_stats_fop_read(struct file *f, char __user *buf, size_t size, loff_t *pos)
+{
+	return rvmx_vm_stats_read(f->private_data, buf, size, pos);
+}
+
+static int rvmx_vm_stats_fop_release(struct inode *inode, struct file *f)
+{
+	rvmx_vm_stats_release(f->private_data);
+	return 0;
+}
+
+static const struct file_operations rvmx_vm_stats_fops = {
+	.owner = THIS_MODULE,
+	.read = rvmx_vm_stats_fop_read,
+	.release = rvmx_vm_stats_fop_release,
+	.llseek = noop_llseek,
+};
+
+static ssize_t rvmx_vcpu_stats_fop_read(struct file *f, char __user *buf, size_t size, loff_t *pos)
+{
+	return rvmx_vcpu_stats_read(f->private_data, buf, size, pos);
+}
+
+static int rvmx_vcpu_stats_fop_release(struct inode *inode, struct file *f)
+{
+	rvmx_vcpu_stats_release(f->private_data);
+	return 0;
+}
+
+static const struct file_operations rvmx_vcpu_stats_fops = {
+	.owner = THIS_MODULE,
+	.read = rvmx_vcpu_stats_fop_read,
+	.release = rvmx_vcpu_stats_fop_release,
+	.llseek = noop_llseek,
+};
+
+/* As KVM's kvm_vm_ioctl_get_stats_fd: O_RDONLY, FMODE_PREAD. */
+static int rvmx_stats_fd(void *owner, bool vcpu)
+{
+	struct file *file;
+	int fd = get_unused_fd_flags(O_CLOEXEC);
+
+	if (fd < 0)
+		return fd;
+	file = anon_inode_getfile(vcpu ? "rvmx-vcpu-stats" : "rvmx-vm-stats",
+				  vcpu ? &rvmx_vcpu_stats_fops : &rvmx_vm_stats_fops,
+				  owner, O_RDONLY);
+	if (IS_ERR(file)) {
+		put_unused_fd(fd);
+		return PTR_ERR(file);
+	}
+	file->f_mode |= FMODE_PREAD;
+	fd_install(fd, file);
+	return fd;
+}
+
+int rvmx_glue_vm_stats_fd(void *vm)
+{
+	return rvmx_stats_fd(vm, false);
+}
+
+int rvmx_glue_vcpu_stats_fd(void *vcpu)
+{
+	return rvmx_stats_fd(vcpu, true);
+}
+
+int rvmx_glue_current_tgid(void)
+{
+	return task_tgid_nr(current);
+}
 
 int rvmx_glue_vm_fd(void *vm)
 {

@@ -17,6 +17,7 @@ mod guards;
 mod hw;
 mod kpage;
 mod msrs;
+mod stats;
 mod uapi;
 mod vcpu;
 mod vm;

@@ -253,6 +253,18 @@ impl Vm {
 
     /// Whether the caller is the process that created the VM (KVM answers
     /// EIO to any other: its memory is not this VM's memory).
+    /// The VM's statistics (KVM_GET_STATS_FD), counted now.
+    pub(crate) fn stats(&self) -> crate::stats::VmStats {
+        let mem = self.mem.lock();
+        let pinned = mem.slots.iter().map(|s| s.pinned.iter().count()).fold(0usize, usize::saturating_add);
+        crate::stats::VmStats {
+            // CAST: counts of pages and slots fit in 64 bits.
+            pages_pinned: pinned as u64,
+            ept_tables: mem.ept.tables(),
+            memory_slots: mem.slots.len() as u64,
+        }
+    }
+
     pub(crate) fn is_owner(&self) -> bool {
         // SAFETY: compares pointers only.
         unsafe { rvmx_glue_mm_is_current(self.mm.0) }

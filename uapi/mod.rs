@@ -66,6 +66,8 @@ pub(crate) const KVM_SET_TSS_ADDR: u32 = _IO(IO, 0x47);
 pub(crate) const KVM_SET_IDENTITY_MAP_ADDR: u32 = _IOW::<u64>(IO, 0x48);
 // vCPU ioctls.
 pub(crate) const KVM_RUN: u32 = _IO(IO, 0x80);
+/// On a VM or vCPU fd: a read-only file of statistics (stats.rs).
+pub(crate) const KVM_GET_STATS_FD: u32 = _IO(IO, 0xce);
 pub(crate) const KVM_GET_REGS: u32 = _IOR::<kvm_regs>(IO, 0x81);
 pub(crate) const KVM_SET_REGS: u32 = _IOW::<kvm_regs>(IO, 0x82);
 pub(crate) const KVM_GET_SREGS: u32 = _IOR::<kvm_sregs>(IO, 0x83);
@@ -102,6 +104,7 @@ const _: () = assert!(KVM_GET_CPUID2 == 0xc008_ae91);
 const _: () = assert!(core::mem::size_of::<kvm_cpuid_entry2>() == 40);
 const _: () = assert!(core::mem::size_of::<kvm_msr_entry>() == 16);
 const _: () = assert!(KVM_GET_DIRTY_LOG == 0x4010_ae42);
+const _: () = assert!(KVM_GET_STATS_FD == 0xaece);
 const _: () = assert!(KVM_GET_FPU == 0x81a0_ae8c);
 const _: () = assert!(KVM_SET_XSAVE == 0x5000_aea5);
 const _: () = assert!(KVM_GET_XCRS == 0x8188_aea6);

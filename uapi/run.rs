@@ -67,6 +67,12 @@ impl RunPage {
         get!(self, __bindgen_anon_1.mmio.data)
     }
 
+    /// The exit reason as the run page holds it now (what rvmx wrote,
+    /// unless userspace changed it since).
+    pub(crate) fn exit_reason(self) -> u32 {
+        get!(self, exit_reason)
+    }
+
     // What rvmx hands out at each return from KVM_RUN.
 
     pub(crate) fn set_exit_reason(self, reason: u32) {

@@ -67,13 +67,14 @@ pub(super) fn interruptible(v: &Loaded<'_>) -> bool {
 /// can take one (exits/interrupt.rs). This is the interrupt-window protocol
 /// of a userspace interrupt controller (api.rst, KVM_INTERRUPT and
 /// kvm_run.request_interrupt_window).
-pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
+pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest, stats: &crate::stats::VcpuStats) -> Result {
     let mut window = g.want_irq_window;
     if let Some(vector) = g.irq {
         if interruptible(v) {
             // Type 0, external interrupt.
             v.write(ENTRY_INTR_INFO, u32::from(vector) | exits::INTR_INFO_VALID)?;
             g.irq = None;
+            stats.irq_injections.add(1);
         } else {
             window = true;
         }
@@ -99,11 +100,12 @@ fn nmi_allowed(v: &Loaded<'_>) -> bool {
 /// handlers (exits/interrupt.rs) turn the windows off; the next entry comes
 /// back here. Needs the "virtual NMIs" control: without it KVM_NMI is
 /// refused.
-pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest) -> Result {
+pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest, stats: &crate::stats::VcpuStats) -> Result {
     if g.nmi_pending > 0 && nmi_allowed(v) {
         // Vector 2, type 2 (NMI). The CPU sets virtual-NMI blocking.
         v.write(ENTRY_INTR_INFO, 2 | (INTR_TYPE_NMI << 8) | exits::INTR_INFO_VALID)?;
         g.nmi_pending -= 1;
+        stats.nmi_injections.add(1);
     }
     if g.nmi_pending > 0 && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI != 0 {
         set_nmi_window_exiting(v, g, false)?;

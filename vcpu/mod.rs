@@ -206,6 +206,9 @@ pub(crate) struct Vcpu {
     virtual_nmis: bool,
     /// Flush L1D before every VM entry (L1TF; caps.rs).
     l1d_flush: crate::caps::L1dFlush,
+    /// Counters for KVM_GET_STATS_FD (stats.rs), written by the thread
+    /// that holds the run token.
+    stats: crate::stats::VcpuStats,
     #[pin]
     token: Mutex<bool>,
     #[pin]
@@ -315,6 +318,7 @@ impl Vcpu {
                 ins_outs_info: caps.ins_outs_info,
                 virtual_nmis: caps.virtual_nmis(),
                 l1d_flush: caps.l1d_flush,
+                stats: crate::stats::VcpuStats::new(),
                 token <- new_mutex!(false, "rvmx:vcpu.token"),
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
@@ -330,6 +334,10 @@ impl Vcpu {
 
     pub(crate) fn id(&self) -> u32 {
         self.id
+    }
+
+    pub(crate) fn stats(&self) -> &crate::stats::VcpuStats {
+        &self.stats
     }
 
     /// The struct page of mmap page `index` (for kglue.c's mmap), or null.
@@ -589,6 +597,7 @@ impl Vcpu {
             unsafe { rvmx_glue_sigmask_activate(mask) };
         }
         let r = self.run_locked(st, run);
+        self.stats.returned(&r, run);
         if st.sigmask.is_some() {
             // SAFETY: pairs with the activation above.
             unsafe { rvmx_glue_sigmask_deactivate() };
@@ -629,7 +638,10 @@ impl Vcpu {
                 Section::ToUser => return Ok(()),
                 Section::Reschedule => continue,
                 Section::EptViolation(f) => match self.vm.fault_in(f.gpa, f.write, &mut st.ept_tables)? {
-                    Fault::Mapped => continue,
+                    Fault::Mapped => {
+                        self.stats.ept_faults_mapped.add(1);
+                        continue;
+                    }
                     Fault::Mmio => {
                         if exits::mmio::start(self, st, &f, run)? {
                             return Ok(());
@@ -730,7 +742,7 @@ impl Vcpu {
                     break Section::Reschedule;
                 }
                 // Last VMCS updates before the entry, with interrupts off.
-                if let Err(e) = prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2) {
+                if let Err(e) = prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2, &self.stats) {
                     // SAFETY: pairs with the disable above.
                     unsafe { rvmx_glue_irq_enable() };
                     return Err(e);
@@ -783,13 +795,16 @@ impl Vcpu {
                 // delivered here.
                 unsafe { rvmx_glue_irq_enable() };
                 if r != 0 {
+                    self.stats.entry_failures.add(1);
                     let e = exits::entry_failure::vm_instruction_failed(&v, run, r, self.id);
                     self.publish_exit_info(&v, st.exits, e);
                     break Section::ToUser;
                 }
                 resume = 1;
                 st.exits += 1;
+                self.stats.exit(reason & 0xffff);
                 if reason & exits::reason::ENTRY_FAILURE != 0 {
+                    self.stats.entry_failures.add(1);
                     // The entry failed its guest-state checks (reason 33),
                     // MSR loading (34) or a machine check (41): the guest
                     // never ran.
@@ -882,13 +897,13 @@ impl Vcpu {
 /// never waits in the VMCS while userspace runs), the host's CR3 and CR4
 /// if they changed (the kernel switches page tables and CR4 bits under us),
 /// and the guest's CR2.
-fn prepare_entry(v: &mut Loaded<'_>, g: &mut Guest, host: &mut HostCache, cr2: u64) -> Result {
+fn prepare_entry(v: &mut Loaded<'_>, g: &mut Guest, host: &mut HostCache, cr2: u64, stats: &crate::stats::VcpuStats) -> Result {
     // NMIs first: they take priority over interrupts.
     if g.nmi_pending > 0 {
-        update_nmi_window(v, g)?;
+        update_nmi_window(v, g, stats)?;
     }
     if g.irq.is_some() || g.want_irq_window {
-        update_interrupt_window(v, g)?;
+        update_interrupt_window(v, g, stats)?;
     }
     let cr3 = hw::read_cr3();
     if cr3 != host.cr3 {
