@@ -13,8 +13,9 @@
 //!
 //! Each counter is written by one thread only (the vCPU's, which holds the
 //! run token), so an increment is a plain load and store, not a locked
-//! instruction: the exit path pays one cache-hot add. Readers see each
-//! value whole (aligned 64-bit accesses), possibly one exit behind.
+//! instruction: the exit path pays two cache-hot adds (count, time) and
+//! two RDTSCs. Readers see each value whole (aligned 64-bit accesses),
+//! possibly one exit behind.
 
 use crate::uapi::RunPage;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,6 +35,7 @@ const DESC_SIZE: usize = 16 + NAME_SIZE;
 const TYPE_CUMULATIVE: u32 = 0;
 const TYPE_INSTANT: u32 = 1;
 const UNIT_NONE: u32 = 0;
+const UNIT_CYCLES: u32 = 3 << 4;
 
 /// A counter with one writer.
 pub(crate) struct Counter(AtomicU64);
@@ -53,6 +55,10 @@ impl Counter {
 pub(crate) struct VcpuStats {
     /// Every VM exit, by basic exit reason.
     pub(crate) exit_reason: [Counter; EXIT_REASONS],
+    /// Host TSC cycles from each exit to the next VM entry, by the exit's
+    /// basic reason: the time the host spent on it, userspace included
+    /// for exits to userspace.
+    exit_cycles: [Counter; EXIT_REASONS],
     /// VM entries that failed (VMfailValid or exit reason 33/34).
     pub(crate) entry_failures: Counter,
     /// Returns from KVM_RUN (with the run page saying why).
@@ -73,6 +79,7 @@ impl VcpuStats {
         const ZERO: Counter = Counter(AtomicU64::new(0));
         VcpuStats {
             exit_reason: [ZERO; EXIT_REASONS],
+            exit_cycles: [ZERO; EXIT_REASONS],
             entry_failures: ZERO,
             userspace_exits: ZERO,
             mmio_exits: ZERO,
@@ -87,6 +94,13 @@ impl VcpuStats {
     pub(crate) fn exit(&self, basic: u32) {
         let i = (basic as usize).min(EXIT_REASONS - 1);
         self.exit_reason[i].add(1);
+    }
+
+    /// Adds the host cycles from an exit with basic reason `basic` to the
+    /// next entry.
+    pub(crate) fn exit_time(&self, basic: u32, cycles: u64) {
+        let i = (basic as usize).min(EXIT_REASONS - 1);
+        self.exit_cycles[i].add(cycles);
     }
 
     /// Counts one return from KVM_RUN, from what it returns and what the
@@ -127,12 +141,16 @@ impl VcpuStats {
             ("entry_failures", self.entry_failures.get()),
             ("ept_faults_mapped", self.ept_faults_mapped.get()),
         ];
-        let mut v = KVec::with_capacity(named.len() + EXIT_REASONS, GFP_KERNEL)?;
+        let mut v = KVec::with_capacity(named.len() + 2 * EXIT_REASONS, GFP_KERNEL)?;
         for (name, value) in named {
             v.push(Entry::new(format_args!("{name}"), TYPE_CUMULATIVE | UNIT_NONE, value), GFP_KERNEL)?;
         }
         for n in 0..EXIT_REASONS {
             v.push(Entry::new(format_args!("exit_reason_{n}"), TYPE_CUMULATIVE | UNIT_NONE, self.reason(n)), GFP_KERNEL)?;
+        }
+        for n in 0..EXIT_REASONS {
+            let cycles = self.exit_cycles[n].get();
+            v.push(Entry::new(format_args!("exit_reason_{n}_cycles"), TYPE_CUMULATIVE | UNIT_CYCLES, cycles), GFP_KERNEL)?;
         }
         Ok(v)
     }

@@ -145,6 +145,9 @@ pub(crate) struct VcpuState {
     pub(crate) rip_advance: u64,
     /// VM exits so far.
     exits: u64,
+    /// The basic reason and host TSC of the last VM exit, until the next
+    /// entry adds the time between them to the statistics (stats.rs).
+    last_exit: Option<(u32, u64)>,
     pub(crate) guest: Guest,
     /// This vCPU's VPID (None: the CPU lacks VPIDs or all are taken).
     vpid: Option<Vpid>,
@@ -277,6 +280,7 @@ impl Vcpu {
             pending: Pending::None,
             rip_advance: 0,
             exits: 0,
+            last_exit: None,
             guest: Guest {
                 msrs,
                 cr8: 0,
@@ -764,9 +768,14 @@ impl Vcpu {
                     // registers are back, right after the exit.
                     unsafe { hw::load_guest_debug_regs(&st.guest.debug.dr, st.guest.debug.dr6) };
                 }
+                // The time from the last exit to this entry, to its reason.
+                if let Some((basic, t)) = st.last_exit.take() {
+                    self.stats.exit_time(basic, crate::msrs::read_tsc().wrapping_sub(t));
+                }
                 // SAFETY: the VMCS is current (we hold `v`), its host state
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
+                let exit_tsc = crate::msrs::read_tsc();
                 st.cr2 = hw::read_cr2();
                 if guest_breakpoints {
                     st.guest.debug.set_dr6_from_cpu(hw::read_dr6());
@@ -803,6 +812,7 @@ impl Vcpu {
                 resume = 1;
                 st.exits += 1;
                 self.stats.exit(reason & 0xffff);
+                st.last_exit = Some((reason & 0xffff, exit_tsc));
                 if reason & exits::reason::ENTRY_FAILURE != 0 {
                     self.stats.entry_failures.add(1);
                     // The entry failed its guest-state checks (reason 33),

@@ -45,10 +45,14 @@ samples() {
 }
 
 echo "TAP version 13"
-echo "1..20"
+echo "1..22"
 insmod $MODDIR/rvmx.ko
 samples /dev/rvmx
 expect "exit summary shows the exits by reason" /tmp/l.out "KVM_EXIT_IO (out)" "VM exits in all (rvmx)"
+# --stats: the exits by VMX reason, from the vCPU's statistics file.
+rvmx-run --stats --mode prot32 /bin/prot32.bin > /tmp/st.out 2>&1
+expect "--stats: the exits by VMX exit reason from KVM_GET_STATS_FD" /tmp/st.out \
+	"VM exits from the statistics files (KVM_GET_STATS_FD) rvmx-" "VMX exit reason" "CPUID" "I/O instruction" "EPT violation" "VMCALL"
 rvmx-run /nonexistent > /tmp/e1 2>&1; rc=$?
 if [ $rc -eq 2 ] && [ "$(wc -l < /tmp/e1)" -eq 1 ] && ! grep -q panicked /tmp/e1; then ok "missing guest file: one-line error"; else not_ok "missing guest file: one-line error" "rc=$rc $(cat /tmp/e1)"; fi
 rvmx-run --mode bogus /bin/hello16.bin > /tmp/e2 2>&1; rc=$?
@@ -75,5 +79,8 @@ else
 fi
 modprobe kvm_intel
 samples /dev/kvm
+# --stats on KVM: KVM's named exit counters (it has no per-reason ones).
+rvmx-run --device /dev/kvm --stats --mode prot32 /bin/prot32.bin > /tmp/stk.out 2>&1
+expect "/dev/kvm: --stats shows KVM's exit counters" /tmp/stk.out "VM exits from the statistics files (KVM_GET_STATS_FD) kvm-" "io_exits" "halt_exits"
 rmmod kvm_intel kvm
 [ $fails -eq 0 ]

@@ -47,6 +47,7 @@ use vm_superio::{Serial, Trigger};
 #[allow(dead_code)]
 #[path = "../../../vmcs/checks.rs"]
 mod checks;
+mod stats;
 
 const SERIAL_BASE: u16 = 0x3f8;
 const EXIT_PORT: u16 = 0xf4;
@@ -81,11 +82,12 @@ struct Options {
     vcpus: u64,
     load: u64,
     quiet: bool,
+    stats: bool,
     guest: String,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--vcpus N] [--load ADDR] [--quiet] GUEST");
+    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--vcpus N] [--load ADDR] [--quiet] [--stats] GUEST");
     std::process::exit(2)
 }
 
@@ -102,7 +104,7 @@ fn parse_num(s: &str) -> Option<u64> {
 }
 
 fn parse_args() -> Options {
-    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, vcpus: 1, load: 0x1000, quiet: false, guest: String::new() };
+    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, vcpus: 1, load: 0x1000, quiet: false, stats: false, guest: String::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -120,6 +122,7 @@ fn parse_args() -> Options {
             "--vcpus" => o.vcpus = parse_num(&val()).filter(|&n| (1..=64).contains(&n)).unwrap_or_else(|| fail("--vcpus takes 1..64")),
             "--load" => o.load = parse_num(&val()).unwrap_or_else(|| fail("--load takes an address")),
             "--quiet" => o.quiet = true,
+            "--stats" => o.stats = true,
             "-h" | "--help" => usage(),
             _ if a.starts_with('-') => fail(format!("unknown option {a}")),
             _ if o.guest.is_empty() => o.guest = a,
@@ -472,6 +475,12 @@ fn main() {
         vcpus.push(vcpu);
     }
     let infos: Vec<_> = vcpus.iter().filter_map(map_exit_info).collect();
+    // --stats: each vCPU's statistics file, opened now (read at the end).
+    let stat_fds: Vec<i32> = if o.stats {
+        vcpus.iter().map(|v| stats::open(v.as_raw_fd()).unwrap_or_else(|e| fail(e))).collect()
+    } else {
+        Vec::new()
+    };
     // The extra fail_entry bytes and the info page are rvmx's (on KVM the
     // page maps but faults).
     let rvmx = o.device != "/dev/kvm" && !infos.is_empty();
@@ -511,11 +520,62 @@ fn main() {
             }
         };
         summary(&o, &machine, &infos, status);
+        if o.stats {
+            print_stats(&stat_fds);
+        }
         std::process::exit(status)
     });
 }
 
 /// The exit summary on stderr.
+/// --stats: the VM exits of all vCPUs by VMX basic exit reason, from the
+/// statistics files (rvmx's exit_reason_N and exit_reason_N_cycles
+/// counters), with each reason's share of the exits and of the host time
+/// from exit to next entry; on KVM, which has no per-reason counters,
+/// KVM's named exit counters.
+fn print_stats(fds: &[i32]) {
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for fd in fds {
+        match stats::read(*fd) {
+            Ok(s) => {
+                ids.push(s.id);
+                for (k, v) in s.values {
+                    *total.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => return eprintln!("rvmx-run: reading statistics: {e}"),
+        }
+    }
+    let mut by_reason: Vec<(u32, u64)> = total
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("exit_reason_")?.parse().ok()?, *v)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let all = total.get("exits").copied().unwrap_or(0);
+    let cycles = |n: u32| total.get(&format!("exit_reason_{n}_cycles")).copied().unwrap_or(0);
+    let all_cycles: u64 = by_reason.iter().map(|(n, _)| cycles(*n)).sum();
+    eprintln!("rvmx-run: VM exits from the statistics files (KVM_GET_STATS_FD) {}: {all}", ids.join(", "));
+    if by_reason.is_empty() {
+        for k in ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_window_exits", "hypercalls", "signal_exits"] {
+            if let Some(v) = total.get(k) {
+                eprintln!("  {k:<24} {v:>10}");
+            }
+        }
+        return;
+    }
+    by_reason.sort_by(|a, b| b.1.cmp(&a.1));
+    // "time": the share of host time from each exit to the next entry
+    // (userspace's time included for exits to userspace); the bar shows it.
+    eprintln!("  {:>3}  {:<28} {:>10} {:>6} {:>6}", "#", "VMX exit reason", "count", "exits", "time");
+    let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 * 100.0 / b as f64 };
+    for (n, v) in by_reason {
+        let time = pct(cycles(n), all_cycles);
+        let bar = "#".repeat((time / 2.5).round() as usize);
+        eprintln!("  {n:>3}  {:<28} {v:>10} {:>5.1}% {time:>5.1}% {bar}", stats::exit_reason_name(n), pct(v, all));
+    }
+}
+
 fn summary(o: &Options, machine: &Mutex<Machine>, infos: &[*const RvmxExitInfo], status: i32) {
     let _ = std::io::stdout().flush();
     let m = machine.lock().unwrap_or_else(|e| e.into_inner());

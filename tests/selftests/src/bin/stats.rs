@@ -7,11 +7,9 @@
 
 use kvm_ioctls::{Kvm, VcpuExit};
 use rvmx_selftests::{ioctl, Tap, TestVm};
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 
-const KVM_GET_STATS_FD: u64 = 0xaece;
 /// KVM_CAP_BINARY_STATS_FD.
 const CAP_BINARY_STATS_FD: u32 = 203;
 
@@ -37,54 +35,12 @@ fn guest() -> Vec<u8> {
     g
 }
 
-/// A parsed statistics file: id and name -> value.
-struct Stats {
-    id: String,
-    values: BTreeMap<String, u64>,
-}
-
-fn pread(fd: i32, buf: &mut [u8], off: usize) -> Result<(), String> {
-    // SAFETY: reads into `buf`, which is ours and `buf.len()` long.
-    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off as i64) };
-    if n != buf.len() as isize {
-        return Err(format!("pread of {} bytes at {off}: {n}", buf.len()));
-    }
-    Ok(())
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_ne_bytes(b[i..i + 4].try_into().unwrap())
-}
-
-/// Reads the whole file the way api.rst describes: header, id,
-/// descriptors (each followed by its name), then each value at
-/// data_offset + desc.offset.
-fn read_stats(fd: i32) -> Result<Stats, String> {
-    let mut h = [0u8; 24];
-    pread(fd, &mut h, 0)?;
-    let (flags, name_size, num_desc) = (u32_at(&h, 0), u32_at(&h, 4) as usize, u32_at(&h, 8) as usize);
-    let (id_off, desc_off, data_off) = (u32_at(&h, 12) as usize, u32_at(&h, 16) as usize, u32_at(&h, 20) as usize);
-    if flags != 0 || name_size == 0 || num_desc == 0 || num_desc > 10_000 {
-        return Err(format!("header: flags {flags} name_size {name_size} num_desc {num_desc}"));
-    }
-    let mut id = vec![0u8; name_size];
-    pread(fd, &mut id, id_off)?;
-    let id = String::from_utf8_lossy(&id[..id.iter().position(|&b| b == 0).ok_or("id not NUL-terminated")?]).into_owned();
-    let desc_size = 16 + name_size;
-    let mut descs = vec![0u8; num_desc * desc_size];
-    pread(fd, &mut descs, desc_off)?;
-    let mut values = BTreeMap::new();
-    for d in descs.chunks(desc_size) {
-        let size = u16::from_ne_bytes([d[6], d[7]]) as usize;
-        let offset = u32_at(d, 8) as usize;
-        let name = &d[16..];
-        let name = String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).ok_or("name not NUL-terminated")?]).into_owned();
-        let mut v = vec![0u8; 8 * size.max(1)];
-        pread(fd, &mut v, data_off + offset)?;
-        values.insert(name, u64::from_ne_bytes(v[..8].try_into().unwrap()));
-    }
-    Ok(Stats { id, values })
-}
+/// The launcher's reader of KVM's format (written from api.rst, not from
+/// rvmx's code).
+#[allow(dead_code)]
+#[path = "../../../../samples/rvmx-run/src/stats.rs"]
+mod reader;
+use reader::{read as read_stats, KVM_GET_STATS_FD};
 
 fn stats_fd(fd: i32) -> Result<i32, String> {
     ioctl(fd, KVM_GET_STATS_FD, 0).map_err(|e| format!("KVM_GET_STATS_FD: errno {e}"))
