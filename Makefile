@@ -9,6 +9,10 @@ RVMX_CACHE ?= /var/cache/rvmx
 RVMX_KERNEL ?= $(RVMX_CACHE)/kernel
 RUSTC ?= /usr/bin/rustc
 BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
+# make module CLIPPY=1: also run clippy (Debian's, matching RUSTC) with the
+# kernel's lints; make check does, and counts any warning as a failure.
+CLIPPY ?=
+CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
 .PHONY: all module setup check check-kasan demo clean
 
@@ -21,7 +25,7 @@ setup:
 module:
 ifeq ($(KDIR),)
 	tools/setup
-	$(MAKE) -C $(RVMX_KERNEL) M=$(CURDIR) LLVM=1 RUSTC=$(RUSTC) BINDGEN=$(BINDGEN) modules
+	$(MAKE) -C $(RVMX_KERNEL) M=$(CURDIR) LLVM=1 RUSTC=$(RUSTC) BINDGEN=$(BINDGEN) CLIPPY=$(CLIPPY) CLIPPY_DRIVER=$(CLIPPY_DRIVER) modules
 else
 	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
 endif

@@ -160,12 +160,15 @@ impl VmxCaps {
         // SAFETY: IA32_FEATURE_CONTROL exists on every CPU with VMX.
         check_feature_control(unsafe { rdmsr(msr::IA32_FEATURE_CONTROL) })?;
 
-        // SAFETY (for every read below): the basic, control, CR-fixed and
-        // misc MSRs exist on every CPU with VMX (SDM Vol. 3D §A.1); the TRUE_
-        // ones exist when IA32_VMX_BASIC[55] is set, PROCBASED_CTLS2 when the
-        // primary controls allow "activate secondary controls", and
-        // EPT_VPID_CAP when the secondary controls allow EPT or VPID (§A.10).
-        let read = |m: Msr| unsafe { rdmsr(m) };
+        let read = |m: Msr| {
+            // SAFETY: (every read below) the basic, control, CR-fixed
+            // and misc MSRs exist on every CPU with VMX (SDM Vol. 3D §A.1);
+            // the TRUE_ ones exist when IA32_VMX_BASIC[55] is set,
+            // PROCBASED_CTLS2 when the primary controls allow "activate
+            // secondary controls", and EPT_VPID_CAP when the secondary
+            // controls allow EPT or VPID (§A.10).
+            unsafe { rdmsr(m) }
+        };
         let basic = read(msr::IA32_VMX_BASIC);
         let true_ctls = basic & BASIC_TRUE_CTLS != 0;
         let ctl = |plain: Msr, tru: Msr| ControlCaps::from_msr(read(if true_ctls { tru } else { plain }));

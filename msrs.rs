@@ -184,8 +184,12 @@ impl GuestMsrs {
     /// handler, inside a guest section) or in `self` (an ioctl).
     pub(crate) fn get(&self, v: &Loaded<'_>, index: u32, live: bool) -> Option<u64> {
         if let Some(i) = self.swapped_slot(index) {
-            // SAFETY: the MSR exists (`swap_count`); RDMSR only reads.
-            return Some(if live { unsafe { msr::rdmsr(Msr(index)) } } else { self.swapped[i] });
+            return Some(if live {
+                // SAFETY: the MSR exists (`swap_count`); RDMSR only reads.
+                unsafe { msr::rdmsr(Msr(index)) }
+            } else {
+                self.swapped[i]
+            });
         }
         Some(match index {
             IA32_TSC => read_tsc().wrapping_add(v.read(TSC_OFFSET)),

@@ -76,17 +76,17 @@ pub(crate) struct VcpuStats {
 
 impl VcpuStats {
     pub(crate) fn new() -> Self {
-        const ZERO: Counter = Counter(AtomicU64::new(0));
+        let zero = || Counter(AtomicU64::new(0));
         VcpuStats {
-            exit_reason: [ZERO; EXIT_REASONS],
-            exit_cycles: [ZERO; EXIT_REASONS],
-            entry_failures: ZERO,
-            userspace_exits: ZERO,
-            mmio_exits: ZERO,
-            signal_exits: ZERO,
-            ept_faults_mapped: ZERO,
-            irq_injections: ZERO,
-            nmi_injections: ZERO,
+            exit_reason: core::array::from_fn(|_| zero()),
+            exit_cycles: core::array::from_fn(|_| zero()),
+            entry_failures: zero(),
+            userspace_exits: zero(),
+            mmio_exits: zero(),
+            signal_exits: zero(),
+            ept_faults_mapped: zero(),
+            irq_injections: zero(),
+            nmi_injections: zero(),
         }
     }
 

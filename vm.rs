@@ -280,7 +280,7 @@ impl Vm {
             return Err(EINVAL);
         }
         let mut ids = self.vcpu_ids.lock();
-        if ids.iter().any(|&i| i == id) {
+        if ids.contains(&id) {
             return Err(EEXIST);
         }
         ids.push(id, GFP_KERNEL)?;

@@ -297,7 +297,7 @@ fn check_rights(p: &Paging, acc: Access, rw: bool, us: bool, xd: bool) -> Result
     } else {
         // Supervisor data access: SMAP forbids user pages unless AC is set;
         // with CR0.WP clear, supervisor writes ignore R/W.
-        !(p.smap && us && !acc.ac) && (!acc.write || rw || !p.wp)
+        (!p.smap || !us || acc.ac) && (!acc.write || rw || !p.wp)
     };
     if ok { Ok(()) } else { Err(()) }
 }

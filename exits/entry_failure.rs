@@ -57,7 +57,7 @@ impl Explained {
 /// or 41. KVM_EXIT_FAIL_ENTRY with the full exit reason, as KVM reports it.
 pub(crate) fn entry_failed_with_exit(v: &Loaded<'_>, run: RunPage, full: u32, vcpu: u32) -> Explained {
     let basic = full & 0xffff;
-    let found = if basic == REASON_INVALID_GUEST_STATE { check(v, Failure::InvalidGuestState) } else { None };
+    let found = if basic == REASON_INVALID_GUEST_STATE { check(v, Failure::GuestState) } else { None };
     let what = match basic {
         REASON_INVALID_GUEST_STATE => "invalid guest state",
         REASON_MSR_LOADING => "MSR loading",
@@ -80,8 +80,8 @@ pub(crate) fn entry_failed_with_exit(v: &Loaded<'_>, run: RunPage, full: u32, vc
 pub(crate) fn vm_instruction_failed(v: &Loaded<'_>, run: RunPage, r: i32, vcpu: u32) -> Explained {
     let err = if r == 1 { v.instruction_error() } else { 0 };
     let found = match err {
-        ERROR_INVALID_CONTROL => check(v, Failure::InvalidControl),
-        ERROR_INVALID_HOST_STATE => check(v, Failure::InvalidHostState),
+        ERROR_INVALID_CONTROL => check(v, Failure::Control),
+        ERROR_INVALID_HOST_STATE => check(v, Failure::HostState),
         _ => None,
     };
     let what = match err {

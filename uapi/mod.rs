@@ -14,6 +14,9 @@
     non_upper_case_globals,
     non_snake_case,
     clippy::all,
+    // The generated bitfield accessors carry no SAFETY comments (the
+    // kernel's own bindings, rust/bindings/lib.rs, allow the same).
+    clippy::undocumented_unsafe_blocks,
     unreachable_pub,
     unsafe_op_in_unsafe_fn
 )]

@@ -41,10 +41,14 @@
 #define RVMX_VCPU_MMAP_PAGES		4
 
 /*
- * The raw VM-exit information of the last exit, as the VMCS held it (Intel
- * SDM Vol. 3C, "VM-Exit Information Fields"). For learners: compare
- * kvm_run.exit_reason (what rvmx made of the exit) with basic_reason (why the
- * CPU left the guest).
+ * The raw VM-exit information of the last VM exit that ended a KVM_RUN
+ * (or of the failed VM entry that did), as the VMCS held it (Intel SDM
+ * Vol. 3C, "VM-Exit Information Fields"). Exits rvmx handles in the
+ * kernel and then re-enters the guest do not rewrite it, to keep the exit
+ * path short: they are counted in `exits`, and by reason (with their
+ * time) in the vCPU's statistics file (KVM_GET_STATS_FD). For learners:
+ * compare kvm_run.exit_reason (what rvmx made of the exit) with
+ * basic_reason (why the CPU left the guest).
  */
 struct rvmx_exit_info {
 	__u32 basic_reason;	/* exit reason bits 15:0 (SDM Appendix C) */

@@ -173,7 +173,7 @@ pub(super) fn setup_host_constant_state(v: &mut Loaded<'_>) -> Result {
     v.write(HOST_TR_SELECTOR, hw::str_selector())?;
     v.write(HOST_CR0, Natural(hw::read_cr0()))?;
     v.write(HOST_IDTR_BASE, Natural(hw::sidt().base))?;
-    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
+    // SAFETY: (all reads) architectural MSRs present on every x86-64 CPU.
     unsafe {
         // CAST: IA32_SYSENTER_CS holds a selector in its low bits.
         v.write(HOST_IA32_SYSENTER_CS, msr::rdmsr(msr::IA32_SYSENTER_CS) as u32)?;
@@ -191,7 +191,7 @@ pub(super) fn setup_host_constant_state(v: &mut Loaded<'_>) -> Result {
 pub(super) fn setup_host_cpu_state(v: &mut Loaded<'_>) -> Result {
     v.write(HOST_GDTR_BASE, Natural(hw::sgdt().base))?;
     v.write(HOST_TR_BASE, Natural(hw::tss_base()))?;
-    // SAFETY (all reads): architectural MSRs present on every x86-64 CPU.
+    // SAFETY: (all reads) architectural MSRs present on every x86-64 CPU.
     unsafe {
         v.write(HOST_FS_BASE, Natural(msr::rdmsr(msr::IA32_FS_BASE)))?;
         v.write(HOST_GS_BASE, Natural(msr::rdmsr(msr::IA32_GS_BASE)))?;

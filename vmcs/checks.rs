@@ -874,12 +874,12 @@ fn check_pdptes(g: &Guest, cpu: &Cpu, ept: bool, ia32e: bool) -> Option<Violatio
 /// What rvmx knows of a failed VM entry, to check the VMCS against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// VMfailValid with VM-instruction error 7: a control field.
-    InvalidControl,
-    /// VMfailValid with VM-instruction error 8: a host-state field.
-    InvalidHostState,
-    /// Exit reason 33: the guest-state area.
-    InvalidGuestState,
+    /// VMfailValid with VM-instruction error 7: an invalid control field.
+    Control,
+    /// VMfailValid with VM-instruction error 8: an invalid host-state field.
+    HostState,
+    /// Exit reason 33: invalid guest state.
+    GuestState,
 }
 
 /// The first rule the VMCS breaks for this kind of failure. `None` means
@@ -887,9 +887,9 @@ pub(crate) enum Failure {
 /// does not know (a model-specific check, or an emulator's own rule).
 pub(crate) fn explain(f: Failure, g: &Guest, h: &Host, c: &Controls, cpu: &Cpu) -> Option<Violation> {
     match f {
-        Failure::InvalidControl => check_controls(c, cpu, g.cr0),
-        Failure::InvalidHostState => check_host(h, c, cpu),
-        Failure::InvalidGuestState => check_guest(g, c, cpu).or_else(|| emulator_rule(g)),
+        Failure::Control => check_controls(c, cpu, g.cr0),
+        Failure::HostState => check_host(h, c, cpu),
+        Failure::GuestState => check_guest(g, c, cpu).or_else(|| emulator_rule(g)),
     }
 }
 

@@ -225,17 +225,17 @@ fn emulator_rule_only_when_the_sdm_has_none() {
     g.seg[1].selector = 0xf001;
     g.seg[1].base = 0xf0010;
     assert_eq!(check_guest(&g, &real_controls(), &cpu()), None);
-    let v = explain(Failure::InvalidGuestState, &g, &h, &real_controls(), &cpu());
+    let v = explain(Failure::GuestState, &g, &h, &real_controls(), &cpu());
     assert_eq!(v.map(|v| (v.check, v.segment, v.value)), Some((Check::Bochs27CsRpl, Some(Seg::Cs), 0xf001)));
     // A broken SDM rule is named first.
     g.rflags = 0;
-    assert_eq!(explain(Failure::InvalidGuestState, &g, &h, &real_controls(), &cpu()).map(|v| v.check), Some(Check::RflagsReserved));
+    assert_eq!(explain(Failure::GuestState, &g, &h, &real_controls(), &cpu()).map(|v| v.check), Some(Check::RflagsReserved));
     // A conforming CS may have RPL above DPL.
     let mut g = reset();
     g.seg[1].ar = 0x9f;
     g.seg[1].selector = 0xf003;
     g.seg[1].base = 0xf0030;
-    assert_eq!(explain(Failure::InvalidGuestState, &g, &h, &real_controls(), &cpu()), None);
+    assert_eq!(explain(Failure::GuestState, &g, &h, &real_controls(), &cpu()), None);
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn fuzz_checks() {
             }
         }
         let h = Host::default();
-        let v = explain(Failure::InvalidControl, &g, &h, &c, &cpu()).or_else(|| explain(Failure::InvalidGuestState, &g, &h, &c, &cpu()));
+        let v = explain(Failure::Control, &g, &h, &c, &cpu()).or_else(|| explain(Failure::GuestState, &g, &h, &c, &cpu()));
         if let Some(v) = v {
             named[v.check as usize] += 1;
             assert!(Check::from_number(v.check as u16).is_some());
