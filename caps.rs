@@ -244,7 +244,7 @@ impl VmxCaps {
 
     /// Whether vCPUs get VPIDs: the control exists and INVVPID can flush one
     /// VPID's translations (what a vCPU needs when it moves to another
-    /// CPU, vcpu/mod.rs).
+    /// CPU, vcpu/run.rs).
     pub(crate) fn vpid_usable(&self) -> bool {
         self.proc2.allows(PROC2_VPID) && self.ept_vpid & VPID_INVVPID != 0 && self.ept_vpid & VPID_INVVPID_SINGLE != 0
     }

@@ -7,7 +7,7 @@
 //! may be stale: on a CPU the vCPU arrives on (it may have changed its page
 //! tables elsewhere meanwhile, and a freed VPID's old translations may still
 //! sit there), and after userspace rewrites its paging registers
-//! (vcpu/mod.rs, `flush_tlb`). Each vCPU has its own, from this allocator.
+//! (vcpu/run.rs, `flush_tlb`). Each vCPU has its own, from this allocator.
 //!
 //! A fixed bitmap of atomics rather than the kernel's IDA, which 6.12's
 //! Rust bindings do not wrap: 65535 ids, allocated and freed lock-free.

@@ -7,7 +7,7 @@
 //! and fixed bits of the CPU, as KVM's kvm_set_dr), a MOV from DRn reads it
 //! back. VM entry loads the guest's DR7 from the VMCS ("load debug
 //! controls"), which this file keeps equal to the guest's; while that DR7
-//! arms a breakpoint, the run loop (vcpu/mod.rs) loads the guest's DR0-3
+//! arms a breakpoint, the run loop (vcpu/run.rs) loads the guest's DR0-3
 //! and DR6 into the CPU before each entry and reads DR6 back after the
 //! exit, so the guest's breakpoints fire in the guest (#DB is not
 //! intercepted) and never with the host's addresses. After every exit the

@@ -6,7 +6,7 @@
 //! handler only records what happened (and the guest state needed to decode
 //! the instruction, should it be MMIO); the run loop then leaves the guest
 //! section, because pinning the page or reading guest memory may sleep
-//! (vcpu/mod.rs, vm.rs `fault_in`, mmio.rs).
+//! (vcpu/run.rs, vm.rs `fault_in`, mmio.rs).
 //! Exit qualification (SDM Vol. 3C, table 28-7): bit 0 read, bit 1 write,
 //! bit 2 instruction fetch; bit 7 the guest linear address is valid, and
 //! then bit 8 says whether the access was to that address (1) or to one of

@@ -29,7 +29,7 @@
 //! A handler runs right after the exit, with the VMCS loaded, preemption
 //! off and interrupts on: it must not sleep. What needs to sleep (mapping
 //! guest memory, reading it to decode an MMIO instruction) is returned as an
-//! `Action` and done by the run loop outside the guest section (vcpu/mod.rs).
+//! `Action` and done by the run loop outside the guest section (vcpu/run.rs).
 //! Every exit reads the exit reason and the IDT-vectoring information;
 //! each handler reads what its own exit needs.
 

@@ -3,7 +3,7 @@
 //! XSETBV (reason 55, always exits): the guest sets XCR0, the set of
 //! processor state components (x87, SSE, AVX, ...) that XSAVE manages and
 //! that the guest may use. VMX does not switch XCR0, so rvmx keeps the
-//! guest's value and loads it around each guest section (vcpu/mod.rs). A value
+//! guest's value and loads it around each guest section (vcpu/run.rs). A value
 //! the CPU would refuse, or one that enables a component the host has not
 //! enabled (the guest could then reach state rvmx does not save), gets #GP,
 //! with KVM's checks (__kvm_set_xcr).

@@ -4,7 +4,7 @@
 //! (the x87 and SSE registers, from the legacy region of the guest's XSAVE
 //! image), KVM_GET/SET_XSAVE (the whole image) and KVM_GET/SET_XCRS
 //! (XCR0). The image itself is loaded and saved around each guest section
-//! (vcpu/mod.rs); exits/xsetbv.rs handles the guest's own XSETBV.
+//! (vcpu/run.rs); exits/xsetbv.rs handles the guest's own XSETBV.
 
 use super::Vcpu;
 use crate::exits;
