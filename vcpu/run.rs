@@ -43,6 +43,67 @@ struct HostCache {
     cr4: u64,
 }
 
+/// Local interrupts off on this CPU until dropped: a guest runs with the
+/// host's interrupts off (they make it exit instead), and the host takes
+/// the pending one when this guard goes.
+struct IrqsOff(());
+
+impl IrqsOff {
+    fn new() -> Self {
+        // SAFETY: paired with the enable in `drop`; nothing in the section
+        // sleeps with interrupts off.
+        unsafe { rvmx_glue_irq_disable() };
+        IrqsOff(())
+    }
+}
+
+impl Drop for IrqsOff {
+    fn drop(&mut self) {
+        // SAFETY: pairs with the disable in `new`.
+        unsafe { rvmx_glue_irq_enable() };
+    }
+}
+
+/// The kernel's FPU section (kernel_fpu_begin/end) for the length of a
+/// guest section: the FPU registers are rvmx's to load the guest's into,
+/// and preemption and bottom halves are off until dropped.
+struct FpuSection(());
+
+impl FpuSection {
+    fn begin() -> Self {
+        // SAFETY: paired with `rvmx_glue_fpu_end` in `drop`.
+        unsafe { rvmx_glue_fpu_begin() };
+        FpuSection(())
+    }
+}
+
+impl Drop for FpuSection {
+    fn drop(&mut self) {
+        // SAFETY: pairs with `begin`, on the same CPU (preemption is off).
+        unsafe { rvmx_glue_fpu_end() };
+    }
+}
+
+/// The signals KVM_SET_SIGNAL_MASK asked to block while KVM_RUN runs,
+/// blocked until dropped (then the thread's own mask is back).
+struct SignalMask(());
+
+impl SignalMask {
+    fn block(mask: u64) -> Self {
+        // SAFETY: `mask` is a sigset_t's 8 bytes, read during the call;
+        // deactivated in `drop`.
+        unsafe { rvmx_glue_sigmask_activate(&mask) };
+        SignalMask(())
+    }
+}
+
+impl Drop for SignalMask {
+    fn drop(&mut self) {
+        // SAFETY: pairs with the activation in `block`.
+        unsafe { rvmx_glue_sigmask_deactivate() };
+    }
+}
+
 impl Vcpu {
     /// KVM_RUN: runs the guest until an exit that userspace must handle.
     pub(crate) fn run(&self) -> Result {
@@ -50,16 +111,10 @@ impl Vcpu {
         let mut t = self.token()?;
         let st = t.state();
         st.ran = true;
-        if let Some(mask) = &st.sigmask {
-            // SAFETY: `mask` is a sigset_t's 8 bytes; deactivated below.
-            unsafe { rvmx_glue_sigmask_activate(mask) };
-        }
+        let blocked = st.sigmask.map(SignalMask::block);
         let r = self.run_locked(st, run);
         self.stats.returned(&r, run);
-        if st.sigmask.is_some() {
-            // SAFETY: pairs with the activation above.
-            unsafe { rvmx_glue_sigmask_deactivate() };
-        }
+        drop(blocked);
         run.set_cr8_apic_base(st.guest.cr8, st.guest.msrs.apic_base);
         r
     }
@@ -134,8 +189,7 @@ impl Vcpu {
     /// to sleep, or the scheduler or a signal wants the CPU.
     fn guest_section(&self, st: &mut VcpuState) -> Result<Section> {
         let run = self.run_page();
-        // SAFETY: paired with `rvmx_glue_fpu_end` below; disables preemption.
-        unsafe { rvmx_glue_fpu_begin() };
+        let fpu = FpuSection::begin();
         // SAFETY: we own the FPU registers now, the area is page-aligned and
         // sized for this XCR0 (checked at creation).
         unsafe { hw::xrstor(st.fpu.as_ptr(), st.guest.xfeatures) };
@@ -186,25 +240,18 @@ impl Vcpu {
             // thread stays on this CPU for the section).
             let host_debugctl = unsafe { msr::rdmsr(msr::IA32_DEBUGCTL) };
             let section = loop {
-                // SAFETY: paired with the enable below; the guest runs with
-                // interrupts off in the host (they cause VM exits instead).
-                unsafe { rvmx_glue_irq_disable() };
+                let irqs = IrqsOff::new();
                 // Leave the section for a signal, the scheduler, or pending
                 // softirqs: the section runs with bottom halves disabled
                 // (kernel_fpu_begin), so timers and RCU callbacks queued on
                 // this CPU run only when it ends.
                 // SAFETY: plain checks of the current task and CPU.
                 if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() || rvmx_glue_softirq_pending() } {
-                    // SAFETY: pairs with the disable above.
-                    unsafe { rvmx_glue_irq_enable() };
+                    drop(irqs);
                     break Section::Reschedule;
                 }
                 // Last VMCS updates before the entry, with interrupts off.
-                if let Err(e) = prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2, &self.stats) {
-                    // SAFETY: pairs with the disable above.
-                    unsafe { rvmx_glue_irq_enable() };
-                    return Err(e);
-                }
+                prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2, &self.stats)?;
                 match self.l1d_flush {
                     crate::caps::L1dFlush::NotNeeded => {}
                     // SAFETY: caps.rs saw IA32_FLUSH_CMD on this CPU; the
@@ -253,10 +300,9 @@ impl Vcpu {
                 if r == 0 {
                     exits::interrupt::handle_host_events_irqoff(&v, reason);
                 }
-                // SAFETY: pairs with the disable above: a pending host
-                // interrupt (the cause of an external-interrupt exit) is
-                // delivered here.
-                unsafe { rvmx_glue_irq_enable() };
+                // A pending host interrupt (the cause of an external-
+                // interrupt exit) is delivered here.
+                drop(irqs);
                 if r != 0 {
                     self.stats.entry_failures.add(1);
                     let e = exits::entry_failure::vm_instruction_failed(&v, run, r, self.id);
@@ -315,8 +361,7 @@ impl Vcpu {
         // SAFETY: restores Linux's descriptor limits on this CPU (still
         // pinned: FPU section).
         unsafe { rvmx_glue_restore_host_descriptor_limits() };
-        // SAFETY: pairs with `rvmx_glue_fpu_begin` above.
-        unsafe { rvmx_glue_fpu_end() };
+        drop(fpu);
         result
     }
 
