@@ -31,50 +31,23 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let caps = vmxon::caps().ok_or(EIO)?;
     match (access, cr) {
         (0, 0) => {
-            if (value & CR0_PG != 0 && value & CR0_PE == 0)
-                || (value & CR0_NW != 0 && value & CR0_CD == 0)
-                || value >> 32 != 0
-            {
-                return ctx.inject_exception(GP, Some(0));
-            }
+            // The rules (and the long-mode switch) are hw/cr.rs's, shared
+            // with KVM_SET_SREGS.
             let old = ctx.vmcs.guest_cr0();
-            let mut efer = ctx.vmcs.read(GUEST_IA32_EFER);
+            let efer = ctx.vmcs.read(GUEST_IA32_EFER);
             let cr4 = ctx.vmcs.guest_cr4();
             let cs_l = ctx.vmcs.read(GUEST_CS_AR) & (1 << 13) != 0;
-            if value & CR0_PG != 0 && old & CR0_PG == 0 {
-                if efer & EFER_LME != 0 {
-                    // Long mode is entered with PAE, from 32-bit code.
-                    if cr4 & CR4_PAE == 0 || cs_l {
-                        return ctx.inject_exception(GP, Some(0));
-                    }
-                    efer |= EFER_LMA;
-                }
-            } else if value & CR0_PG == 0 {
-                // Paging cannot be turned off by 64-bit code, nor with
-                // PCIDs on (SDM Vol. 3A §4.1.2, KVM's kvm_set_cr0): rvmx
-                // would otherwise leave long mode under 64-bit code, a
-                // guest state VM entry refuses.
-                if (efer & EFER_LMA != 0 && cs_l) || cr4 & CR4_PCIDE != 0 {
-                    return ctx.inject_exception(GP, Some(0));
-                }
-                efer &= !EFER_LMA;
-            }
+            let Some(efer) = mov_to_cr0(old, value, efer, cr4, cs_l) else {
+                return ctx.inject_exception(GP, Some(0));
+            };
             vcpu::set_cr0(ctx.vmcs, &caps, value)?;
             ctx.vmcs.write(GUEST_IA32_EFER, efer)?;
             vcpu::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
             ctx.flush_guest_tlb()?;
         }
         (0, 4) => {
-            if value & (CR4_VMXE | CR4_NOT_VIRTUALIZED) != 0 || value & !caps.cr4_fixed1 != 0 {
-                return ctx.inject_exception(GP, Some(0));
-            }
-            // In long mode PAE stays on; PCIDs come on only in long mode
-            // with CR3[11:0] = 0 (KVM's kvm_set_cr4 checks the same).
-            let lma = ctx.vmcs.read(GUEST_IA32_EFER) & EFER_LMA != 0;
-            let old = ctx.vmcs.guest_cr4();
-            if (lma && value & CR4_PAE == 0)
-                || (value & CR4_PCIDE != 0 && old & CR4_PCIDE == 0 && (!lma || ctx.vmcs.read(GUEST_CR3).0 & 0xfff != 0))
-            {
+            let (old, efer, cr3) = (ctx.vmcs.guest_cr4(), ctx.vmcs.read(GUEST_IA32_EFER), ctx.vmcs.read(GUEST_CR3).0);
+            if !mov_to_cr4(old, value, efer, cr3, caps.cr4_fixed1) {
                 return ctx.inject_exception(GP, Some(0));
             }
             vcpu::set_cr4(ctx.vmcs, &caps, value)?;

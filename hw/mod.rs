@@ -15,30 +15,7 @@ pub(crate) mod vmx;
 use core::arch::asm;
 
 /// Architectural bit positions of CR0 and CR4 that rvmx names.
-pub(crate) mod cr {
-    pub(crate) const CR0_PE: u64 = 1 << 0;
-    pub(crate) const CR0_NE: u64 = 1 << 5;
-    pub(crate) const CR0_NW: u64 = 1 << 29;
-    pub(crate) const CR0_CD: u64 = 1 << 30;
-    pub(crate) const CR0_PG: u64 = 1 << 31;
-    pub(crate) const CR4_PAE: u64 = 1 << 5;
-    pub(crate) const CR4_VMXE: u64 = 1 << 13;
-    pub(crate) const CR4_PCIDE: u64 = 1 << 17;
-    pub(crate) const CR4_FRED: u64 = 1 << 32;
-    /// XCR0 bit 9: the PKRU state component.
-    pub(crate) const XFEATURE_PKRU: u64 = 1 << 9;
-    /// CR4 bits whose state rvmx does not switch between guest and host,
-    /// so a guest may never set them, whatever its CPUID says: LA57
-    /// (5-level paging: the software page walk has 4 levels), PKE and PKS
-    /// (protection keys: PKRU and IA32_PKRS would stay the guest's), CET
-    /// (shadow stacks: IA32_S_CET and the SSP are not switched). They are
-    /// owned by rvmx in the VMCS (a MOV to CR4 exits) and refused with #GP
-    /// there and EINVAL in KVM_SET_SREGS, as KVM does for bits it does not
-    /// support.
-    pub(crate) const CR4_NOT_VIRTUALIZED: u64 = (1 << 12) | (1 << 22) | (1 << 23) | (1 << 24);
-    pub(crate) const EFER_LME: u64 = 1 << 8;
-    pub(crate) const EFER_LMA: u64 = 1 << 10;
-}
+pub(crate) mod cr;
 
 /// CPUID.1:ECX bit 5: the CPU implements VMX.
 pub(crate) fn cpu_has_vmx() -> bool {

@@ -78,19 +78,11 @@ impl Vcpu {
     /// KVM_SET_SREGS, refusing what KVM's kvm_valid_sregs() refuses.
     pub(crate) fn set_sregs(&self, s: &kvm_sregs) -> Result {
         let caps = vmxon::caps().ok_or(EIO)?;
+        // The same rules as a MOV to CR0/CR4 (hw/cr.rs).
+        if !sregs_valid(s.cr0, s.cr4, s.efer, caps.cr4_fixed1) {
+            return Err(EINVAL);
+        }
         let long = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
-        if long && (s.cr4 & CR4_PAE == 0 || s.efer & EFER_LMA == 0) {
-            return Err(EINVAL);
-        }
-        if !long && s.efer & EFER_LMA != 0 {
-            return Err(EINVAL);
-        }
-        if (s.cr0 & CR0_PG != 0 && s.cr0 & CR0_PE == 0) || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0) {
-            return Err(EINVAL);
-        }
-        if s.cr4 & (CR4_VMXE | CR4_NOT_VIRTUALIZED) != 0 || s.cr4 & !caps.cr4_fixed1 != 0 || s.cr0 >> 32 != 0 {
-            return Err(EINVAL);
-        }
         // 32-bit PAE paging: the PDPTEs come from guest memory now, as
         // KVM loads them (invalid ones: EINVAL).
         let pdptes = if s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && !long {

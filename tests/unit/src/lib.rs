@@ -13,6 +13,9 @@ pub mod walk;
 #[path = "../../../vmcs/checks.rs"]
 pub mod checks;
 
+#[path = "../../../hw/cr.rs"]
+pub mod cr;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -28,6 +31,9 @@ mod walk_tests;
 
 #[cfg(test)]
 mod checks_tests;
+
+#[cfg(test)]
+mod cr_tests;
 
 /// The fuzz seed: `RVMX_SEED` if set (to reproduce a failure), else the
 /// clock, so that every run explores new inputs. Printed by each fuzz test.
