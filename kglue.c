@@ -310,11 +310,6 @@ void rvmx_glue_cond_resched(void)
 	cond_resched();
 }
 
-bool rvmx_glue_signal_pending(void)
-{
-	return signal_pending(current);
-}
-
 /*
  * Give the FPU registers to the guest: the launcher's FPU state is saved
  * to its task (and restored on return to user mode), preemption is off
@@ -642,17 +637,6 @@ void rvmx_glue_ibpb_on_vcpu_switch(u64 uid)
 		this_cpu_write(rvmx_last_vcpu, uid);
 		indirect_branch_prediction_barrier();
 	}
-}
-
-/* copy_from_user, for reading guest memory through the launcher's mapping. */
-int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len)
-{
-	return copy_from_user(dst, (const void __user *)(unsigned long)uaddr, len) ? -EFAULT : 0;
-}
-
-int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len)
-{
-	return copy_to_user((void __user *)(unsigned long)uaddr, src, len) ? -EFAULT : 0;
 }
 
 /*

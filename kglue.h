@@ -43,7 +43,6 @@ void rvmx_glue_irq_disable(void);
 void rvmx_glue_irq_enable(void);
 bool rvmx_glue_need_resched(void);
 void rvmx_glue_cond_resched(void);
-bool rvmx_glue_signal_pending(void);
 bool rvmx_glue_softirq_pending(void);
 void rvmx_glue_fpu_begin(void);
 void rvmx_glue_fpu_end(void);
@@ -67,7 +66,6 @@ bool rvmx_glue_slot_notifier_read_retry(struct rvmx_slot_notifier *n,
 					unsigned long seq);
 void rvmx_glue_mmu_interval_set_seq(struct mmu_interval_notifier *mni,
 				    unsigned long cur_seq);
-int rvmx_glue_copy_from_user(void *dst, u64 uaddr, u64 len);
 void rvmx_glue_restore_host_breakpoints(void);
 void rvmx_glue_machine_check(void);
 int rvmx_glue_l1d_flush_mode(void);
@@ -83,7 +81,6 @@ struct rvmx_host_segments {
 };
 void rvmx_glue_save_host_segments(struct rvmx_host_segments *s);
 void rvmx_glue_restore_host_segments(const struct rvmx_host_segments *s);
-int rvmx_glue_copy_to_user(u64 uaddr, const void *src, u64 len);
 int rvmx_glue_cmpxchg_user(u64 uaddr, bool wide, u64 old, u64 new);
 int rvmx_glue_vm_fd(void *vm);
 int rvmx_glue_vcpu_fd(void *vcpu);

@@ -13,7 +13,7 @@
 use crate::ept::{Ept, TableCache};
 use crate::uapi;
 use kernel::sync::Arc;
-use kernel::{new_mutex, prelude::*, rbtree::{RBTree, RBTreeNode}, sync::Mutex};
+use kernel::{new_mutex, prelude::*, rbtree::{RBTree, RBTreeNode}, sync::Mutex, uaccess::UserSlice};
 
 extern "C" {
     fn rvmx_glue_mm_grab_current() -> *mut core::ffi::c_void;
@@ -28,8 +28,6 @@ extern "C" {
     fn rvmx_glue_slot_notifier_read_retry(n: *mut core::ffi::c_void, seq: core::ffi::c_ulong) -> bool;
     fn rvmx_glue_mmu_interval_set_seq(mni: *mut core::ffi::c_void, seq: core::ffi::c_ulong);
     fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
-    fn rvmx_glue_copy_from_user(dst: *mut core::ffi::c_void, uaddr: u64, len: u64) -> core::ffi::c_int;
-    fn rvmx_glue_copy_to_user(uaddr: u64, src: *const core::ffi::c_void, len: u64) -> core::ffi::c_int;
     fn rvmx_glue_cmpxchg_user(uaddr: u64, wide: bool, old: u64, new: u64) -> core::ffi::c_int;
 }
 
@@ -544,10 +542,10 @@ impl Vm {
         while done < buf.len() {
             let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
             let uaddr = self.user_addr(gpa, true)?;
-            // SAFETY: `buf[done..done + n]` is valid for reads; the
-            // destination is the VM process's memory (we run in it), and a
-            // bad address there is an error, not a fault.
-            kernel::error::to_result(unsafe { rvmx_glue_copy_to_user(uaddr, buf[done..].as_ptr().cast(), n as u64) })?;
+            // The destination is the VM process's memory (we run in it); a
+            // bad address there is EFAULT, not a fault.
+            // CAST: user addresses fit in usize on x86-64.
+            UserSlice::new(uaddr as usize, n).writer().write_slice(&buf[done..done + n])?;
             done += n;
             gpa += n as u64;
         }
@@ -651,9 +649,10 @@ impl Vm {
             break bits;
         };
         let len = bits.len() * 8;
-        // SAFETY: `bits` is `len` bytes of plain integers; the destination is
-        // checked by the copy.
-        kernel::error::to_result(unsafe { rvmx_glue_copy_to_user(uaddr, bits.as_ptr().cast(), len as u64) })
+        // SAFETY: `bits` is `len` bytes of plain integers, initialized.
+        let bytes = unsafe { core::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), len) };
+        // CAST: user addresses fit in usize on x86-64.
+        UserSlice::new(uaddr as usize, len).writer().write_slice(bytes)
     }
 
     /// The four PDPTEs of 32-bit PAE paging, from the 32-byte table at
@@ -684,9 +683,9 @@ impl Vm {
         while done < buf.len() {
             let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
             let uaddr = self.user_addr(gpa, false)?;
-            // SAFETY: `buf[done..done + n]` is valid for writes; the source
-            // is the VM process's memory (we run in it).
-            kernel::error::to_result(unsafe { rvmx_glue_copy_from_user(buf[done..].as_mut_ptr().cast(), uaddr, n as u64) })?;
+            // The source is the VM process's memory (we run in it).
+            // CAST: user addresses fit in usize on x86-64.
+            UserSlice::new(uaddr as usize, n).reader().read_slice(&mut buf[done..done + n])?;
             done += n;
             gpa += n as u64;
         }

@@ -12,7 +12,6 @@ extern "C" {
     fn rvmx_glue_irq_enable();
     fn rvmx_glue_need_resched() -> bool;
     fn rvmx_glue_cond_resched();
-    fn rvmx_glue_signal_pending() -> bool;
     fn rvmx_glue_softirq_pending() -> bool;
     fn rvmx_glue_restore_host_breakpoints();
     fn rvmx_glue_ibpb_on_vcpu_switch(uid: u64);
@@ -140,8 +139,7 @@ impl Vcpu {
             return Err(EINTR);
         }
         loop {
-            // SAFETY: a plain check of the current task.
-            if unsafe { rvmx_glue_signal_pending() } {
+            if kernel::current!().signal_pending() {
                 run.set_exit_reason(uapi::KVM_EXIT_INTR);
                 return Err(EINTR);
             }
@@ -246,7 +244,7 @@ impl Vcpu {
                 // (kernel_fpu_begin), so timers and RCU callbacks queued on
                 // this CPU run only when it ends.
                 // SAFETY: plain checks of the current task and CPU.
-                if unsafe { rvmx_glue_signal_pending() || rvmx_glue_need_resched() || rvmx_glue_softirq_pending() } {
+                if kernel::current!().signal_pending() || unsafe { rvmx_glue_need_resched() || rvmx_glue_softirq_pending() } {
                     drop(irqs);
                     break Section::Reschedule;
                 }
