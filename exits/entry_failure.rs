@@ -158,7 +158,7 @@ fn controls(v: &Loaded<'_>) -> checks::Controls {
         exit_msr_store: (v.read(EXIT_MSR_STORE_COUNT), v.read(EXIT_MSR_STORE_ADDR)),
         exit_msr_load: (v.read(EXIT_MSR_LOAD_COUNT), v.read(EXIT_MSR_LOAD_ADDR)),
         entry_msr_load: (v.read(ENTRY_MSR_LOAD_COUNT), v.read(ENTRY_MSR_LOAD_ADDR)),
-        entry_intr_info: v.read(ENTRY_INTR_INFO),
+        entry_intr_info: v.read(ENTRY_INTR_INFO).0,
         entry_error_code: v.read(ENTRY_EXCEPTION_ERROR_CODE),
         entry_instruction_len: v.read(ENTRY_INSTRUCTION_LEN),
     }

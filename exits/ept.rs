@@ -26,7 +26,7 @@ pub(crate) struct EptFault {
     pub(crate) qualification: u64,
     /// IDT-vectoring information: valid when the violation interrupted the
     /// delivery of an event (the IDT, a stack or the TSS in MMIO).
-    pub(crate) vectoring_info: u32,
+    pub(crate) vectoring_info: crate::vmcs::intr::IntrInfo,
     /// The access was the CPU's walk of the guest's page tables, not the
     /// instruction's own access (qualification bit 7 set, bit 8 clear).
     pub(crate) in_page_walk: bool,
@@ -38,7 +38,7 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // which had already unblocked NMIs. The IRET runs again after the
     // fault is resolved, so the blocking must be put back (SDM Vol. 3C
     // §28.2.3), unless the exit interrupted an event's delivery.
-    if q & (1 << 12) != 0 && ctx.vmcs.read(IDT_VECTORING_INFO) & super::INTR_INFO_VALID == 0 {
+    if q & (1 << 12) != 0 && !ctx.vmcs.read(IDT_VECTORING_INFO).valid() {
         crate::vcpu::set_nmi_blocking(ctx.vmcs, true)?;
     }
     let v = &ctx.vmcs;

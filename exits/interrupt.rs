@@ -21,20 +21,19 @@ use super::{Action, ExitCtx};
 use crate::hw;
 use crate::uapi;
 use crate::vcpu;
+use crate::vmcs::intr::{kind, IntrInfo};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
-const TYPE_NMI: u32 = 2;
-const TYPE_HW_EXCEPTION: u32 = 3;
 /// The machine-check exception's vector.
-pub(crate) const MC_VECTOR: u32 = 18;
+pub(crate) const MC_VECTOR: u8 = 18;
 
 extern "C" {
     fn rvmx_glue_machine_check();
 }
 
-fn is_nmi(info: u32) -> bool {
-    info & super::INTR_INFO_VALID != 0 && (info >> 8) & 7 == TYPE_NMI
+fn is_nmi(info: IntrInfo) -> bool {
+    info.is(kind::NMI)
 }
 
 /// Reason 1. Nothing to do here: the interrupt is still pending in the
@@ -80,8 +79,8 @@ pub(crate) fn handle_host_events_irqoff(v: &Loaded<'_>, reason: u32) {
     }
 }
 
-fn is_machine_check(info: u32) -> bool {
-    info & super::INTR_INFO_VALID != 0 && (info >> 8) & 7 == TYPE_HW_EXCEPTION && info & 0xff == MC_VECTOR
+fn is_machine_check(info: IntrInfo) -> bool {
+    info.is(kind::HARDWARE_EXCEPTION) && info.vector() == MC_VECTOR
 }
 
 /// Reason 0, in the dispatch table: an NMI or a machine check, already

@@ -51,6 +51,7 @@ pub(crate) mod xsetbv;
 
 use crate::uapi::{self, RunPage};
 use crate::vcpu::{self, reg, Guest, Vcpu, VcpuState};
+use crate::vmcs::intr::{kind, IntrInfo};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
@@ -180,12 +181,6 @@ fn raw_cpu() -> u32 {
     unsafe { rvmx_glue_raw_cpu_id() }
 }
 
-/// Bit 31 of the VM-entry interruption-information field (and of the exit
-/// and IDT-vectoring ones): the field holds an event.
-pub(crate) const INTR_INFO_VALID: u32 = 1 << 31;
-/// Bit 11 of the interruption-information fields: an error code is pushed.
-pub(crate) const INTR_INFO_DELIVER_CODE: u32 = 1 << 11;
-
 /// The VM-entry interruption information that injects hardware exception
 /// `vector`, and the error code to put with it. VM entry requires the
 /// deliver-error-code bit to be set exactly for #DF, #TS, #NP, #SS, #GP,
@@ -194,12 +189,11 @@ pub(crate) const INTR_INFO_DELIVER_CODE: u32 = 1 << 11;
 /// any other combination fails the entry as an "invalid control field".
 /// So `code` is dropped where none is delivered, as KVM's
 /// kvm_inject_exception drops it in real mode, and is 0 where one must be.
-pub(crate) fn exception_info(vector: u8, code: Option<u32>, guest_cr0: u64) -> (u32, Option<u32>) {
-    let info = u32::from(vector) | (3 << 8) | INTR_INFO_VALID;
+pub(crate) fn exception_info(vector: u8, code: Option<u32>, guest_cr0: u64) -> (IntrInfo, Option<u32>) {
     if guest_cr0 & 1 != 0 && matches!(vector, 8 | 10..=14 | 17) {
-        (info | INTR_INFO_DELIVER_CODE, Some(code.unwrap_or(0)))
+        (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, true), Some(code.unwrap_or(0)))
     } else {
-        (info, None)
+        (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, false), None)
     }
 }
 
@@ -297,28 +291,28 @@ pub(crate) fn handle(ctx: &mut ExitCtx<'_, '_>, full: u32) -> Result<Action> {
 /// §28.2.4 and §27.6.1.1). This is the one VMREAD every exit pays for.
 fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
     let idt = ctx.vmcs.read(IDT_VECTORING_INFO);
-    if idt & (1 << 31) == 0 {
+    if !idt.valid() {
         return Ok(());
     }
-    if idt & (1 << 11) != 0 {
+    if idt.has_error_code() {
         let code = ctx.vmcs.read(IDT_VECTORING_ERROR_CODE);
         ctx.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, code)?;
     }
     // Software interrupts and exceptions (types 4, 5, 6) are re-executed
     // with the length of the instruction that raised them.
-    if matches!((idt >> 8) & 7, 4..=6) {
+    if matches!(idt.kind(), kind::SOFTWARE_INTERRUPT | kind::PRIVILEGED_SOFTWARE_EXCEPTION | kind::SOFTWARE_EXCEPTION) {
         let len = ctx.vmcs.read(EXIT_INSTRUCTION_LEN);
         ctx.vmcs.write(ENTRY_INSTRUCTION_LEN, len)?;
     }
     // An NMI whose delivery was interrupted left the guest's (virtual) NMI
     // blocking set; it must be clear for the NMI to be injected again (SDM
     // Vol. 3C §28.2.4; KVM does the same).
-    if (idt >> 8) & 7 == 2 {
+    if idt.kind() == kind::NMI {
         vcpu::set_nmi_blocking(ctx.vmcs, false)?;
     }
     // Bit 12 is undefined in IDT-vectoring information and reserved in
     // the entry field.
-    ctx.vmcs.write(ENTRY_INTR_INFO, idt & !(1 << 12))
+    ctx.vmcs.write(ENTRY_INTR_INFO, idt.without_nmi_unblocking())
 }
 
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace

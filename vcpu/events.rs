@@ -10,6 +10,7 @@ use super::{Guest, Vcpu, VcpuState, RFLAGS_IF};
 use crate::exits;
 use crate::gmem;
 use crate::uapi;
+use crate::vmcs::intr::{kind, IntrInfo};
 use crate::vmcs::{controls, fields::*, Loaded};
 use kernel::prelude::*;
 
@@ -21,10 +22,6 @@ const BLOCKING_MOVSS: u32 = 1 << 1;
 const BLOCKING_STI_MOVSS: u32 = BLOCKING_STI | BLOCKING_MOVSS;
 const BLOCKING_NMI: u32 = 1 << 3;
 
-/// Event types in the interruption-information fields.
-const INTR_TYPE_EXTERNAL: u32 = 0;
-const INTR_TYPE_NMI: u32 = 2;
-const INTR_TYPE_HW_EXCEPTION: u32 = 3;
 /// How many NMIs may wait (KVM's limit: one being handled, one latched).
 const MAX_PENDING_NMIS: u8 = 2;
 
@@ -58,7 +55,7 @@ fn shadow_from_kvm(k: u8) -> u32 {
 pub(super) fn interruptible(v: &Loaded<'_>) -> bool {
     v.read(GUEST_RFLAGS).0 & RFLAGS_IF != 0
         && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS == 0
-        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
+        && !v.read(ENTRY_INTR_INFO).valid()
 }
 
 /// Injects the interrupt KVM_INTERRUPT queued if the guest can take it now;
@@ -72,7 +69,7 @@ pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest, stats: 
     if let Some(vector) = g.irq {
         if interruptible(v) {
             // Type 0, external interrupt.
-            v.write(ENTRY_INTR_INFO, u32::from(vector) | exits::INTR_INFO_VALID)?;
+            v.write(ENTRY_INTR_INFO, IntrInfo::event(kind::EXTERNAL_INTERRUPT, vector, false))?;
             g.irq = None;
             stats.irq_injections.add(1);
         } else {
@@ -89,7 +86,7 @@ pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest, stats: 
 /// (vmx_nmi_blocked), rvmx does not inject one there.
 fn nmi_allowed(v: &Loaded<'_>) -> bool {
     v.read(GUEST_INTERRUPTIBILITY) & (BLOCKING_STI_MOVSS | BLOCKING_NMI) == 0
-        && v.read(ENTRY_INTR_INFO) & exits::INTR_INFO_VALID == 0
+        && !v.read(ENTRY_INTR_INFO).valid()
 }
 
 /// Injects a pending NMI (from KVM_NMI) if the guest can take it now, and
@@ -103,7 +100,7 @@ fn nmi_allowed(v: &Loaded<'_>) -> bool {
 pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest, stats: &crate::stats::VcpuStats) -> Result {
     if g.nmi_pending > 0 && nmi_allowed(v) {
         // Vector 2, type 2 (NMI). The CPU sets virtual-NMI blocking.
-        v.write(ENTRY_INTR_INFO, 2 | (INTR_TYPE_NMI << 8) | exits::INTR_INFO_VALID)?;
+        v.write(ENTRY_INTR_INFO, IntrInfo::event(kind::NMI, 2, false))?;
         g.nmi_pending -= 1;
         stats.nmi_injections.add(1);
     }
@@ -192,21 +189,20 @@ impl Vcpu {
         let v = st.vmcs.load()?;
         let mut e = uapi::kvm_vcpu_events::default();
         let info = v.read(ENTRY_INTR_INFO);
-        if info & exits::INTR_INFO_VALID != 0 {
-            // CAST: the vector is bits 7:0.
-            let nr = info as u8;
-            match (info >> 8) & 7 {
-                INTR_TYPE_HW_EXCEPTION => {
+        if info.valid() {
+            let nr = info.vector();
+            match info.kind() {
+                kind::HARDWARE_EXCEPTION => {
                     e.exception.injected = 1;
                     e.exception.nr = nr;
-                    e.exception.has_error_code = u8::from(info & (1 << 11) != 0);
+                    e.exception.has_error_code = u8::from(info.has_error_code());
                     e.exception.error_code = v.read(ENTRY_EXCEPTION_ERROR_CODE);
                 }
-                INTR_TYPE_EXTERNAL => {
+                kind::EXTERNAL_INTERRUPT => {
                     e.interrupt.injected = 1;
                     e.interrupt.nr = nr;
                 }
-                INTR_TYPE_NMI => e.nmi.injected = 1,
+                kind::NMI => e.nmi.injected = 1,
                 _ => {}
             }
         }
@@ -251,7 +247,7 @@ impl Vcpu {
             st.guest.nmi_pending = nmis;
         }
         let mut v = st.vmcs.load()?;
-        let mut info = 0;
+        let mut info = IntrInfo::NONE;
         if e.exception.injected != 0 {
             let code = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
             let (i, code) = exits::exception_info(e.exception.nr, code, v.read(GUEST_CR0).0);

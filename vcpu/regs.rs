@@ -5,6 +5,7 @@
 //! the run token, so it never races a running KVM_RUN.
 
 use super::*;
+use crate::vmcs::intr::kind;
 
 impl Vcpu {
     /// KVM_GET_REGS.
@@ -129,10 +130,9 @@ impl Vcpu {
         // An exception already queued (KVM_SET_VCPU_EVENTS) follows the new
         // CR0.PE: with or without its error code (exits::exception_info).
         let pending = v.read(ENTRY_INTR_INFO);
-        if pending & exits::INTR_INFO_VALID != 0 && (pending >> 8) & 7 == 3 {
-            let code = (pending & exits::INTR_INFO_DELIVER_CODE != 0).then(|| v.read(ENTRY_EXCEPTION_ERROR_CODE));
-            // CAST: bits 7:0 are the vector.
-            let (info, code) = exits::exception_info(pending as u8, code, s.cr0);
+        if pending.is(kind::HARDWARE_EXCEPTION) {
+            let code = pending.has_error_code().then(|| v.read(ENTRY_EXCEPTION_ERROR_CODE));
+            let (info, code) = exits::exception_info(pending.vector(), code, s.cr0);
             if let Some(c) = code {
                 v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
             }

@@ -374,7 +374,7 @@ impl Vcpu {
             guest_linear_address: v.read(GUEST_LINEAR_ADDRESS).0,
             instruction_len: v.read(EXIT_INSTRUCTION_LEN),
             instruction_info: v.read(EXIT_INSTRUCTION_INFO),
-            intr_info: v.read(EXIT_INTR_INFO),
+            intr_info: v.read(EXIT_INTR_INFO).0,
             intr_error_code: v.read(EXIT_INTR_ERROR_CODE),
             guest_rip: v.read(GUEST_RIP).0,
             exits,

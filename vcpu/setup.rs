@@ -9,6 +9,7 @@
 use super::RFLAGS_FIXED;
 use crate::hw::{self, cr::*, msr};
 use crate::uapi::kvm_segment;
+use crate::vmcs::intr::IntrInfo;
 use crate::vmcs::{controls, fields::*, Loaded};
 use kernel::prelude::*;
 
@@ -144,7 +145,7 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     v.write(EXIT_MSR_STORE_COUNT, 0)?;
     v.write(EXIT_MSR_LOAD_COUNT, 0)?;
     v.write(ENTRY_MSR_LOAD_COUNT, 0)?;
-    v.write(ENTRY_INTR_INFO, 0)?;
+    v.write(ENTRY_INTR_INFO, IntrInfo::NONE)?;
     v.write(VMCS_LINK_POINTER, u64::MAX)?;
     v.write(EPT_POINTER, eptp)?;
     v.write(MSR_BITMAP, msr_bitmap)?;

@@ -10,6 +10,8 @@
 //! 64-bit value: the compiler checks it. The `const` assertions below check
 //! every encoding's width bits against the type it was given.
 
+use super::intr::IntrInfo;
+
 /// A VMCS field whose values are of type `T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Field<T> {
@@ -48,6 +50,15 @@ impl Width for Natural {
     const CODE: u32 = 3;
     fn to_u64(self) -> u64 { self.0 }
     fn from_u64(v: u64) -> Self { Natural(v) }
+}
+
+/// The interruption-information fields are 32-bit fields of their own type
+/// (vmcs/intr.rs).
+impl Width for super::intr::IntrInfo {
+    const CODE: u32 = 2;
+    fn to_u64(self) -> u64 { u64::from(self.0) }
+    // CAST: a 32-bit field's VMREAD value has bits 63:32 clear.
+    fn from_u64(v: u64) -> Self { super::intr::IntrInfo(v as u32) }
 }
 
 impl<T: Width> Field<T> {
@@ -114,7 +125,7 @@ fields! {
     EXIT_MSR_LOAD_COUNT: u32 = 0x4010;
     ENTRY_CONTROLS: u32 = 0x4012;
     ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
-    ENTRY_INTR_INFO: u32 = 0x4016;
+    ENTRY_INTR_INFO: IntrInfo = 0x4016;
     ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
     ENTRY_INSTRUCTION_LEN: u32 = 0x401a;
     SECONDARY_PROC_CONTROLS: u32 = 0x401e;
@@ -122,9 +133,9 @@ fields! {
     // 32-bit read-only VM-exit information.
     VM_INSTRUCTION_ERROR: u32 = 0x4400;
     EXIT_REASON: u32 = 0x4402;
-    EXIT_INTR_INFO: u32 = 0x4404;
+    EXIT_INTR_INFO: IntrInfo = 0x4404;
     EXIT_INTR_ERROR_CODE: u32 = 0x4406;
-    IDT_VECTORING_INFO: u32 = 0x4408;
+    IDT_VECTORING_INFO: IntrInfo = 0x4408;
     IDT_VECTORING_ERROR_CODE: u32 = 0x440a;
     EXIT_INSTRUCTION_LEN: u32 = 0x440c;
     EXIT_INSTRUCTION_INFO: u32 = 0x440e;

@@ -11,13 +11,15 @@
 //!   preemption disabled: it is the only way to VMREAD/VMWRITE, and its
 //!   `Drop` VMCLEARs, so a VMCS is never left active on a CPU that the vCPU
 //!   thread may leave (see vcpu/mod.rs for why that scheme is correct).
-//! - `fields` lists the field encodings, typed by width.
+//! - `fields` lists the field encodings, typed by width; `intr` is the type
+//!   of the three interruption-information fields.
 //! - `checks` holds the SDM's VM-entry checks, to name the rule a failed
 //!   entry broke (exits/entry_failure.rs).
 
 pub(crate) mod checks;
 pub(crate) mod controls;
 pub(crate) mod fields;
+pub(crate) mod intr;
 
 use crate::hw::vmx::{self, VmxError};
 use fields::{Field, Width};
