@@ -45,10 +45,15 @@ samples() {
 }
 
 echo "TAP version 13"
-echo "1..22"
+echo "1..23"
 insmod $MODDIR/rvmx.ko
 samples /dev/rvmx
 expect "exit summary shows the exits by reason" /tmp/l.out "KVM_EXIT_IO (out)" "VM exits in all (rvmx)"
+# --trace: each exit to userspace with its VMX exit decoded, and the
+# exits the kernel handled in between.
+rvmx-run --trace --mode real /bin/hello16.bin > /tmp/tr.out 2>&1
+expect "--trace: each exit to userspace with its VMX exit, and the in-kernel exits between" /tmp/tr.out \
+	"KVM_EXIT IoOut: VMX exit 30 (I/O instruction): OUT port 0x3f8, 1 byte(s) at RIP" "in the kernel: EPT violation x"
 # --stats: the exits by VMX reason, from the vCPU's statistics file.
 rvmx-run --stats --mode prot32 /bin/prot32.bin > /tmp/st.out 2>&1
 expect "--stats: the exits by VMX exit reason from KVM_GET_STATS_FD" /tmp/st.out \

@@ -2,7 +2,7 @@
 //! its VM exits come back.
 //!
 //!     rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB]
-//!              [--vcpus N] [--load ADDR] [--quiet] GUEST
+//!              [--vcpus N] [--load ADDR] [--quiet] [--stats] [--trace] GUEST
 //!
 //! GUEST is an ELF file (its PT_LOAD segments go to their physical
 //! addresses, execution starts at its entry point) or a flat binary (loaded
@@ -31,6 +31,15 @@
 //! At the end, a summary of the exits by reason goes to stderr (and, on
 //! rvmx, how many VM exits the kernel handled without coming to userspace,
 //! read from rvmx's exit-information page).
+//!
+//! --stats adds, at the end, the VM exits by VMX exit reason from the
+//! vCPUs' statistics files (KVM_GET_STATS_FD): count, share of the exits,
+//! share of the host time from exit to next entry, and a bar (on KVM:
+//! KVM's own exit counters). --trace (rvmx only) prints each exit to
+//! userspace as it happens: the KVM exit, the VMX exit behind it with its
+//! qualification decoded (port, size and direction for I/O; access and
+//! guest-physical address for EPT violations; register for CR accesses),
+//! and before it the exits the kernel handled since the last one.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
@@ -83,11 +92,12 @@ struct Options {
     load: u64,
     quiet: bool,
     stats: bool,
+    trace: bool,
     guest: String,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--vcpus N] [--load ADDR] [--quiet] [--stats] GUEST");
+    eprintln!("usage: rvmx-run [--device PATH] [--mode real|prot32|long] [--mem MiB] [--vcpus N] [--load ADDR] [--quiet] [--stats] [--trace] GUEST");
     std::process::exit(2)
 }
 
@@ -104,7 +114,7 @@ fn parse_num(s: &str) -> Option<u64> {
 }
 
 fn parse_args() -> Options {
-    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, vcpus: 1, load: 0x1000, quiet: false, stats: false, guest: String::new() };
+    let mut o = Options { device: "/dev/rvmx".into(), mode: Mode::Real, mem_mib: 16, vcpus: 1, load: 0x1000, quiet: false, stats: false, trace: false, guest: String::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -123,6 +133,7 @@ fn parse_args() -> Options {
             "--load" => o.load = parse_num(&val()).unwrap_or_else(|| fail("--load takes an address")),
             "--quiet" => o.quiet = true,
             "--stats" => o.stats = true,
+            "--trace" => o.trace = true,
             "-h" | "--help" => usage(),
             _ if a.starts_with('-') => fail(format!("unknown option {a}")),
             _ if o.guest.is_empty() => o.guest = a,
@@ -287,6 +298,72 @@ fn explain_failed_entry(vcpu: &mut VcpuFd) {
     }
 }
 
+/// --trace: for one vCPU, each exit to userspace as one line, with the VMX
+/// exit behind it (rvmx's exit-information page, its qualification
+/// decoded), after the exits the kernel handled since the last one (the
+/// per-reason counters of the vCPU's statistics file, as deltas).
+struct Tracer {
+    id: usize,
+    info: *const RvmxExitInfo,
+    stats_fd: i32,
+    last: BTreeMap<u32, u64>,
+}
+
+// SAFETY: `info` points at a read-only mapping that lives as long as the
+// process; only the vCPU's own thread reads it.
+unsafe impl Send for Tracer {}
+
+impl Tracer {
+    fn after_exit(&mut self, kvm_exit: &str) {
+        // SAFETY: the page stays mapped for the process's life; a volatile
+        // read of plain integers the kernel wrote before KVM_RUN returned.
+        let i = unsafe { self.info.read_volatile() };
+        let now: BTreeMap<u32, u64> = match stats::read(self.stats_fd) {
+            Ok(s) => s.values.iter().filter_map(|(k, v)| Some((k.strip_prefix("exit_reason_")?.parse().ok()?, *v))).collect(),
+            Err(e) => return eprintln!("rvmx-run: --trace: {e}"),
+        };
+        let mut between: Vec<String> = Vec::new();
+        for (r, n) in &now {
+            let mut d = n.saturating_sub(self.last.get(r).copied().unwrap_or(0));
+            if *r == i.basic_reason {
+                d = d.saturating_sub(1); // the exit that came to userspace
+            }
+            if d > 0 {
+                between.push(format!("{} x{d}", stats::exit_reason_name(*r)));
+            }
+        }
+        self.last = now;
+        if !between.is_empty() {
+            eprintln!("[vcpu {}]   in the kernel: {}", self.id, between.join(", "));
+        }
+        let name = kvm_exit.split(['(', ' ']).next().unwrap_or(kvm_exit);
+        eprintln!("[vcpu {}] KVM_EXIT {name}: VMX exit {} ({}){} at RIP {:#x}", self.id, i.basic_reason, stats::exit_reason_name(i.basic_reason), decode_qualification(&i), i.guest_rip);
+    }
+}
+
+/// The exit qualification of the exits that reach userspace, in words
+/// (SDM Vol. 3C §28.2.1, tables 28-3 to 28-7).
+fn decode_qualification(i: &RvmxExitInfo) -> String {
+    let q = i.qualification;
+    match i.basic_reason {
+        30 => {
+            let dir = if q & 8 != 0 { "IN" } else { "OUT" };
+            let string = if q & 16 != 0 { "S" } else { "" };
+            let rep = if q & 32 != 0 { "REP " } else { "" };
+            format!(": {rep}{dir}{string} port {:#x}, {} byte(s)", q >> 16, (q & 7) + 1)
+        }
+        48 => {
+            let access = ["read", "write", "fetch"].iter().enumerate().filter(|(b, _)| q & (1 << b) != 0).map(|(_, a)| *a).collect::<Vec<_>>().join("+");
+            format!(": {access} at guest-physical {:#x}", i.guest_physical_address)
+        }
+        28 => {
+            let kind = ["MOV to", "MOV from", "CLTS", "LMSW"][((q >> 4) & 3) as usize];
+            format!(": {kind} CR{}, register {}", q & 15, (q >> 8) & 15)
+        }
+        _ => String::new(),
+    }
+}
+
 /// Maps rvmx's exit-information page, if the device is rvmx.
 fn map_exit_info(vcpu: &VcpuFd) -> Option<*const RvmxExitInfo> {
     // SAFETY: a read-only shared mapping of one page of the vCPU fd; KVM
@@ -330,10 +407,15 @@ impl Machine {
 /// Runs one vCPU until it halts or the guest ends or fails: KVM_RUN, then
 /// whatever the exit asks of the devices (each exit takes the machine's
 /// lock for as long as it needs the devices).
-fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd, rvmx: bool) -> End {
+fn run_vcpu(machine: &Mutex<Machine>, vcpu: &mut VcpuFd, rvmx: bool, mut tracer: Option<&mut Tracer>) -> End {
     loop {
         let exit = match vcpu.run() {
-            Ok(e) => e,
+            Ok(e) => {
+                if let Some(t) = tracer.as_mut() {
+                    t.after_exit(&format!("{e:?}"));
+                }
+                e
+            }
             Err(e) if e.errno() == libc::EINTR => {
                 machine.lock().unwrap().count("KVM_EXIT_INTR");
                 continue;
@@ -484,6 +566,18 @@ fn main() {
     // The extra fail_entry bytes and the info page are rvmx's (on KVM the
     // page maps but faults).
     let rvmx = o.device != "/dev/kvm" && !infos.is_empty();
+    // --trace: per vCPU, its exit-information page and statistics file.
+    if o.trace && !rvmx {
+        fail("--trace reads rvmx's exit-information page: it needs /dev/rvmx");
+    }
+    let mut tracers: Vec<Option<Tracer>> = if o.trace {
+        vcpus.iter().zip(&infos).enumerate().map(|(id, (v, info))| {
+            let fd = stats::open(v.as_raw_fd()).unwrap_or_else(|e| fail(e));
+            Some(Tracer { id, info: *info, stats_fd: fd, last: BTreeMap::new() })
+        }).collect()
+    } else {
+        vcpus.iter().map(|_| None).collect()
+    };
 
     // One thread per vCPU. The first vCPU to end the guest (exit port,
     // failure) ends the process with its status, after the summary; if all
@@ -491,10 +585,10 @@ fn main() {
     let machine = Mutex::new(Machine { serial: Serial::new(NoIrq, std::io::stdout()), mmio: BTreeMap::new(), exits: BTreeMap::new() });
     let _: () = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
-        for mut vcpu in vcpus {
+        for (mut vcpu, mut tracer) in vcpus.into_iter().zip(tracers.drain(..)) {
             let (tx, machine) = (tx.clone(), &machine);
             s.spawn(move || {
-                let end = run_vcpu(machine, &mut vcpu, rvmx);
+                let end = run_vcpu(machine, &mut vcpu, rvmx, tracer.as_mut());
                 let _ = tx.send(end);
                 // A vCPU thread whose guest ended waits here for the process
                 // to exit rather than dropping its vCPU under the others.
