@@ -454,10 +454,15 @@ struct rvmx_slot_notifier {
 	const void *vm;
 };
 
-extern bool rvmx_slot_invalidate(const void *vm,
+extern void rvmx_slot_invalidate(const void *vm,
 				 struct mmu_interval_notifier *mni, u64 start,
-				 u64 end, bool blockable, unsigned long cur_seq);
+				 u64 end, unsigned long cur_seq);
 
+/*
+ * Never sleeps (vm.rs's memory lock is a spinlock), so it also serves the
+ * callers that must not (!mmu_notifier_range_blockable(): the OOM reaper),
+ * and always returns true.
+ */
 static bool rvmx_slot_notifier_invalidate(struct mmu_interval_notifier *mni,
 					  const struct mmu_notifier_range *range,
 					  unsigned long cur_seq)
@@ -465,8 +470,8 @@ static bool rvmx_slot_notifier_invalidate(struct mmu_interval_notifier *mni,
 	struct rvmx_slot_notifier *n =
 		container_of(mni, struct rvmx_slot_notifier, mni);
 
-	return rvmx_slot_invalidate(n->vm, mni, range->start, range->end,
-				    mmu_notifier_range_blockable(range), cur_seq);
+	rvmx_slot_invalidate(n->vm, mni, range->start, range->end, cur_seq);
+	return true;
 }
 
 static const struct mmu_interval_notifier_ops rvmx_slot_notifier_ops = {

@@ -91,6 +91,22 @@ void rvmx_glue_sigmask_activate(const u64 *mask);
 void rvmx_glue_sigmask_deactivate(void);
 unsigned int rvmx_glue_num_online_cpus(void);
 
+/* Tracepoints (kglue/trace.c), in the order of trace.rs's `Event`. */
+enum rvmx_trace_event {
+	RVMX_TRACE_ENTRY,
+	RVMX_TRACE_EXIT,
+	RVMX_TRACE_USERSPACE_EXIT,
+	RVMX_TRACE_INJECT,
+	RVMX_TRACE_EVENTS
+};
+extern const atomic_t *const rvmx_glue_trace_keys[RVMX_TRACE_EVENTS];
+void rvmx_glue_trace_entry(u32 vcpu, u64 rip, bool launch);
+void rvmx_glue_trace_exit(u32 vcpu, u32 reason, u64 qualification, u64 rip,
+			  u64 gpa, u32 intr_info);
+void rvmx_glue_trace_userspace_exit(u32 vcpu, u32 reason, int err);
+void rvmx_glue_trace_inject(u32 vcpu, u8 vector, u8 type, bool has_error_code,
+			    u32 error_code);
+
 /* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu/). */
 long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
 void rvmx_vm_release(void *vm);

@@ -6,14 +6,17 @@
 //! memory is that process's memory.
 //!
 //! Lock order: a vCPU's run token (vcpu/mod.rs) before `Vm::mem`. The MMU
-//! notifier takes `Vm::mem` with the VMM's mmap_lock held, and from inside
-//! memory reclaim: so nothing under `Vm::mem` allocates memory, touches
-//! user memory, pins pages or takes a folio lock.
+//! notifier takes `Vm::mem` with the VMM's mmap_lock held, from inside
+//! memory reclaim, and from the OOM reaper, which must not sleep: so
+//! `Vm::mem` is a spinlock (as KVM's mmu_lock), and nothing under it
+//! sleeps, allocates memory that could reclaim, touches user memory, pins
+//! pages or takes a folio lock.
 
 use crate::ept::{Ept, TableCache};
 use crate::uapi;
 use kernel::sync::Arc;
-use kernel::{new_mutex, prelude::*, rbtree::{RBTree, RBTreeNode}, sync::Mutex, uaccess::UserSlice};
+use kernel::sync::{Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock, prelude::*, rbtree::{RBTree, RBTreeNode}, uaccess::UserSlice};
 
 extern "C" {
     fn rvmx_glue_mm_grab_current() -> *mut core::ffi::c_void;
@@ -212,7 +215,7 @@ pub(crate) struct Vm {
     mm: MmRef,
     eptp: u64,
     #[pin]
-    mem: Mutex<Memory>,
+    mem: SpinLock<Memory>,
     /// Ids of the vCPUs created so far.
     #[pin]
     vcpu_ids: Mutex<KVec<u32>>,
@@ -242,7 +245,7 @@ impl Vm {
             pin_init!(Vm {
                 mm,
                 eptp,
-                mem <- new_mutex!(Memory { ept, slots, next_serial: 0 }, "rvmx:vm.mem"),
+                mem <- new_spinlock!(Memory { ept, slots, next_serial: 0 }, "rvmx:vm.mem"),
                 vcpu_ids <- new_mutex!(KVec::new(), "rvmx:vm.vcpu_ids"),
             }),
             GFP_KERNEL,
@@ -374,7 +377,12 @@ impl Vm {
                         }
                         invept_everywhere(self.eptp);
                     }
-                    (true, false) => mem.slots[pos].dirty = None,
+                    (true, false) => {
+                        // Freed after the lock: kvfree may sleep.
+                        let old = mem.slots[pos].dirty.take();
+                        drop(mem);
+                        drop(old);
+                    }
                     _ => {}
                 }
                 return Ok(());
@@ -709,24 +717,20 @@ impl PinnedDrop for Vm {
 }
 
 /// Called by a slot's MMU interval notifier (kglue.c) when the VMM's
-/// mapping of part of the slot changes. Returns false, as the interface
-/// allows, when the caller cannot sleep (the OOM reaper): it then leaves
-/// this range alone, and the memory goes when the process does.
+/// mapping of part of the slot changes. `Vm::invalidate` never sleeps (a
+/// spinlock, IPIs, unpinning without folio locks), so it runs for callers
+/// that cannot sleep too (`blockable` false: the OOM reaper), and the
+/// pages the guest pinned are freed with the rest of the victim's memory.
 #[no_mangle]
 extern "C" fn rvmx_slot_invalidate(
     vm: *const core::ffi::c_void,
     mni: *mut core::ffi::c_void,
     start: u64,
     end: u64,
-    blockable: bool,
     seq: core::ffi::c_ulong,
-) -> bool {
-    if !blockable {
-        return false;
-    }
+) {
     // SAFETY: the notifier was made for this `Vm` (`SlotNotifier::new`),
     // and a `Vm` removes its notifiers before it is freed (its drop).
     let vm = unsafe { &*vm.cast::<Vm>() };
     vm.invalidate(mni, start, end, seq);
-    true
 }
