@@ -18,6 +18,7 @@ mod hw;
 mod kpage;
 mod msrs;
 mod stats;
+mod trace;
 mod uapi;
 mod vcpu;
 mod vm;

@@ -225,6 +225,7 @@ pub(crate) mod reason {
     pub(crate) const RDMSR: u32 = 31;
     pub(crate) const WRMSR: u32 = 32;
     pub(crate) const EPT_VIOLATION: u32 = 48;
+    pub(crate) const EPT_MISCONFIG: u32 = 49;
     pub(crate) const INVEPT: u32 = 50;
     pub(crate) const PREEMPTION_TIMER: u32 = 52;
     pub(crate) const INVVPID: u32 = 53;

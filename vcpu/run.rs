@@ -113,6 +113,7 @@ impl Vcpu {
         let blocked = st.sigmask.map(SignalMask::block);
         let r = self.run_locked(st, run);
         self.stats.returned(&r, run);
+        crate::trace::userspace_exit(self.id, run.exit_reason(), r.as_ref().err().map_or(0, |e| e.to_errno()));
         drop(blocked);
         run.set_cr8_apic_base(st.guest.cr8, st.guest.msrs.apic_base);
         r
@@ -250,6 +251,9 @@ impl Vcpu {
                 }
                 // Last VMCS updates before the entry, with interrupts off.
                 prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2, &self.stats)?;
+                // Before the L1D flush, which must be the last thing that
+                // touches memory before the entry.
+                crate::trace::entry(&v, self.id, resume == 0);
                 match self.l1d_flush {
                     crate::caps::L1dFlush::NotNeeded => {}
                     // SAFETY: caps.rs saw IA32_FLUSH_CMD on this CPU; the
@@ -308,6 +312,7 @@ impl Vcpu {
                     break Section::ToUser;
                 }
                 resume = 1;
+                crate::trace::exit(&v, self.id, reason);
                 st.exits += 1;
                 self.stats.exit(reason & 0xffff);
                 st.last_exit = Some((reason & 0xffff, exit_tsc));

@@ -18,7 +18,7 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..28"
+echo "1..30"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
@@ -29,6 +29,7 @@ sub "guest memory follows the VMM's mapping; pinning accounted on rvmx (subtests
 sub "exit-path benchmark on rvmx" bench /dev/rvmx
 sub "failed VM entries named by their SDM check on rvmx (subtests)" entry_checks /dev/rvmx
 sub "binary statistics (KVM_GET_STATS_FD) on rvmx (subtests)" stats /dev/rvmx
+sub "tracepoints rvmx:* in tracefs and perf on rvmx (subtests)" trace /dev/rvmx
 sub "ioctl fuzzer: 100,000 random calls on rvmx (subtests)" fuzz_ioctl /dev/rvmx 100000
 sub "lifecycle races: close, munmap, fork, kill -9, exit under running vCPUs; 500 VMs (subtests)" lifecycle /dev/rvmx
 # Hostile guests, with the host's per-CPU registers (MSRs, DR7, DEBUGCTL,
@@ -84,6 +85,7 @@ sub "the same mapping changes on KVM (subtests)" mapping /dev/kvm
 sub "the same benchmark on KVM" bench /dev/kvm
 sub "the same failed VM entries on KVM (subtests)" entry_checks /dev/kvm
 sub "the same statistics on KVM (subtests)" stats /dev/kvm
+sub "the same trace with kvm:* tracepoints on KVM (subtests)" trace /dev/kvm
 sub "the same sensitive instructions on KVM (subtests)" hostile /dev/kvm
 # Where rvmx and KVM end the same sensitive instruction differently (for
 # the record: an MSR one accepts and the other refuses, say).
