@@ -42,5 +42,5 @@ demo:
 	tools/demo
 
 clean:
-	rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd modules.order Module.symvers *.rmeta .*.d
+	rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd modules.order Module.symvers *.rmeta .*.d kglue/*.o kglue/.*.cmd kglue/kglue_generated.rs
 	rm -rf build

@@ -4,6 +4,7 @@
 //! load into a typed `VmxCaps` (SDM Vol. 3D, Appendix A "VMX Capability
 //! Reporting Facility"), and the checks that decide whether rvmx can run.
 
+use crate::kglue::rvmx_glue_l1d_flush_mode;
 use crate::hw::{
     self,
     msr::{self, rdmsr, Msr},
@@ -98,7 +99,7 @@ pub(crate) struct VmxCaps {
     /// ticks (0 under Bochs: once per emulated instruction).
     pub(crate) preemption_timer_rate: u8,
     /// L1TF: how L1D is flushed before every VM entry, as the host
-    /// kernel's L1TF mitigation asks (kglue.c).
+    /// kernel's L1TF mitigation asks (kglue/run.c).
     pub(crate) l1d_flush: L1dFlush,
 }
 
@@ -278,10 +279,6 @@ impl VmxCaps {
         };
         pr_info!("mitigations on VM entry: CPU buffers cleared with VERW where the kernel clears them, IBPB between vCPUs where the kernel uses IBPB, L1D flush {}\n", l1d);
     }
-}
-
-extern "C" {
-    fn rvmx_glue_l1d_flush_mode() -> core::ffi::c_int;
 }
 
 /// EOPNOTSUPP ("operation not supported"), which 6.12's `kernel::error`

@@ -5,8 +5,13 @@
 //! (system ioctls), the VM file descriptor and the vCPU file descriptor.
 //! This is the only place that parses ioctl numbers and copies ioctl
 //! arguments from and to userspace; `uapi/rvmx.h` lists what is
-//! implemented. The file operations themselves are in kglue.c.
+//! implemented. The file operations themselves are in kglue/files.c.
 
+use crate::kglue::{
+    rvmx_glue_current_tgid, rvmx_glue_misc_deregister, rvmx_glue_misc_register,
+    rvmx_glue_num_online_cpus, rvmx_glue_vcpu_fd, rvmx_glue_vcpu_stats_fd, rvmx_glue_vm_fd,
+    rvmx_glue_vm_stats_fd,
+};
 use crate::uapi::{self, *};
 use crate::vcpu::{self, Vcpu};
 use crate::vm::{self, Vm};
@@ -19,17 +24,6 @@ use kernel::{
 
 /// The KVM API version rvmx implements a subset of (api.rst §4.1).
 pub(crate) const KVM_API_VERSION: i32 = 12;
-
-extern "C" {
-    fn rvmx_glue_misc_register() -> core::ffi::c_int;
-    fn rvmx_glue_misc_deregister();
-    fn rvmx_glue_vm_fd(vm: *const core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_vcpu_fd(vcpu: *const core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_vm_stats_fd(vm: *const core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_vcpu_stats_fd(vcpu: *const core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_current_tgid() -> core::ffi::c_int;
-    fn rvmx_glue_num_online_cpus() -> u32;
-}
 
 fn to_long(r: Result<i32>) -> core::ffi::c_long {
     match r {
@@ -92,18 +86,18 @@ fn write_array<T: AsBytes>(uaddr: usize, v: &[T]) -> Result {
 /// Most MSRs one KVM_GET_MSRS/KVM_SET_MSRS may name (KVM's MAX_IO_MSRS).
 const MAX_IO_MSRS: u32 = 256;
 
-/// Hands `obj` to a new anonymous file (kglue.c's `rvmx_glue_vm_fd` or
+/// Hands `obj` to a new anonymous file (kglue/files.c's `rvmx_glue_vm_fd` or
 /// `rvmx_glue_vcpu_fd`) and returns its descriptor. The file's
 /// private_data then owns the reference, released by the file's `release`
 /// (`rvmx_vm_release`, `rvmx_vcpu_release`).
 fn install_fd<T: Send + Sync + 'static>(
     obj: Arc<T>,
-    glue: unsafe extern "C" fn(*const core::ffi::c_void) -> core::ffi::c_int,
+    glue: unsafe extern "C" fn(*mut core::ffi::c_void) -> core::ffi::c_int,
 ) -> Result<i32> {
     let ptr = obj.into_foreign();
     // SAFETY: on success the file owns the reference; on failure the glue
     // has not kept `ptr`, and we take the reference back below.
-    let fd = unsafe { glue(ptr) };
+    let fd = unsafe { glue(ptr.cast_mut()) };
     if fd < 0 {
         // SAFETY: `ptr` came from `into_foreign` just above and was not kept.
         drop(unsafe { Arc::<T>::from_foreign(ptr) });
@@ -392,12 +386,12 @@ extern "C" fn rvmx_vcpu_stats_release(vcpu: *const core::ffi::c_void) {
     drop(unsafe { Arc::<Vcpu>::from_foreign(vcpu) });
 }
 
-/// The page behind page `index` of a vCPU mapping (kglue.c's mmap).
+/// The page behind page `index` of a vCPU mapping (kglue/files.c's mmap).
 #[no_mangle]
 extern "C" fn rvmx_vcpu_page(vcpu: *const core::ffi::c_void, index: core::ffi::c_ulong) -> *mut core::ffi::c_void {
     // SAFETY: as in `rvmx_vm_ioctl` (mmap runs with the fd open).
     let vcpu = unsafe { Arc::<Vcpu>::borrow(vcpu) };
-    vcpu.mmap_page(index as usize)
+    vcpu.mmap_page(index as usize).cast()
 }
 
 /// The registered `/dev/rvmx` misc device; deregistered on drop.
@@ -405,7 +399,7 @@ pub(crate) struct RvmxDevice(());
 
 impl RvmxDevice {
     pub(crate) fn register() -> Result<Self> {
-        // SAFETY: registers kglue.c's static miscdevice; paired with the
+        // SAFETY: registers kglue/files.c's static miscdevice; paired with the
         // deregistration in `drop`.
         kernel::error::to_result(unsafe { rvmx_glue_misc_register() })?;
         Ok(Self(()))

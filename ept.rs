@@ -13,13 +13,10 @@
 //! the MMU notifier takes from inside reclaim: they allocate nothing. The
 //! tables `map` may need come from a `TableCache` filled before the lock.
 
+use crate::kglue::rvmx_glue_phys_to_virt;
 use crate::kpage::KernelPage;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::prelude::*;
-
-extern "C" {
-    fn rvmx_glue_phys_to_virt(pa: u64) -> *mut core::ffi::c_void;
-}
 
 // EPT entry bits (SDM Vol. 3C §29.3.2, tables 29-1 to 29-6).
 const READ: u64 = 1 << 0;

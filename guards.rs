@@ -3,16 +3,11 @@
 //! Being a good neighbour to the rest of the kernel while rvmx holds VMX:
 //! never share VMX with KVM (rvmx does not load while kvm.ko is loaded, and
 //! kvm.ko/kvm_intel do not load while rvmx is), and leave VMX when the
-//! machine reboots, kexecs or crashes. The notifiers themselves are in kglue.c; what they do
+//! machine reboots, kexecs or crashes. The notifiers themselves are in kglue/cpu.c; what they do
 //! on each CPU is in vmxon.rs.
 
+use crate::kglue::{rvmx_glue_guards_register, rvmx_glue_guards_unregister, rvmx_glue_kvm_loaded};
 use kernel::prelude::*;
-
-extern "C" {
-    fn rvmx_glue_kvm_loaded() -> bool;
-    fn rvmx_glue_guards_register() -> core::ffi::c_int;
-    fn rvmx_glue_guards_unregister();
-}
 
 /// Registered reboot notifier, emergency-virtualization callback, and a
 /// module notifier that refuses kvm and kvm_intel while rvmx is loaded.
@@ -28,7 +23,7 @@ impl Guards {
             pr_err!("VMX is in use by another hypervisor: kvm is loaded (rmmod kvm_intel kvm first)\n");
             return Err(EBUSY);
         }
-        // SAFETY: registers kglue.c's static notifier blocks, whose callbacks
+        // SAFETY: registers kglue/cpu.c's static notifier blocks, whose callbacks
         // are safe to run before VMX is enabled (they find no state).
         kernel::error::to_result(unsafe { rvmx_glue_guards_register() })?;
         Ok(Self(()))

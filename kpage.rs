@@ -5,13 +5,8 @@
 //! (EPT tables) or to userspace (the vCPU's run page). The kernel's `Page`
 //! type maps pages only temporarily, which fits neither use.
 
+use crate::kglue::{rvmx_glue_alloc_zeroed_page, rvmx_glue_free_page, rvmx_glue_virt_to_phys};
 use kernel::prelude::*;
-
-extern "C" {
-    fn rvmx_glue_alloc_zeroed_page() -> *mut core::ffi::c_void;
-    fn rvmx_glue_free_page(addr: *mut core::ffi::c_void);
-    fn rvmx_glue_virt_to_phys(addr: *mut core::ffi::c_void) -> u64;
-}
 
 /// An owned, zeroed, page-aligned 4 KiB page in the kernel's direct map.
 ///

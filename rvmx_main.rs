@@ -14,6 +14,7 @@ mod ept;
 mod exits;
 mod gmem;
 mod guards;
+mod kglue;
 mod hw;
 mod kpage;
 mod msrs;

@@ -2,7 +2,7 @@
 
 //! Statistics in KVM's binary format (Documentation/virt/kvm/api.rst,
 //! "KVM_GET_STATS_FD"): the counters a vCPU and a VM keep, and the file a
-//! VMM reads them from. The file (kglue.c's `rvmx_glue_stats_fd`) holds:
+//! VMM reads them from. The file (kglue/files.c's `rvmx_glue_stats_fd`) holds:
 //!
 //! | offset              | what                                             |
 //! |---------------------|--------------------------------------------------|

@@ -10,20 +10,15 @@
 //! the VMCS fields the event records only when the event is on, so an
 //! event that is off costs the run loop one load and a branch.
 
+use crate::kglue::{
+    rvmx_glue_trace_entry, rvmx_glue_trace_exit, rvmx_glue_trace_inject, rvmx_glue_trace_keys,
+    rvmx_glue_trace_userspace_exit,
+};
 use crate::vmcs::fields::*;
 use crate::vmcs::Loaded;
 use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
-extern "C" {
-    /// kglue/trace.c: each tracepoint's static-key count (> 0: on).
-    static rvmx_glue_trace_keys: [*const AtomicI32; 4];
-    fn rvmx_glue_trace_entry(vcpu: u32, rip: u64, launch: bool);
-    fn rvmx_glue_trace_exit(vcpu: u32, reason: u32, qualification: u64, rip: u64, gpa: u64, intr_info: u32);
-    fn rvmx_glue_trace_userspace_exit(vcpu: u32, reason: u32, err: i32);
-    fn rvmx_glue_trace_inject(vcpu: u32, vector: u8, kind: u8, has_error_code: bool, error_code: u32);
-}
-
-/// kglue.h `enum rvmx_trace_event`.
+/// kglue/kglue.h `enum rvmx_trace_event`.
 #[derive(Clone, Copy)]
 enum Event {
     Entry = 0,
@@ -35,10 +30,11 @@ enum Event {
 /// Whether `e` has a probe attached (tracefs, perf, ...).
 #[inline(always)]
 fn on(e: Event) -> bool {
-    // SAFETY: the array is constant, and each entry points at a
-    // tracepoint's `key.enabled`, an atomic_t (an i32 the tracepoint
-    // core changes atomically) that lives as long as the module.
-    unsafe { (*rvmx_glue_trace_keys[e as usize]).load(Relaxed) > 0 }
+    // SAFETY: kglue/trace.c's array is constant, and each entry points at
+    // a tracepoint's static-key count `key.enabled` (> 0: on), an
+    // atomic_t (an i32 the tracepoint core changes atomically, so read
+    // atomically here) that lives as long as the module.
+    unsafe { (*rvmx_glue_trace_keys[e as usize].cast::<AtomicI32>()).load(Relaxed) > 0 }
 }
 
 /// Right before VMLAUNCH (`launch`) or VMRESUME: the entry, and the event

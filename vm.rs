@@ -12,27 +12,18 @@
 //! sleeps, allocates memory that could reclaim, touches user memory, pins
 //! pages or takes a folio lock.
 
+use crate::kglue::{self,
+    rvmx_glue_access_ok, rvmx_glue_cmpxchg_user, rvmx_glue_mm_drop, rvmx_glue_mm_grab_current,
+    rvmx_glue_mm_is_current, rvmx_glue_mmu_interval_set_seq, rvmx_glue_page_to_phys,
+    rvmx_glue_pin_user_page, rvmx_glue_slot_notifier_free, rvmx_glue_slot_notifier_new,
+    rvmx_glue_slot_notifier_read_begin, rvmx_glue_slot_notifier_read_retry,
+    rvmx_glue_unpin_user_page,
+};
 use crate::ept::{Ept, TableCache};
 use crate::uapi;
 use kernel::sync::Arc;
 use kernel::sync::{Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock, prelude::*, rbtree::{RBTree, RBTreeNode}, uaccess::UserSlice};
-
-extern "C" {
-    fn rvmx_glue_mm_grab_current() -> *mut core::ffi::c_void;
-    fn rvmx_glue_mm_is_current(mm: *mut core::ffi::c_void) -> bool;
-    fn rvmx_glue_mm_drop(mm: *mut core::ffi::c_void);
-    fn rvmx_glue_access_ok(uaddr: u64, size: u64) -> bool;
-    fn rvmx_glue_pin_user_page(uaddr: u64, write: bool, page: *mut *mut core::ffi::c_void) -> core::ffi::c_int;
-    fn rvmx_glue_unpin_user_page(mm: *mut core::ffi::c_void, page: *mut core::ffi::c_void, dirty: bool, nolock: bool);
-    fn rvmx_glue_slot_notifier_new(vm: *const core::ffi::c_void, start: u64, length: u64, err: *mut core::ffi::c_int) -> *mut core::ffi::c_void;
-    fn rvmx_glue_slot_notifier_free(n: *mut core::ffi::c_void);
-    fn rvmx_glue_slot_notifier_read_begin(n: *mut core::ffi::c_void) -> core::ffi::c_ulong;
-    fn rvmx_glue_slot_notifier_read_retry(n: *mut core::ffi::c_void, seq: core::ffi::c_ulong) -> bool;
-    fn rvmx_glue_mmu_interval_set_seq(mni: *mut core::ffi::c_void, seq: core::ffi::c_ulong);
-    fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
-    fn rvmx_glue_cmpxchg_user(uaddr: u64, wide: bool, old: u64, new: u64) -> core::ffi::c_int;
-}
 
 /// Memory slots per VM (KVM_CAP_NR_MEMSLOTS).
 pub(crate) const MAX_SLOTS: u32 = 32;
@@ -44,7 +35,7 @@ const MAX_SLOT_PAGES: u64 = (1 << 31) - 1;
 
 /// A reference on the creating process's `mm_struct` (mmgrab), so its
 /// address identifies that process for as long as the VM lives.
-struct MmRef(*mut core::ffi::c_void);
+struct MmRef(*mut kglue::mm_struct);
 // SAFETY: an mm reference may be dropped from any thread.
 unsafe impl Send for MmRef {}
 // SAFETY: only compared by address.
@@ -57,15 +48,15 @@ impl Drop for MmRef {
 }
 
 /// One page of the launcher's memory, pinned while EPT maps it, and
-/// counted in the VM process's pinned pages (kglue.c).
+/// counted in the VM process's pinned pages (kglue/memory.c).
 ///
 /// # Invariants
 ///
 /// `page` was pinned by `rvmx_glue_pin_user_page` for `mm`, which the VM
 /// keeps alive (mmgrab) for longer than its slots (`Vm`'s drop).
 struct PinnedPage {
-    page: *mut core::ffi::c_void,
-    mm: *mut core::ffi::c_void,
+    page: *mut kglue::page,
+    mm: *mut kglue::mm_struct,
     writable: bool,
 }
 // SAFETY: a pinned page may be unpinned from any thread.
@@ -89,7 +80,7 @@ impl Drop for PinnedPage {
     }
 }
 
-/// A slot's MMU interval notifier (kglue.c): tells rvmx when the VMM's
+/// A slot's MMU interval notifier (kglue/memory.c): tells rvmx when the VMM's
 /// mapping of the slot's memory changes. Shared (`Arc`) between the slot
 /// and a fault in progress, which reads its sequence count without the
 /// memory lock; removed when the last holder lets go, which may sleep
@@ -99,7 +90,7 @@ impl Drop for PinnedPage {
 ///
 /// `ptr` is a registered `struct rvmx_slot_notifier`, freed only by Drop.
 struct SlotNotifier {
-    ptr: *mut core::ffi::c_void,
+    ptr: *mut kglue::rvmx_slot_notifier,
 }
 // SAFETY: the notifier's C functions may be called from any thread.
 unsafe impl Send for SlotNotifier {}
@@ -430,17 +421,17 @@ impl Vm {
 
     /// The MMU notifier of slot `mni` says the VMM's mapping of [start,
     /// end) is changing: unmap those pages from EPT, flush, unpin (without
-    /// folio locks, kglue.c). The guest faults on them again and gets the
+    /// folio locks, kglue/memory.c). The guest faults on them again and gets the
     /// new pages, as under KVM. Called with the notifier's sequence count
     /// `seq` to publish under the memory lock (mmu_interval_set_seq).
-    fn invalidate(&self, mni: *mut core::ffi::c_void, start: u64, end: u64, seq: core::ffi::c_ulong) {
+    fn invalidate(&self, mni: *mut kglue::mmu_interval_notifier, start: u64, end: u64, seq: core::ffi::c_ulong) {
         let mut mem = self.mem.lock();
         // SAFETY: `mni` is the notifier the core is calling; under our lock.
         unsafe { rvmx_glue_mmu_interval_set_seq(mni, seq) };
         let Memory { ept, slots, .. } = &mut *mem;
         // A notifier whose slot is gone (or not yet in the list) has
         // nothing mapped.
-        let Some(slot) = slots.iter_mut().find(|s| s.notifier.as_ref().is_some_and(|n| n.ptr == mni)) else {
+        let Some(slot) = slots.iter_mut().find(|s| s.notifier.as_ref().is_some_and(|n| n.ptr.cast() == mni)) else {
             return;
         };
         let lo = start.max(slot.uaddr);
@@ -716,7 +707,7 @@ impl PinnedDrop for Vm {
     }
 }
 
-/// Called by a slot's MMU interval notifier (kglue.c) when the VMM's
+/// Called by a slot's MMU interval notifier (kglue/memory.c) when the VMM's
 /// mapping of part of the slot changes. `Vm::invalidate` never sleeps (a
 /// spinlock, IPIs, unpinning without folio locks), so it runs for callers
 /// that cannot sleep too (`blockable` false: the OOM reaper), and the
@@ -724,7 +715,7 @@ impl PinnedDrop for Vm {
 #[no_mangle]
 extern "C" fn rvmx_slot_invalidate(
     vm: *const core::ffi::c_void,
-    mni: *mut core::ffi::c_void,
+    mni: *mut kglue::mmu_interval_notifier,
     start: u64,
     end: u64,
     seq: core::ffi::c_ulong,

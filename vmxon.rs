@@ -14,20 +14,14 @@
 //! - `rvmx_emergency_vmxoff` runs in NMI context on each CPU when the
 //!   kernel crashes or restarts in an emergency.
 
+use crate::kglue::{
+    rvmx_glue_cpuhp_remove, rvmx_glue_cpuhp_setup, rvmx_glue_nr_cpu_ids, rvmx_glue_on_each_cpu,
+    rvmx_glue_page_to_phys, rvmx_glue_raw_cpu_id,
+};
 use crate::caps::VmxCaps;
 use crate::hw::{self, cr::CR4_VMXE, vmx};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use kernel::{alloc::flags, page::Page, prelude::*};
-
-extern "C" {
-    fn rvmx_glue_nr_cpu_ids() -> u32;
-    fn rvmx_glue_raw_cpu_id() -> u32;
-    // `struct page` is opaque here (bindgen sees it as not FFI-safe).
-    fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
-    fn rvmx_glue_cpuhp_setup() -> core::ffi::c_int;
-    fn rvmx_glue_cpuhp_remove(state: core::ffi::c_int);
-    fn rvmx_glue_on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void), info: *mut core::ffi::c_void);
-}
 
 /// One CPU's VMX root state.
 struct CpuVmx {
@@ -132,7 +126,7 @@ pub(crate) fn caps() -> Option<VmxCaps> {
 /// `f` must be safe to run in IPI context with `info`.
 pub(crate) unsafe fn on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void), info: *mut core::ffi::c_void) {
     // SAFETY: guaranteed by the caller.
-    unsafe { rvmx_glue_on_each_cpu(f, info) };
+    unsafe { rvmx_glue_on_each_cpu(Some(f), info) };
 }
 
 /// Why a CPU could not enter VMX root operation.
@@ -253,7 +247,7 @@ extern "C" fn rvmx_reboot() {
     }
     // SAFETY: `off` only touches the calling CPU's state, so it may run in
     // IPI context on every CPU; the call returns once all CPUs ran it.
-    unsafe { rvmx_glue_on_each_cpu(off, core::ptr::null_mut()) };
+    unsafe { rvmx_glue_on_each_cpu(Some(off), core::ptr::null_mut()) };
 }
 
 /// The kernel's emergency virtualization callback (crash, kexec-on-panic,

@@ -13,15 +13,12 @@
 //! the path of an exit that succeeded.
 
 use super::raw_cpu;
+use crate::kglue::rvmx_glue_log_ratelimit;
 use crate::caps::VmxCaps;
 use crate::uapi::RunPage;
 use crate::vmcs::checks::{self, Failure, Violation};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
-
-extern "C" {
-    fn rvmx_glue_log_ratelimit() -> bool;
-}
 
 /// VM-instruction errors 7 and 8 (SDM Vol. 3C §31.4).
 const ERROR_INVALID_CONTROL: u32 = 7;

@@ -18,6 +18,7 @@
 //! machine.
 
 use super::{Action, ExitCtx};
+use crate::kglue::rvmx_glue_machine_check;
 use crate::hw;
 use crate::uapi;
 use crate::vcpu;
@@ -27,10 +28,6 @@ use kernel::prelude::*;
 
 /// The machine-check exception's vector.
 pub(crate) const MC_VECTOR: u8 = 18;
-
-extern "C" {
-    fn rvmx_glue_machine_check();
-}
 
 fn is_nmi(info: IntrInfo) -> bool {
     info.is(kind::NMI)

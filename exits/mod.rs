@@ -49,6 +49,7 @@ pub(crate) mod vmx_insn;
 pub(crate) mod wbinvd;
 pub(crate) mod xsetbv;
 
+use crate::kglue::rvmx_glue_raw_cpu_id;
 use crate::uapi::{self, RunPage};
 use crate::vcpu::{self, reg, Guest, Vcpu, VcpuState};
 use crate::vmcs::intr::{kind, IntrInfo};
@@ -174,9 +175,6 @@ pub(crate) fn report_internal_error(run: RunPage, suberror: u32, reason: u32) {
 }
 
 fn raw_cpu() -> u32 {
-    extern "C" {
-        fn rvmx_glue_raw_cpu_id() -> u32;
-    }
     // SAFETY: reads the current CPU's number.
     unsafe { rvmx_glue_raw_cpu_id() }
 }

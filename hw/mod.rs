@@ -5,13 +5,18 @@
 //! is safe Rust working with the typed values these wrappers return.
 //!
 //! Control registers are changed through the kernel's CR4 shadow (see
-//! `kglue.c`), never with a raw `mov cr4`: Linux caches CR4 per CPU and would
+//! `kglue/cpu.c`), never with a raw `mov cr4`: Linux caches CR4 per CPU and would
 //! otherwise overwrite rvmx's VMXE bit, and other hypervisors (kvm_intel)
 //! read the shadow to learn that VMX is taken.
 
 pub(crate) mod msr;
 pub(crate) mod vmx;
 
+use crate::kglue::{
+    rvmx_glue_cr4_clear_vmxe, rvmx_glue_cr4_read_raw, rvmx_glue_cr4_read_shadow,
+    rvmx_glue_cr4_set_vmxe, rvmx_glue_l1d_flush_alloc, rvmx_glue_l1d_flush_free,
+    rvmx_glue_l1d_flush_sw,
+};
 use core::arch::asm;
 
 /// Architectural bit positions of CR0 and CR4 that rvmx names.
@@ -28,13 +33,6 @@ pub(crate) fn read_cr0() -> u64 {
     // SAFETY: reading CR0 in ring 0 has no side effects.
     unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
-}
-
-extern "C" {
-    fn rvmx_glue_cr4_read_shadow() -> core::ffi::c_ulong;
-    fn rvmx_glue_cr4_read_raw() -> core::ffi::c_ulong;
-    fn rvmx_glue_cr4_set_vmxe();
-    fn rvmx_glue_cr4_clear_vmxe();
 }
 
 /// CR4 as the kernel believes it is on this CPU (its per-CPU shadow).
@@ -246,13 +244,7 @@ pub(crate) fn invoke_nmi_handler() {
     unsafe { asm!("int 2") };
 }
 
-extern "C" {
-    fn rvmx_glue_l1d_flush_alloc() -> core::ffi::c_int;
-    fn rvmx_glue_l1d_flush_free();
-    fn rvmx_glue_l1d_flush_sw();
-}
-
-/// The buffer the software L1D flush reads (kglue.c), for the module's
+/// The buffer the software L1D flush reads (kglue/run.c), for the module's
 /// lifetime where that flush is used (caps.rs `L1dFlush::Software`).
 ///
 /// # Invariants

@@ -9,7 +9,7 @@
 #define CREATE_TRACE_POINTS
 #include <kglue/trace.h>
 
-#include "../kglue.h"
+#include "kglue.h"
 
 #ifdef CONFIG_TRACEPOINTS
 const atomic_t *const rvmx_glue_trace_keys[RVMX_TRACE_EVENTS] = {

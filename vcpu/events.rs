@@ -266,7 +266,6 @@ impl Vcpu {
     }
 }
 
-
 impl VcpuState {
     /// Queues a hardware exception for the next VM entry from outside a
     /// guest section: an access rvmx performed for the guest (string I/O,

@@ -35,6 +35,7 @@ mod setup;
 
 pub(crate) use events::{clear_interrupt_shadow, set_irq_window_exiting, set_nmi_blocking, set_nmi_window_exiting};
 pub(crate) use setup::{pae_paging, set_cr0, set_cr4, set_long_mode};
+use crate::kglue::rvmx_glue_virt_to_page;
 use events::{interruptible, update_interrupt_window, update_nmi_window};
 use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, setup_host_cpu_state, write_pdptes, write_seg};
 
@@ -50,10 +51,6 @@ use crate::vpid::Vpid;
 use core::cell::UnsafeCell;
 use kernel::sync::Arc;
 use kernel::{new_condvar, new_mutex, prelude::*, sync::{CondVar, Mutex}};
-
-extern "C" {
-    fn rvmx_glue_virt_to_page(addr: *mut core::ffi::c_void) -> *mut core::ffi::c_void;
-}
 
 /// Indices into `regs`, in KVM's (and vmenter.S's) order.
 pub(crate) mod reg {
@@ -147,7 +144,7 @@ pub(crate) struct VcpuState {
     ept_tables: crate::ept::TableCache,
     /// Whether KVM_RUN ran yet (KVM refuses a new CPUID table after that).
     ran: bool,
-    /// This vCPU's number for IBPB between vCPUs (kglue.c): unique for the
+    /// This vCPU's number for IBPB between vCPUs (kglue/run.c): unique for the
     /// module's lifetime, unlike a VMCS address, which may be reused.
     uid: u64,
     /// KVM_SET_SIGNAL_MASK's mask, in force during KVM_RUN.
@@ -314,8 +311,8 @@ impl Vcpu {
         &self.stats
     }
 
-    /// The struct page of mmap page `index` (for kglue.c's mmap), or null.
-    pub(crate) fn mmap_page(&self, index: usize) -> *mut core::ffi::c_void {
+    /// The struct page of mmap page `index` (for kglue/files.c's mmap), or null.
+    pub(crate) fn mmap_page(&self, index: usize) -> *mut crate::kglue::page {
         match self.pages.get(index) {
             // SAFETY: a direct-map address of a page we own.
             Some(p) => unsafe { rvmx_glue_virt_to_page(p.as_ptr()) },
@@ -350,7 +347,6 @@ impl Vcpu {
     }
 
 }
-
 
 impl VcpuState {
     /// The guest state exits/mmio.rs needs to emulate an MMIO instruction,

@@ -5,36 +5,22 @@
 //! be switched around a section (FPU, MSRs, debug registers, segments).
 
 use super::*;
+use crate::kglue::{
+    rvmx_glue_cond_resched, rvmx_glue_fpu_begin, rvmx_glue_fpu_end, rvmx_glue_ibpb_on_vcpu_switch,
+    rvmx_glue_irq_disable, rvmx_glue_irq_enable, rvmx_glue_need_resched, rvmx_glue_raw_cpu_id,
+    rvmx_glue_restore_host_breakpoints, rvmx_glue_restore_host_descriptor_limits,
+    rvmx_glue_restore_host_segments, rvmx_glue_save_host_segments, rvmx_glue_sigmask_activate,
+    rvmx_glue_sigmask_deactivate, rvmx_glue_softirq_pending,
+};
 
+// vmenter.S (assembly, not kglue/): VMLAUNCH or VMRESUME, and the exit.
 extern "C" {
     fn rvmx_vmenter(regs: *mut u64, resume: u32, host_rsp: *mut u64) -> i32;
-    fn rvmx_glue_irq_disable();
-    fn rvmx_glue_irq_enable();
-    fn rvmx_glue_need_resched() -> bool;
-    fn rvmx_glue_cond_resched();
-    fn rvmx_glue_softirq_pending() -> bool;
-    fn rvmx_glue_restore_host_breakpoints();
-    fn rvmx_glue_ibpb_on_vcpu_switch(uid: u64);
-    fn rvmx_glue_save_host_segments(s: *mut HostSegments);
-    fn rvmx_glue_restore_host_segments(s: *const HostSegments);
-    fn rvmx_glue_fpu_begin();
-    fn rvmx_glue_fpu_end();
-    fn rvmx_glue_restore_host_descriptor_limits();
-    fn rvmx_glue_raw_cpu_id() -> u32;
-    fn rvmx_glue_sigmask_activate(mask: *const u64);
-    fn rvmx_glue_sigmask_deactivate();
 }
 
-/// kglue.h `struct rvmx_host_segments`: the VMM's FS/GS selectors, LDTR
+/// kglue/kglue.h `struct rvmx_host_segments`: the VMM's FS/GS selectors, LDTR
 /// and FS base, which a VM exit does not keep.
-#[repr(C)]
-#[derive(Default)]
-struct HostSegments {
-    fs: u16,
-    gs: u16,
-    ldt: u16,
-    fs_base: u64,
-}
+use crate::kglue::rvmx_host_segments as HostSegments;
 
 /// The cached host values vmenter.S's caller refreshes when they change.
 struct HostCache {

@@ -21,15 +21,10 @@ pub(crate) mod controls;
 pub(crate) mod fields;
 pub(crate) mod intr;
 
+use crate::kglue::{rvmx_glue_page_to_phys, rvmx_glue_preempt_disable, rvmx_glue_preempt_enable};
 use crate::hw::vmx::{self, VmxError};
 use fields::{Field, Width};
 use kernel::{alloc::flags, page::Page, prelude::*};
-
-extern "C" {
-    fn rvmx_glue_page_to_phys(page: *mut core::ffi::c_void) -> u64;
-    fn rvmx_glue_preempt_disable();
-    fn rvmx_glue_preempt_enable();
-}
 
 /// A VMCS region.
 ///

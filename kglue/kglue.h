@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * kglue.h - the interface between kglue.c and the Rust crate.
+ * kglue/kglue.h - the interface between kglue/*.c and the Rust crate.
  *
- * rvmx_glue_*: implemented in kglue.c, called from Rust (declared again in
- * the Rust file that uses each, next to its safe wrapper).
+ * rvmx_glue_*: implemented in kglue/ (files.c, cpu.c, run.c, memory.c,
+ * trace.c), called from Rust through the declarations bindgen generates
+ * from this header (kglue/mod.rs; Kbuild has the rule). Each Rust file
+ * wraps the ones it uses in a safe API.
  * rvmx_* without "glue": implemented in Rust (#[no_mangle]), called from C.
  */
 #ifndef RVMX_KGLUE_H
@@ -14,7 +16,7 @@
 struct file;
 struct page;
 
-/* Rust → C (kglue.c). */
+/* Rust → C (kglue/*.c). */
 int rvmx_glue_misc_register(void);
 void rvmx_glue_misc_deregister(void);
 unsigned long rvmx_glue_cr4_read_shadow(void);
@@ -74,7 +76,7 @@ void rvmx_glue_l1d_flush_free(void);
 void rvmx_glue_l1d_flush_sw(void);
 void rvmx_glue_ibpb_on_vcpu_switch(u64 uid);
 
-/* The VMM's segment state a VM exit does not keep (kglue.c). */
+/* The VMM's segment state a VM exit does not keep (kglue/run.c). */
 struct rvmx_host_segments {
 	u16 fs, gs, ldt;
 	u64 fs_base;
