@@ -17,20 +17,19 @@ use crate::hw::cr::*;
 use crate::uapi;
 use crate::vcpu;
 use crate::vmcs::fields::*;
+use crate::vmcs::qualification::{CrAccess, CrQual};
 use crate::vmxon;
 use kernel::prelude::*;
 
 const GP: u8 = 13;
 
 pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
-    let cr = q & 15;
-    let access = (q >> 4) & 3; // 0 = MOV to CR, 1 = MOV from CR, 2 = CLTS, 3 = LMSW
-    // CAST: a 4-bit register number.
-    let value = ctx.gpr(((q >> 8) & 15) as usize);
+    let q = CrQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);
+    let (cr, access) = (q.cr(), q.access());
+    let value = ctx.gpr(q.gpr());
     let caps = vmxon::caps().ok_or(EIO)?;
     match (access, cr) {
-        (0, 0) => {
+        (CrAccess::MovTo, 0) => {
             // The rules (and the long-mode switch) are hw/cr.rs's, shared
             // with KVM_SET_SREGS.
             let old = ctx.vmcs.guest_cr0();
@@ -45,7 +44,7 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             vcpu::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
             ctx.flush_guest_tlb()?;
         }
-        (0, 4) => {
+        (CrAccess::MovTo, 4) => {
             let (old, efer, cr3) = (ctx.vmcs.guest_cr4(), ctx.vmcs.read(GUEST_IA32_EFER), ctx.vmcs.read(GUEST_CR3).0);
             if !mov_to_cr4(old, value, efer, cr3, caps.cr4_fixed1) {
                 return ctx.inject_exception(GP, Some(0));
@@ -53,16 +52,15 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             vcpu::set_cr4(ctx.vmcs, &caps, value)?;
             ctx.flush_guest_tlb()?;
         }
-        (0, 8) => {
+        (CrAccess::MovTo, 8) => {
             if value >> 4 != 0 {
                 return ctx.inject_exception(GP, Some(0));
             }
             ctx.guest.cr8 = value;
         }
-        (1, 8) => {
+        (CrAccess::MovFrom, 8) => {
             let cr8 = ctx.guest.cr8;
-            // CAST: a 4-bit register number.
-            ctx.set_gpr(((q >> 8) & 15) as usize, cr8)?;
+            ctx.set_gpr(q.gpr(), cr8)?;
         }
         _ => return Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, 28)),
     }
@@ -72,7 +70,7 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // CR3, and that VM entry loads from the VMCS. rvmx performed the write,
     // so it loads them: reading guest memory may sleep, so the run loop
     // does it outside the guest section (vm.rs `read_pdptes`).
-    if cr <= 4 && access == 0 && vcpu::pae_paging(ctx.vmcs) {
+    if cr <= 4 && access == CrAccess::MovTo && vcpu::pae_paging(ctx.vmcs) {
         return Ok(Action::LoadPdptes(ctx.vmcs.read(GUEST_CR3).0));
     }
     Ok(Action::Resume)

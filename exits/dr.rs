@@ -17,6 +17,7 @@
 //! register, bit 4 the direction (1 = MOV from DR), bits 11:8 the GPR.
 
 use super::{Action, ExitCtx};
+use crate::vmcs::qualification::DrQual;
 use crate::vmcs::{controls::entry::IA32E_MODE_GUEST, fields::*};
 use kernel::prelude::*;
 
@@ -57,11 +58,8 @@ impl DebugRegs {
 }
 
 pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
-    let mut n = q & 7;
-    let from_dr = q & (1 << 4) != 0;
-    // CAST: a 4-bit register number.
-    let gpr = ((q >> 8) & 15) as usize;
+    let q = DrQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);
+    let (mut n, from_dr, gpr) = (q.dr(), q.reads_dr(), q.gpr());
     // DR4 and DR5 are DR6 and DR7, unless CR4.DE makes them #UD.
     if n == 4 || n == 5 {
         if ctx.vmcs.guest_cr4() & CR4_DE != 0 {

@@ -14,6 +14,7 @@
 
 use super::{Action, ExitCtx};
 use crate::vmcs::fields::*;
+use crate::vmcs::qualification::EptQual;
 use kernel::prelude::*;
 
 /// An EPT violation: what every one of them needs (most are the first
@@ -23,7 +24,7 @@ pub(crate) struct EptFault {
     pub(crate) gpa: u64,
     pub(crate) write: bool,
     pub(crate) fetch: bool,
-    pub(crate) qualification: u64,
+    pub(crate) qualification: EptQual,
     /// IDT-vectoring information: valid when the violation interrupted the
     /// delivery of an event (the IDT, a stack or the TSS in MMIO).
     pub(crate) vectoring_info: crate::vmcs::intr::IntrInfo,
@@ -33,21 +34,21 @@ pub(crate) struct EptFault {
 }
 
 pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
+    let q = EptQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);
     // Bit 12: the faulting access was the guest's IRET from an NMI handler,
     // which had already unblocked NMIs. The IRET runs again after the
     // fault is resolved, so the blocking must be put back (SDM Vol. 3C
     // §28.2.3), unless the exit interrupted an event's delivery.
-    if q & (1 << 12) != 0 && !ctx.vmcs.read(IDT_VECTORING_INFO).valid() {
+    if q.nmi_unblocking() && !ctx.vmcs.read(IDT_VECTORING_INFO).valid() {
         crate::vcpu::set_nmi_blocking(ctx.vmcs, true)?;
     }
     let v = &ctx.vmcs;
     Ok(Action::EptViolation(EptFault {
         gpa: v.read(GUEST_PHYSICAL_ADDRESS),
-        write: q & 2 != 0,
-        fetch: q & 4 != 0,
+        write: q.write(),
+        fetch: q.fetch(),
         qualification: q,
         vectoring_info: v.read(IDT_VECTORING_INFO),
-        in_page_walk: q & (1 << 7) != 0 && q & (1 << 8) == 0,
+        in_page_walk: q.in_page_walk(),
     }))
 }

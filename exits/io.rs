@@ -22,6 +22,7 @@ use crate::walk;
 use crate::uapi::{self, RunPage};
 use crate::vcpu::{reg, Vcpu, VcpuState};
 use crate::vmcs::fields::*;
+use crate::vmcs::qualification::IoQual;
 use kernel::prelude::*;
 
 /// A string I/O instruction, with what is needed to finish it outside the
@@ -204,12 +205,9 @@ const GP_VECTOR: u8 = 13;
 const SS_VECTOR: u8 = 12;
 
 pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let q = ctx.vmcs.read(EXIT_QUALIFICATION).0;
-    // CAST: 3-bit size field, 16-bit port field.
-    let size = ((q & 7) + 1) as u8;
-    let is_in = q & (1 << 3) != 0;
-    let port = (q >> 16) as u16;
-    if q & (1 << 4) != 0 {
+    let q = IoQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);
+    let (size, is_in, port) = (q.size(), q.is_in(), q.port());
+    if q.string() {
         if !ctx.ins_outs_info {
             // Without the instruction-information field for INS/OUTS
             // (IA32_VMX_BASIC[54]) the instruction would have to be decoded.
@@ -237,7 +235,7 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             port,
             size,
             is_in,
-            rep: q & (1 << 5) != 0,
+            rep: q.rep(),
             addr_size,
             seg_base: ctx.vmcs.read(fields.base).0,
             stack_seg: seg == 2,

@@ -153,7 +153,7 @@ fn fetch(vcpu: &Vcpu, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::
 ///   two cases, so decoding it would emulate the wrong thing.
 pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage) -> Result<bool> {
     if e.vectoring_info.valid() {
-        let data = [u64::from(e.vectoring_info.0), u64::from(super::reason::EPT_VIOLATION), e.qualification, e.gpa];
+        let data = [u64::from(e.vectoring_info.0), u64::from(super::reason::EPT_VIOLATION), e.qualification.0, e.gpa];
         run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_DELIVERY_EV, &data);
         return Ok(true);
     }

@@ -12,7 +12,8 @@
 //!   `Drop` VMCLEARs, so a VMCS is never left active on a CPU that the vCPU
 //!   thread may leave (see vcpu/mod.rs for why that scheme is correct).
 //! - `fields` lists the field encodings, typed by width; `intr` is the type
-//!   of the three interruption-information fields.
+//!   of the three interruption-information fields; `qualification` has a
+//!   type for each exit reason's exit qualification.
 //! - `checks` holds the SDM's VM-entry checks, to name the rule a failed
 //!   entry broke (exits/entry_failure.rs).
 
@@ -20,6 +21,7 @@ pub(crate) mod checks;
 pub(crate) mod controls;
 pub(crate) mod fields;
 pub(crate) mod intr;
+pub(crate) mod qualification;
 
 use crate::kglue::{rvmx_glue_page_to_phys, rvmx_glue_preempt_disable, rvmx_glue_preempt_enable};
 use crate::hw::vmx::{self, VmxError};

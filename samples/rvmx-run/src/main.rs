@@ -57,6 +57,10 @@ use vm_superio::{Serial, Trigger};
 #[path = "../../../vmcs/checks.rs"]
 mod checks;
 mod stats;
+/// The module's types for exit qualifications (pure code, shared).
+#[allow(dead_code)]
+#[path = "../../../vmcs/qualification.rs"]
+mod qualification;
 
 const SERIAL_BASE: u16 = 0x3f8;
 const EXIT_PORT: u16 = 0xf4;
@@ -342,23 +346,34 @@ impl Tracer {
 }
 
 /// The exit qualification of the exits that reach userspace, in words
-/// (SDM Vol. 3C §28.2.1, tables 28-3 to 28-7).
+/// (SDM Vol. 3C §28.2.1, tables 28-3 to 28-7), with the module's own types
+/// for them (vmcs/qualification.rs).
 fn decode_qualification(i: &RvmxExitInfo) -> String {
+    use qualification::{CrAccess, CrQual, EptQual, IoQual};
     let q = i.qualification;
     match i.basic_reason {
         30 => {
-            let dir = if q & 8 != 0 { "IN" } else { "OUT" };
-            let string = if q & 16 != 0 { "S" } else { "" };
-            let rep = if q & 32 != 0 { "REP " } else { "" };
-            format!(": {rep}{dir}{string} port {:#x}, {} byte(s)", q >> 16, (q & 7) + 1)
+            let q = IoQual(q);
+            let dir = if q.is_in() { "IN" } else { "OUT" };
+            let string = if q.string() { "S" } else { "" };
+            let rep = if q.rep() { "REP " } else { "" };
+            format!(": {rep}{dir}{string} port {:#x}, {} byte(s)", q.port(), q.size())
         }
         48 => {
-            let access = ["read", "write", "fetch"].iter().enumerate().filter(|(b, _)| q & (1 << b) != 0).map(|(_, a)| *a).collect::<Vec<_>>().join("+");
-            format!(": {access} at guest-physical {:#x}", i.guest_physical_address)
+            let q = EptQual(q);
+            let access: Vec<&str> = [(q.read(), "read"), (q.write(), "write"), (q.fetch(), "fetch")].iter().filter(|(on, _)| *on).map(|(_, a)| *a).collect();
+            let walk = if q.in_page_walk() { " (walking the guest's page tables)" } else { "" };
+            format!(": {} at guest-physical {:#x}{walk}", access.join("+"), i.guest_physical_address)
         }
         28 => {
-            let kind = ["MOV to", "MOV from", "CLTS", "LMSW"][((q >> 4) & 3) as usize];
-            format!(": {kind} CR{}, register {}", q & 15, (q >> 8) & 15)
+            let q = CrQual(q);
+            let kind = match q.access() {
+                CrAccess::MovTo => "MOV to",
+                CrAccess::MovFrom => "MOV from",
+                CrAccess::Clts => "CLTS",
+                CrAccess::Lmsw => "LMSW",
+            };
+            format!(": {kind} CR{}, register {}", q.cr(), q.gpr())
         }
         _ => String::new(),
     }

@@ -266,7 +266,7 @@ fn fuzz_checks() {
         let long = rng.below(2) == 0;
         let (mut g, mut c) = if long { (long_mode(), controls()) } else { (reset(), real_controls()) };
         let interesting = [0u64, 1, 2, 3, 0xffff, 0xffff_ffff, 1 << 32, 1 << 47, 0x8000_0000_0000, u64::MAX, u64::MAX - 1];
-        let mut val = |rng: &mut Rng| if rng.below(2) == 0 { rng.pick(&interesting) } else { rng.next() >> rng.below(64) };
+        let val = |rng: &mut Rng| if rng.below(2) == 0 { rng.pick(&interesting) } else { rng.next() >> rng.below(64) };
         for _ in 0..rng.below(3) + 1 {
             // CAST (here and below): fuzz values truncated on purpose.
             match rng.below(22) {

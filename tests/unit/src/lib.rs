@@ -16,6 +16,9 @@ pub mod checks;
 #[path = "../../../hw/cr.rs"]
 pub mod cr;
 
+#[path = "../../../vmcs/qualification.rs"]
+pub mod qualification;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -44,3 +47,6 @@ pub(crate) fn seed() -> u64 {
         Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     }
 }
+
+#[cfg(test)]
+mod qualification_tests;
