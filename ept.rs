@@ -13,6 +13,7 @@
 //! the MMU notifier takes from inside reclaim: they allocate nothing. The
 //! tables `map` may need come from a `TableCache` filled before the lock.
 
+use crate::addr::{Gpa, Hpa};
 use crate::kglue::rvmx_glue_phys_to_virt;
 use crate::kpage::KernelPage;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -71,9 +72,9 @@ fn entry<'a>(table: *mut u64, index: usize) -> &'a AtomicU64 {
     unsafe { AtomicU64::from_ptr(table.add(index)) }
 }
 
-fn index(gpa: u64, level: u32) -> usize {
+fn index(gpa: Gpa, level: u32) -> usize {
     // CAST: 9 bits.
-    ((gpa >> (12 + 9 * level)) & 0x1ff) as usize
+    ((gpa.0 >> (12 + 9 * level)) & 0x1ff) as usize
 }
 
 impl Ept {
@@ -84,19 +85,19 @@ impl Ept {
     /// The EPT pointer for the VMCS: root, 4-level walk, write-back paging
     /// structures (SDM §25.6.11).
     pub(crate) fn eptp(&self) -> u64 {
-        self.root.phys() | (3 << 3) | 6
+        self.root.phys().0 | (3 << 3) | 6
     }
 
     /// The leaf entry for `gpa`, creating the tables on the way from
     /// `cache` if one is given; `None` if a table is missing.
-    fn leaf(&mut self, gpa: u64, mut cache: Option<&mut TableCache>) -> Option<&AtomicU64> {
+    fn leaf(&mut self, gpa: Gpa, mut cache: Option<&mut TableCache>) -> Option<&AtomicU64> {
         let mut table: *mut u64 = self.root.as_ptr();
         for level in (1..4).rev() {
             let e = entry(table, index(gpa, level));
             let mut v = e.load(Ordering::Acquire);
             if v & READ == 0 {
                 let t = cache.as_mut()?.take()?;
-                v = t.phys() | READ | WRITE | EXECUTE;
+                v = t.phys().0 | READ | WRITE | EXECUTE;
                 // INVARIANT: the page is ours from now on, freed by `Drop`.
                 let _ = t.into_raw();
                 e.store(v, Ordering::Release);
@@ -109,10 +110,10 @@ impl Ept {
 
     /// Maps the 4 KiB guest page at `gpa` to host page `hpa`, with missing
     /// tables from `cache` (ENOMEM if it runs out: top it up first).
-    pub(crate) fn map(&mut self, gpa: u64, hpa: u64, writable: bool, cache: &mut TableCache) -> Result {
+    pub(crate) fn map(&mut self, gpa: Gpa, hpa: Hpa, writable: bool, cache: &mut TableCache) -> Result {
         let w = if writable { WRITE } else { 0 };
         let e = self.leaf(gpa, Some(cache)).ok_or(ENOMEM)?;
-        e.store((hpa & ADDR_MASK) | READ | w | EXECUTE | MEMTYPE_WB | IGNORE_PAT, Ordering::Release);
+        e.store((hpa.0 & ADDR_MASK) | READ | w | EXECUTE | MEMTYPE_WB | IGNORE_PAT, Ordering::Release);
         Ok(())
     }
 
@@ -121,7 +122,7 @@ impl Ept {
     /// as unmapping does; giving it back needs none: the EPT violation that
     /// led here already dropped the CPU's cached translation (SDM Vol. 3C
     /// §29.4.3.1). Returns whether the page was mapped.
-    pub(crate) fn set_writable(&mut self, gpa: u64, writable: bool) -> bool {
+    pub(crate) fn set_writable(&mut self, gpa: Gpa, writable: bool) -> bool {
         let Some(e) = self.leaf(gpa, None) else {
             return false;
         };
@@ -135,7 +136,7 @@ impl Ept {
 
     /// Unmaps the guest page at `gpa`. The caller must then invalidate the
     /// CPUs' cached translations (INVEPT) before the host page is reused.
-    pub(crate) fn unmap(&mut self, gpa: u64) {
+    pub(crate) fn unmap(&mut self, gpa: Gpa) {
         if let Some(e) = self.leaf(gpa, None) {
             e.store(0, Ordering::Release);
         }

@@ -9,6 +9,7 @@
 //! launcher's addresses (vm.rs). May sleep: used outside guest sections
 //! only.
 
+use crate::addr::{Gpa, Linear, PAGE_SIZE};
 use crate::hw::cr::*;
 use crate::vm::Vm;
 use crate::vmcs::{controls, fields::*, Loaded};
@@ -72,8 +73,8 @@ impl Paging {
 
     /// A linear address as the CPU forms it: outside IA-32e mode linear
     /// addresses are 32 bits wide and wrap at 4 GiB.
-    pub(crate) fn wrap(&self, linear: u64) -> u64 {
-        if self.long_mode { linear } else { linear & 0xffff_ffff }
+    pub(crate) fn wrap(&self, linear: Linear) -> Linear {
+        if self.long_mode { linear } else { Linear(linear.0 & 0xffff_ffff) }
     }
 }
 
@@ -82,31 +83,29 @@ impl Paging {
 pub(crate) enum LinearError {
     /// The CPU would have raised #PF for this address with this error
     /// code: the caller injects it.
-    PageFault { addr: u64, code: u32 },
+    PageFault { addr: Linear, code: u32 },
     /// Not guest RAM (page tables or the buffer in MMIO), or the tables kept
     /// changing: the caller reports that it cannot emulate.
     Unhandled,
 }
 
-const PAGE: u64 = 4096;
-
 /// The VM's memory as the page walk sees it.
 struct Phys<'a>(&'a Vm);
 
 impl GuestPhys for Phys<'_> {
-    fn read_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+    fn read_entry(&mut self, gpa: Gpa, wide: bool) -> Option<u64> {
         let mut b = [0u8; 8];
         self.0.read_guest(gpa, if wide { &mut b[..] } else { &mut b[..4] }).ok()?;
         Some(u64::from_le_bytes(b))
     }
 
-    fn cmpxchg_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Option<bool> {
+    fn cmpxchg_entry(&mut self, gpa: Gpa, wide: bool, old: u64, new: u64) -> Option<bool> {
         self.0.cmpxchg_guest(gpa, wide, old, new).ok()
     }
 }
 
 /// Translates a guest linear address for `acc`, as the CPU would.
-fn translate(vm: &Vm, p: &Paging, linear: u64, acc: Access) -> Result<u64, LinearError> {
+fn translate(vm: &Vm, p: &Paging, linear: Linear, acc: Access) -> Result<Gpa, LinearError> {
     let maxphyaddr = crate::vmxon::caps().map_or(36, |c| c.maxphyaddr);
     let wp = walk::Paging { maxphyaddr, ..p.walk };
     walk::translate(&mut Phys(vm), &wp, linear, acc).map_err(|e| match e {
@@ -117,7 +116,7 @@ fn translate(vm: &Vm, p: &Paging, linear: u64, acc: Access) -> Result<u64, Linea
 
 /// The guest-physical address of a data access at `linear` (a write if
 /// `write`), as the CPU translates it (accessed/dirty bits included).
-pub(crate) fn data_gpa(vm: &Vm, p: &Paging, linear: u64, write: bool) -> Result<u64, LinearError> {
+pub(crate) fn data_gpa(vm: &Vm, p: &Paging, linear: Linear, write: bool) -> Result<Gpa, LinearError> {
     translate(vm, p, linear, Access { write, fetch: false, user: p.user, ac: p.ac })
 }
 
@@ -126,15 +125,15 @@ pub(crate) fn data_gpa(vm: &Vm, p: &Paging, linear: u64, write: bool) -> Result<
 fn for_each_page(
     vm: &Vm,
     p: &Paging,
-    mut linear: u64,
+    mut linear: Linear,
     len: usize,
     acc: Access,
-    mut f: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), LinearError>,
+    mut f: impl FnMut(Gpa, core::ops::Range<usize>) -> Result<(), LinearError>,
 ) -> Result<(), LinearError> {
     let mut done = 0;
     while done < len {
         // CAST: the remainder of a page, at most 4096.
-        let n = ((PAGE - linear % PAGE) as usize).min(len - done);
+        let n = ((PAGE_SIZE - linear.page_offset()) as usize).min(len - done);
         let gpa = translate(vm, p, linear, acc)?;
         f(gpa, done..done + n)?;
         done += n;
@@ -148,7 +147,7 @@ fn for_each_page(
 
 /// Reads `buf.len()` bytes at guest linear address `linear`: an
 /// instruction fetch (`fetch`) or a data read by the guest's instruction.
-pub(crate) fn read_linear(vm: &Vm, p: &Paging, linear: u64, buf: &mut [u8], fetch: bool) -> Result<(), LinearError> {
+pub(crate) fn read_linear(vm: &Vm, p: &Paging, linear: Linear, buf: &mut [u8], fetch: bool) -> Result<(), LinearError> {
     let acc = Access { write: false, fetch, user: p.user, ac: p.ac };
     for_each_page(vm, p, linear, buf.len(), acc, |gpa, r| {
         vm.read_guest(gpa, &mut buf[r]).map_err(|_| LinearError::Unhandled)
@@ -156,7 +155,7 @@ pub(crate) fn read_linear(vm: &Vm, p: &Paging, linear: u64, buf: &mut [u8], fetc
 }
 
 /// Writes `buf` at guest linear address `linear`.
-pub(crate) fn write_linear(vm: &Vm, p: &Paging, linear: u64, buf: &[u8]) -> Result<(), LinearError> {
+pub(crate) fn write_linear(vm: &Vm, p: &Paging, linear: Linear, buf: &[u8]) -> Result<(), LinearError> {
     let acc = Access { write: true, fetch: false, user: p.user, ac: p.ac };
     for_each_page(vm, p, linear, buf.len(), acc, |gpa, r| {
         vm.write_guest(gpa, &buf[r]).map_err(|_| LinearError::Unhandled)
@@ -165,7 +164,7 @@ pub(crate) fn write_linear(vm: &Vm, p: &Paging, linear: u64, buf: &[u8]) -> Resu
 
 /// Checks that the guest could write `len` bytes at `linear` (the walk sets
 /// the accessed and dirty bits, as the CPU's write would), without writing.
-pub(crate) fn probe_write(vm: &Vm, p: &Paging, linear: u64, len: usize) -> Result<(), LinearError> {
+pub(crate) fn probe_write(vm: &Vm, p: &Paging, linear: Linear, len: usize) -> Result<(), LinearError> {
     let acc = Access { write: true, fetch: false, user: p.user, ac: p.ac };
     // Every page must also be writable guest RAM: rvmx does not turn the
     // stores of a string IN into MMIO exits (Unhandled: an emulation error).

@@ -5,6 +5,7 @@
 //! (EPT tables) or to userspace (the vCPU's run page). The kernel's `Page`
 //! type maps pages only temporarily, which fits neither use.
 
+use crate::addr::Hpa;
 use crate::kglue::{rvmx_glue_alloc_zeroed_page, rvmx_glue_free_page, rvmx_glue_virt_to_phys};
 use kernel::prelude::*;
 
@@ -54,9 +55,9 @@ impl KernelPage {
     }
 
     /// The page's physical address.
-    pub(crate) fn phys(&self) -> u64 {
+    pub(crate) fn phys(&self) -> Hpa {
         // SAFETY: `addr` is a direct-map address (type invariant).
-        unsafe { rvmx_glue_virt_to_phys(self.addr.as_ptr().cast()) }
+        Hpa(unsafe { rvmx_glue_virt_to_phys(self.addr.as_ptr().cast()) })
     }
 }
 

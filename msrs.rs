@@ -82,11 +82,11 @@ pub(crate) struct GuestMsrs {
 /// Why a write was refused: the guest gets #GP(0), KVM_SET_MSRS stops.
 pub(crate) struct Refused;
 
+/// The MSRs that hold a linear address (FS/GS base, SYSENTER, the syscall
+/// entry points) must hold a canonical one: 48-bit, since rvmx refuses
+/// CR4.LA57 (stricter than a 5-level paging CPU needs, never looser).
 fn canonical(v: u64) -> bool {
-    // 48-bit canonical: bits 63:47 all equal. (Stricter than a 5-level
-    // paging CPU needs, never looser.)
-    let top = v >> 47;
-    top == 0 || top == (1 << 17) - 1
+    crate::walk::canonical(crate::addr::Linear(v))
 }
 
 fn valid_pat(v: u64) -> bool {

@@ -8,6 +8,7 @@
 //! those steps in reverse order, by dropping the fields of `Rvmx`.
 //! Start reading at docs/tour.md.
 
+mod addr;
 mod caps;
 mod dev;
 mod ept;

@@ -19,6 +19,7 @@ use crate::kglue::{self,
     rvmx_glue_slot_notifier_read_begin, rvmx_glue_slot_notifier_read_retry,
     rvmx_glue_unpin_user_page,
 };
+use crate::addr::{Gpa, Hpa};
 use crate::ept::{Ept, TableCache};
 use crate::uapi;
 use kernel::sync::Arc;
@@ -141,7 +142,7 @@ struct Slot {
     /// gets a new one, so that a page pinned for the old slot without the
     /// memory lock held (`Vm::fault_in`) is never mapped into the new one.
     serial: u64,
-    gpa: u64,
+    gpa: Gpa,
     size: u64,
     uaddr: u64,
     readonly: bool,
@@ -157,8 +158,19 @@ struct Slot {
 }
 
 impl Slot {
-    fn contains(&self, gpa: u64) -> bool {
-        gpa >= self.gpa && gpa - self.gpa < self.size
+    fn contains(&self, gpa: Gpa) -> bool {
+        gpa >= self.gpa && gpa.0 - self.gpa.0 < self.size
+    }
+
+    /// The index within the slot of the page that holds `gpa` (which the
+    /// slot contains).
+    fn index_of(&self, gpa: Gpa) -> u64 {
+        (gpa.0 - self.gpa.0) / PAGE
+    }
+
+    /// The guest-physical address of the slot's page `index`.
+    fn page_gpa(&self, index: u64) -> Gpa {
+        Gpa(self.gpa.0 + index * PAGE)
     }
 
     fn pages(&self) -> u64 {
@@ -353,7 +365,7 @@ impl Vm {
             if s.size != r.memory_size || s.uaddr != r.userspace_addr || s.readonly != readonly {
                 return Err(EINVAL);
             }
-            if s.gpa == r.guest_phys_addr {
+            if s.gpa == Gpa(r.guest_phys_addr) {
                 // Same place: at most dirty logging is turned on or off.
                 let logging = mem.slots[pos].dirty.is_some();
                 match (logging, log_dirty) {
@@ -364,7 +376,7 @@ impl Vm {
                         let slot = &mut slots[pos];
                         slot.dirty = bitmap.take();
                         for (&index, _) in slot.pinned.iter() {
-                            ept.set_writable(slot.gpa + index * PAGE, false);
+                            ept.set_writable(slot.page_gpa(index), false);
                         }
                         invept_everywhere(self.eptp);
                     }
@@ -380,7 +392,7 @@ impl Vm {
             }
         }
         let end = r.guest_phys_addr + r.memory_size;
-        if mem.slots.iter().any(|s| s.id != r.slot && r.guest_phys_addr < s.gpa + s.size && s.gpa < end) {
+        if mem.slots.iter().any(|s| s.id != r.slot && r.guest_phys_addr < s.gpa.0 + s.size && s.gpa.0 < end) {
             return Err(EEXIST);
         }
         let serial = mem.next_serial;
@@ -388,7 +400,7 @@ impl Vm {
         let new = Slot {
             id: r.slot,
             serial,
-            gpa: r.guest_phys_addr,
+            gpa: Gpa(r.guest_phys_addr),
             size: r.memory_size,
             uaddr: r.userspace_addr,
             readonly,
@@ -413,7 +425,7 @@ impl Vm {
     /// the memory lock: no CPU may still reach a page once it is unpinned.
     fn unmap_slot(&self, ept: &mut Ept, slot: Slot) -> Slot {
         for (&index, _) in slot.pinned.iter() {
-            ept.unmap(slot.gpa + index * PAGE);
+            ept.unmap(slot.page_gpa(index));
         }
         invept_everywhere(self.eptp);
         slot
@@ -443,7 +455,7 @@ impl Vm {
         let in_range = |k: &u64| (first..=last).contains(k);
         let mut any = false;
         for (index, _) in slot.pinned.iter().filter(|(k, _)| in_range(k)) {
-            ept.unmap(slot.gpa + index * PAGE);
+            ept.unmap(slot.page_gpa(*index));
             any = true;
         }
         if !any {
@@ -461,7 +473,7 @@ impl Vm {
 
     /// Handles an EPT violation at `gpa` (outside the guest, may sleep): maps
     /// the page if a slot backs it, or says it is MMIO.
-    pub(crate) fn fault_in(&self, gpa: u64, write: bool, cache: &mut TableCache) -> Result<Fault> {
+    pub(crate) fn fault_in(&self, gpa: Gpa, write: bool, cache: &mut TableCache) -> Result<Fault> {
         // 1. Under the memory lock: which slot, and is the page there yet?
         let (serial, index, uaddr, writable, notifier) = {
             let mut mem = self.mem.lock();
@@ -472,7 +484,7 @@ impl Vm {
             if write && slot.readonly {
                 return Ok(Fault::Mmio);
             }
-            let index = (gpa - slot.gpa) / PAGE;
+            let index = slot.index_of(gpa);
             if slot.pinned.get(&index).is_some() {
                 // Mapped already: another vCPU got here first, or this is a
                 // write to a page that dirty logging write-protected. The
@@ -480,7 +492,7 @@ impl Vm {
                 // KVM_GET_DIRTY_LOG.
                 if write {
                     slot.mark_dirty(index);
-                    ept.set_writable(slot.gpa + index * PAGE, true);
+                    ept.set_writable(slot.page_gpa(index), true);
                 }
                 return Ok(Fault::Mapped);
             }
@@ -503,7 +515,7 @@ impl Vm {
         // INVARIANT: pinned just now for the VM's mm (we run in its process).
         let pinned = PinnedPage { page, mm: self.mm.0, writable };
         // SAFETY: `page` is a pinned page.
-        let hpa = unsafe { rvmx_glue_page_to_phys(page) };
+        let hpa = Hpa(unsafe { rvmx_glue_page_to_phys(page) });
         let node = RBTreeNode::new(index, pinned, GFP_KERNEL)?;
         cache.top_up()?;
 
@@ -520,7 +532,7 @@ impl Vm {
         if notifier.changed_since(seq) || slot.pinned.get(&index).is_some() {
             return Ok(Fault::Mapped);
         }
-        let page_gpa = slot.gpa + index * PAGE;
+        let page_gpa = slot.page_gpa(index);
         // With dirty logging, a page that was only read is mapped read-only,
         // so that its first write faults and is recorded.
         // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the next
@@ -536,17 +548,18 @@ impl Vm {
 
     /// Writes guest-physical memory (the data of a string IN). Fails with
     /// EFAULT where no slot backs `gpa` or the slot is read-only.
-    pub(crate) fn write_guest(&self, mut gpa: u64, buf: &[u8]) -> Result {
+    pub(crate) fn write_guest(&self, mut gpa: Gpa, buf: &[u8]) -> Result {
         let mut done = 0;
         while done < buf.len() {
-            let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
+            let n = ((PAGE - gpa.page_offset()) as usize).min(buf.len() - done);
             let uaddr = self.user_addr(gpa, true)?;
             // The destination is the VM process's memory (we run in it); a
             // bad address there is EFAULT, not a fault.
             // CAST: user addresses fit in usize on x86-64.
             UserSlice::new(uaddr as usize, n).writer().write_slice(&buf[done..done + n])?;
             done += n;
-            gpa += n as u64;
+            // No slot reaches 2^64 (user_addr found one), so no wrap.
+            gpa = gpa.wrapping_add(n as u64);
         }
         Ok(())
     }
@@ -558,17 +571,17 @@ impl Vm {
     /// an address in the launcher's own memory, which it may read or write
     /// anyway. Fails with EFAULT where no slot (or, for a write, no
     /// writable slot) backs `gpa`.
-    fn user_addr(&self, gpa: u64, write: bool) -> Result<u64> {
+    fn user_addr(&self, gpa: Gpa, write: bool) -> Result<u64> {
         let mut mem = self.mem.lock();
         let slot = mem.slots.iter_mut().find(|s| s.contains(gpa) && !(write && s.readonly)).ok_or(EFAULT)?;
         if write {
-            slot.mark_dirty((gpa - slot.gpa) / PAGE);
+            slot.mark_dirty(slot.index_of(gpa));
         }
-        Ok(slot.uaddr + (gpa - slot.gpa))
+        Ok(slot.uaddr + (gpa.0 - slot.gpa.0))
     }
 
     /// Whether guest RAM (writable RAM, for `write`) backs `gpa`.
-    pub(crate) fn is_ram(&self, gpa: u64, write: bool) -> bool {
+    pub(crate) fn is_ram(&self, gpa: Gpa, write: bool) -> bool {
         self.mem.lock().slots.iter().any(|s| s.contains(gpa) && !(write && s.readonly))
     }
 
@@ -576,9 +589,9 @@ impl Vm {
     /// accessed and dirty bits of walk.rs): `Ok(true)` when replaced,
     /// `Ok(false)` when the guest changed it meanwhile. An entry in a
     /// read-only slot (ROM) is left as it is, as the ROM would.
-    pub(crate) fn cmpxchg_guest(&self, gpa: u64, wide: bool, old: u64, new: u64) -> Result<bool> {
+    pub(crate) fn cmpxchg_guest(&self, gpa: Gpa, wide: bool, old: u64, new: u64) -> Result<bool> {
         let size = if wide { 8 } else { 4 };
-        if gpa % size != 0 {
+        if gpa.0 % size != 0 {
             return Err(EINVAL);
         }
         let uaddr = match self.user_addr(gpa, true) {
@@ -624,7 +637,6 @@ impl Vm {
             let mut mem = self.mem.lock();
             let Memory { ept, slots, .. } = &mut *mem;
             let slot = slots.iter_mut().find(|s| s.id == slot_id).ok_or(ENOENT)?;
-            let gpa = slot.gpa;
             if slot.dirty.is_none() {
                 return Err(ENOENT);
             }
@@ -637,7 +649,7 @@ impl Vm {
                 let mut m = word;
                 while m != 0 {
                     let index = w as u64 * 64 + u64::from(m.trailing_zeros());
-                    ept.set_writable(gpa + index * PAGE, false);
+                    ept.set_writable(slot.page_gpa(index), false);
                     m &= m - 1;
                     any = true;
                 }
@@ -660,7 +672,7 @@ impl Vm {
     /// EFAULT if no slot backs the table.
     pub(crate) fn read_pdptes(&self, cr3: u64) -> Result<Option<[u64; 4]>> {
         let mut raw = [0u8; 32];
-        self.read_guest(cr3 & 0xffff_ffe0, &mut raw)?;
+        self.read_guest(Gpa(cr3 & 0xffff_ffe0), &mut raw)?;
         let maxphy = crate::hw::cpuid(0x8000_0008, 0)[0] & 0xff;
         // Bits 2:1 and 8:5 are reserved, and every address bit the CPU
         // does not have.
@@ -677,16 +689,17 @@ impl Vm {
 
     /// Reads guest-physical memory (for decoding the instruction behind an
     /// MMIO exit). Fails with EFAULT where no slot backs `gpa`.
-    pub(crate) fn read_guest(&self, mut gpa: u64, buf: &mut [u8]) -> Result {
+    pub(crate) fn read_guest(&self, mut gpa: Gpa, buf: &mut [u8]) -> Result {
         let mut done = 0;
         while done < buf.len() {
-            let n = ((PAGE - gpa % PAGE) as usize).min(buf.len() - done);
+            let n = ((PAGE - gpa.page_offset()) as usize).min(buf.len() - done);
             let uaddr = self.user_addr(gpa, false)?;
             // The source is the VM process's memory (we run in it).
             // CAST: user addresses fit in usize on x86-64.
             UserSlice::new(uaddr as usize, n).reader().read_slice(&mut buf[done..done + n])?;
             done += n;
-            gpa += n as u64;
+            // No slot reaches 2^64 (user_addr found one), so no wrap.
+            gpa = gpa.wrapping_add(n as u64);
         }
         Ok(())
     }

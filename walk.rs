@@ -18,15 +18,17 @@
 //! again (a bounded number of times) when an entry changed underneath.
 //! SDM Vol. 3A, chapter 4.
 
+use crate::addr::{Gpa, Linear};
+
 /// Guest-physical memory, as the walk needs it.
 pub(crate) trait GuestPhys {
     /// Reads the 4-byte (`wide` = false) or 8-byte entry at `gpa`; `None`
     /// when no guest RAM is there (page tables in MMIO).
-    fn read_entry(&mut self, gpa: u64, wide: bool) -> Option<u64>;
+    fn read_entry(&mut self, gpa: Gpa, wide: bool) -> Option<u64>;
     /// Replaces the entry at `gpa` by `new` if it still holds `old`:
     /// `Some(true)` when replaced, `Some(false)` when it had changed,
     /// `None` when it cannot be written.
-    fn cmpxchg_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Option<bool>;
+    fn cmpxchg_entry(&mut self, gpa: Gpa, wide: bool, old: u64, new: u64) -> Option<bool>;
 }
 
 /// The paging mode: CR0.PG, CR4.PAE and EFER.LMA together.
@@ -105,9 +107,9 @@ const RETRIES: usize = 4;
 /// Whether a 64-bit linear address is canonical (bits 63:47 all equal, with
 /// 48-bit linear addresses: rvmx refuses CR4.LA57). A non-canonical access
 /// is #GP (or #SS), not #PF: the caller checks it first.
-pub(crate) fn canonical(linear: u64) -> bool {
+pub(crate) fn canonical(linear: Linear) -> bool {
     // CAST: sign-extension from bit 47.
-    (((linear << 16) as i64) >> 16) as u64 == linear
+    (((linear.0 << 16) as i64) >> 16) as u64 == linear.0
 }
 
 /// A data segment as the CPU's limit check sees it (outside 64-bit mode,
@@ -147,7 +149,7 @@ pub(crate) fn segment_room(seg: Segment, addr_mask: u64, offset: u64, size: u64,
 /// One entry used by the walk: where it is and what it held.
 #[derive(Clone, Copy)]
 struct Used {
-    gpa: u64,
+    gpa: Gpa,
     value: u64,
 }
 
@@ -167,12 +169,13 @@ impl Paging {
 
 /// Translates `linear` for `acc`. On success the accessed bits of the
 /// entries used, and the dirty bit of the last one for a write, are set.
-pub(crate) fn translate(mem: &mut impl GuestPhys, p: &Paging, linear: u64, acc: Access) -> Result<u64, WalkError> {
+pub(crate) fn translate(mem: &mut impl GuestPhys, p: &Paging, linear: Linear, acc: Access) -> Result<Gpa, WalkError> {
     for _ in 0..RETRIES {
-        let mut used = [Used { gpa: 0, value: 0 }; 4];
+        let mut used = [Used { gpa: Gpa(0), value: 0 }; 4];
         let (gpa, n) = match walk(mem, p, linear, acc, &mut used)? {
             Some(r) => r,
-            None => return Ok(linear),
+            // Paging off: the linear address is the physical one.
+            None => return Ok(Gpa(linear.0)),
         };
         if set_accessed_dirty(mem, p, &used[..n], acc.write)? {
             return Ok(gpa);
@@ -198,7 +201,8 @@ fn set_accessed_dirty(mem: &mut impl GuestPhys, p: &Paging, used: &[Used], write
 
 /// The walk itself: `Ok(None)` with paging off, else the guest-physical
 /// address and how many entries of `used` were filled (outermost first).
-fn walk(mem: &mut impl GuestPhys, p: &Paging, linear: u64, acc: Access, used: &mut [Used; 4]) -> Result<Option<(u64, usize)>, WalkError> {
+fn walk(mem: &mut impl GuestPhys, p: &Paging, linear: Linear, acc: Access, used: &mut [Used; 4]) -> Result<Option<(Gpa, usize)>, WalkError> {
+    let linear = linear.0;
     // Rights accumulated over the levels: writable and user only if every
     // level says so; execute-disabled if any level says so.
     let mut rw = true;
@@ -239,7 +243,7 @@ fn walk(mem: &mut impl GuestPhys, p: &Paging, linear: u64, acc: Access, used: &m
     let mut shift = top_shift;
     loop {
         let (index_mask, entry_size) = if wide { (0x1ff, 8) } else { (0x3ff, 4) };
-        let gpa = table + ((linear >> shift) & index_mask) * entry_size;
+        let gpa = Gpa(table + ((linear >> shift) & index_mask) * entry_size);
         let e = mem.read_entry(gpa, wide).ok_or(WalkError::Unhandled)?;
         // At most 4 levels (long mode); `get_mut` keeps a logic slip from
         // being an out-of-bounds index.
@@ -281,7 +285,7 @@ fn walk(mem: &mut impl GuestPhys, p: &Paging, linear: u64, acc: Access, used: &m
                 e & 0xffff_f000
             };
             check_rights(p, acc, rw, us, xd).map_err(|()| fault(pf::PRESENT))?;
-            return Ok(Some((base | (linear & page_mask), n)));
+            return Ok(Some((Gpa(base | (linear & page_mask)), n)));
         }
         table = if wide { e & ADDR } else { e & 0xffff_f000 };
         shift -= if wide { 9 } else { 10 };

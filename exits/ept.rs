@@ -13,6 +13,7 @@
 //! the guest's paging-structure entries while translating it (0).
 
 use super::{Action, ExitCtx};
+use crate::addr::Gpa;
 use crate::vmcs::fields::*;
 use crate::vmcs::qualification::EptQual;
 use kernel::prelude::*;
@@ -21,7 +22,7 @@ use kernel::prelude::*;
 /// touch of a page of RAM). The guest state needed to emulate an MMIO
 /// access is read only for those (exits/mmio.rs).
 pub(crate) struct EptFault {
-    pub(crate) gpa: u64,
+    pub(crate) gpa: Gpa,
     pub(crate) write: bool,
     pub(crate) fetch: bool,
     pub(crate) qualification: EptQual,
@@ -44,7 +45,7 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     }
     let v = &ctx.vmcs;
     Ok(Action::EptViolation(EptFault {
-        gpa: v.read(GUEST_PHYSICAL_ADDRESS),
+        gpa: Gpa(v.read(GUEST_PHYSICAL_ADDRESS)),
         write: q.write(),
         fetch: q.fetch(),
         qualification: q,

@@ -16,11 +16,13 @@
 //! A REP instruction with elements left is not skipped: the guest executes
 //! it again and it exits again.
 
-use super::{Action, ExitCtx, Pending};
+use super::{Action, EmulCtx, ExitCtx, Pending};
+use crate::addr::Linear;
 use crate::gmem::{self, Paging};
 use crate::walk;
 use crate::uapi::{self, RunPage};
-use crate::vcpu::{reg, Vcpu, VcpuState};
+use crate::vcpu::reg;
+use crate::vm::Vm;
 use crate::vmcs::fields::*;
 use crate::vmcs::qualification::IoQual;
 use kernel::prelude::*;
@@ -51,7 +53,7 @@ pub(crate) struct StringIo {
 /// fault after all.
 #[derive(Clone, Copy)]
 pub(crate) struct StringIn {
-    linear: u64,
+    linear: Linear,
     bytes: u16,
     paging: Paging,
     old_rdi: u64,
@@ -86,18 +88,17 @@ fn mask(addr_size: u8) -> u64 {
 /// #GP(0) (#SS(0) through SS), a failed page walk is #PF; then nothing of
 /// the instruction has happened. Memory rvmx cannot reach (the buffer in
 /// MMIO) is KVM_INTERNAL_ERROR_EMULATION.
-pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: RunPage, pio: *mut u8) -> Result<bool> {
+pub(crate) fn start_string(cx: &mut EmulCtx<'_>, s: &StringIo) -> Result<bool> {
     let m = mask(s.addr_size);
-    let regs = st.regs_mut();
-    let rcx = regs[reg::RCX] & m;
+    let rcx = cx.regs[reg::RCX] & m;
     if s.rep && rcx == 0 {
-        st.rip_advance = s.len;
+        *cx.rip_advance = s.len;
         return Ok(false);
     }
     let per_page = 4096 / u64::from(s.size);
     let mut count = if !s.rep || s.down { 1 } else { rcx.min(per_page) };
     let index = if s.is_in { reg::RDI } else { reg::RSI };
-    let (old_index, old_rcx) = (regs[index], regs[reg::RCX]);
+    let (old_index, old_rcx) = (cx.regs[index], cx.regs[reg::RCX]);
     let offset = old_index & m;
     // Outside 64-bit mode each element must lie within the segment's limit
     // and below the address-size wrap: the first one that does not faults
@@ -106,60 +107,60 @@ pub(crate) fn start_string(vcpu: &Vcpu, st: &mut VcpuState, s: &StringIo, run: R
         match walk::segment_room(seg, m, offset, u64::from(s.size), count) {
             Some(k) => count = k,
             None => {
-                st.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+                cx.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
                 return Ok(false);
             }
         }
     }
     // CAST: at most 4096 bytes.
     let bytes = (count * u64::from(s.size)) as u16;
-    let linear = s.paging.wrap(s.seg_base.wrapping_add(offset));
+    let linear = s.paging.wrap(Linear(s.seg_base.wrapping_add(offset)));
     let next = if s.down { offset.wrapping_sub(u64::from(bytes)) } else { offset.wrapping_add(u64::from(bytes)) };
     if s.paging.long_mode && !(walk::canonical(linear) && walk::canonical(linear.wrapping_add(u64::from(bytes) - 1))) {
-        st.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+        cx.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
         return Ok(false);
     }
     let moved = if s.is_in {
         // The data arrives at the next KVM_RUN; check now that it can be
         // stored, so that a fault is raised before the exit, as on the CPU.
-        gmem::probe_write(vcpu.vm(), &s.paging, linear, usize::from(bytes))
+        gmem::probe_write(cx.vm, &s.paging, linear, usize::from(bytes))
     } else {
-        copy_to_pio(vcpu, &s.paging, linear, bytes, pio)
+        copy_to_pio(cx.vm, &s.paging, linear, bytes, cx.pio)
     };
     if let Err(e) = moved {
-        if !st.inject_linear_fault(e)? {
-            super::report_internal_error(run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
+        if !cx.inject_linear_fault(e)? {
+            super::report_internal_error(cx.run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
             return Ok(true);
         }
         return Ok(false);
     }
     if s.is_in {
-        st.pending = Pending::StringIn(StringIn { linear, bytes, paging: s.paging, old_rdi: old_index, old_rcx });
+        *cx.pending = Pending::StringIn(StringIn { linear, bytes, paging: s.paging, old_rdi: old_index, old_rcx });
     }
-    let regs = st.regs_mut();
+    let regs = &mut *cx.regs;
     regs[index] = set_addr_reg(regs[index], next & m, s.addr_size);
     let left = if s.rep { rcx - count } else { 0 };
     if s.rep {
         regs[reg::RCX] = set_addr_reg(regs[reg::RCX], left, s.addr_size);
     }
     if left == 0 {
-        st.rip_advance = s.len;
+        *cx.rip_advance = s.len;
     }
     // CAST: at most 4096 elements.
-    fill_io(run, s.is_in, s.size, s.port, count as u32);
+    fill_io(cx.run, s.is_in, s.size, s.port, count as u32);
     Ok(true)
 }
 
 /// OUTS: copies `bytes` of guest memory at `linear` into the port-I/O page,
 /// through a small bounce buffer (the kernel stack has no room for a page,
 /// and the PIO page is shared with userspace: only raw copies touch it).
-fn copy_to_pio(vcpu: &Vcpu, p: &Paging, linear: u64, bytes: u16, pio: *mut u8) -> Result<(), gmem::LinearError> {
+fn copy_to_pio(vm: &Vm, p: &Paging, linear: Linear, bytes: u16, pio: *mut u8) -> Result<(), gmem::LinearError> {
     let mut buf = [0u8; BOUNCE];
     let mut done = 0usize;
     while done < usize::from(bytes) {
         let n = (usize::from(bytes) - done).min(BOUNCE);
         let at = p.wrap(linear.wrapping_add(done as u64));
-        gmem::read_linear(vcpu.vm(), p, at, &mut buf[..n], false)?;
+        gmem::read_linear(vm, p, at, &mut buf[..n], false)?;
         // SAFETY: the PIO page is ours and 4096 bytes long, and
         // `done + n <= bytes <= 4096`.
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), pio.add(done), n) };
@@ -175,24 +176,23 @@ fn copy_to_pio(vcpu: &Vcpu, p: &Paging, linear: u64, bytes: u16, pio: *mut u8) -
 /// if the buffer is no longer in guest RAM (another vCPU changed the page
 /// tables, the VMM the slots), it is undone too and the exit is an
 /// emulation error: returns true, with the run page filled in.
-pub(crate) fn complete_string_in(vcpu: &Vcpu, st: &mut VcpuState, p: &StringIn, pio: *const u8, run: RunPage) -> Result<bool> {
+pub(crate) fn complete_string_in(cx: &mut EmulCtx<'_>, p: &StringIn) -> Result<bool> {
     let mut buf = [0u8; BOUNCE];
     let mut done = 0usize;
     while done < usize::from(p.bytes) {
         let n = (usize::from(p.bytes) - done).min(BOUNCE);
         // SAFETY: the PIO page is ours and 4096 bytes long, and
         // `done + n <= bytes <= 4096`.
-        unsafe { core::ptr::copy_nonoverlapping(pio.add(done), buf.as_mut_ptr(), n) };
+        unsafe { core::ptr::copy_nonoverlapping(cx.pio.add(done), buf.as_mut_ptr(), n) };
         let at = p.paging.wrap(p.linear.wrapping_add(done as u64));
-        if let Err(e) = gmem::write_linear(vcpu.vm(), &p.paging, at, &buf[..n]) {
-            let regs = st.regs_mut();
-            regs[reg::RDI] = p.old_rdi;
-            regs[reg::RCX] = p.old_rcx;
-            st.rip_advance = 0;
-            if st.inject_linear_fault(e)? {
+        if let Err(e) = gmem::write_linear(cx.vm, &p.paging, at, &buf[..n]) {
+            cx.regs[reg::RDI] = p.old_rdi;
+            cx.regs[reg::RCX] = p.old_rcx;
+            *cx.rip_advance = 0;
+            if cx.inject_linear_fault(e)? {
                 return Ok(false);
             }
-            super::report_internal_error(run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
+            super::report_internal_error(cx.run, uapi::KVM_INTERNAL_ERROR_EMULATION, super::reason::IO_INSTRUCTION);
             return Ok(true);
         }
         done += n;

@@ -18,11 +18,14 @@
 //! the start comes from the decoded memory operand.
 
 use super::decode::{self, Access, CodeSize, Reg, MAX_INSN_LEN};
-use super::Pending;
+use super::{EmulCtx, Pending};
 use crate::exits::ept::EptFault;
+use crate::addr::{Gpa, Linear, PAGE_SIZE};
 use crate::gmem;
-use crate::uapi::{self, RunPage};
-use crate::vcpu::{reg, Vcpu, VcpuState};
+use crate::uapi;
+use crate::vcpu::reg;
+use crate::vm::Vm;
+use crate::vmcs::{fields::*, Vmcs};
 use kernel::prelude::*;
 
 /// Where the data of an MMIO read goes.
@@ -66,7 +69,7 @@ pub(crate) struct RamPart {
     device_len: u8,
     /// A second device fragment: its guest-physical address; it has the
     /// bytes after this exit's.
-    next: Option<u64>,
+    next: Option<Gpa>,
     /// The whole access's size in bytes.
     size: u8,
 }
@@ -78,7 +81,7 @@ impl RamPart {
 
     /// After the first of two device fragments completed with `data`: the
     /// exit for the second, and how it is put together.
-    pub(crate) fn second_fragment(&self, data: u64) -> Option<(u64, RamPart)> {
+    pub(crate) fn second_fragment(&self, data: u64) -> Option<(Gpa, RamPart)> {
         let gpa = self.next?;
         let value = self.combine(data);
         let at = self.device_at + self.device_len;
@@ -110,7 +113,7 @@ pub(crate) fn complete_read(regs: &mut [u64; 16], d: Dest, data: u64) {
 }
 
 /// The guest state needed to emulate the instruction behind an MMIO exit,
-/// read from the VMCS only for MMIO exits (vcpu/mod.rs `insn_context`).
+/// read from the VMCS only for MMIO exits (`InsnCtx::read`).
 pub(crate) struct InsnCtx {
     pub(crate) rip: u64,
     pub(crate) cs_base: u64,
@@ -122,18 +125,50 @@ pub(crate) struct InsnCtx {
     pub(crate) paging: gmem::Paging,
 }
 
+impl InsnCtx {
+    /// Reads it from the VMCS, after the guest section, so that the EPT
+    /// violations that only map RAM (nearly all of them) do not pay for it.
+    fn read(vmcs: &mut Vmcs) -> Result<InsnCtx> {
+        let v = vmcs.load()?;
+        let cs_ar = v.read(GUEST_CS_AR);
+        Ok(InsnCtx {
+            rip: v.read(GUEST_RIP).0,
+            cs_base: v.read(GUEST_CS_BASE).0,
+            cs_db: cs_ar & (1 << 14) != 0,
+            cs_l: cs_ar & (1 << 13) != 0,
+            rsp: v.read(GUEST_RSP).0,
+            paging: gmem::Paging::capture(&v),
+        })
+    }
+}
+
+/// The base of segment `seg` (decode.rs numbering: ES, CS, SS, DS, FS,
+/// GS), for an MMIO access that may cross a page.
+fn segment_base(vmcs: &mut Vmcs, seg: u8) -> Result<u64> {
+    let v = vmcs.load()?;
+    let field = match seg {
+        decode::ES => GUEST_ES.base,
+        decode::CS => GUEST_CS.base,
+        decode::SS => GUEST_SS.base,
+        decode::DS => GUEST_DS.base,
+        decode::FS => GUEST_FS.base,
+        _ => GUEST_GS.base,
+    };
+    Ok(v.read(field).0)
+}
+
 /// Reads up to 15 bytes at the guest's CS:RIP: as many as guest memory
 /// has (an instruction may end just before an unmapped page), at least the
 /// first one. Returns the buffer and how many bytes are valid.
-fn fetch(vcpu: &Vcpu, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::LinearError> {
+fn fetch(vm: &Vm, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::LinearError> {
     let mut b = [0u8; MAX_INSN_LEN];
-    let lin = f.paging.wrap(f.cs_base.wrapping_add(f.rip));
+    let lin = f.paging.wrap(Linear(f.cs_base.wrapping_add(f.rip)));
     // CAST: the remainder of a page, at most 4096.
-    let first = ((4096 - lin % 4096) as usize).min(MAX_INSN_LEN);
-    gmem::read_linear(vcpu.vm(), &f.paging, lin, &mut b[..first], true)?;
+    let first = ((PAGE_SIZE - lin.page_offset()) as usize).min(MAX_INSN_LEN);
+    gmem::read_linear(vm, &f.paging, lin, &mut b[..first], true)?;
     if first < MAX_INSN_LEN {
         let next = f.paging.wrap(lin.wrapping_add(first as u64));
-        if gmem::read_linear(vcpu.vm(), &f.paging, next, &mut b[first..], true).is_err() {
+        if gmem::read_linear(vm, &f.paging, next, &mut b[first..], true).is_err() {
             return Ok((b, first));
         }
     }
@@ -151,13 +186,14 @@ fn fetch(vcpu: &Vcpu, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::
 ///   RSP: KVM_INTERNAL_ERROR_EMULATION.
 ///   The instruction at RIP is not the access that faulted in the first
 ///   two cases, so decoding it would emulate the wrong thing.
-pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage) -> Result<bool> {
+pub(crate) fn start(cx: &mut EmulCtx<'_>, e: &EptFault) -> Result<bool> {
+    let run = cx.run;
     if e.vectoring_info.valid() {
-        let data = [u64::from(e.vectoring_info.0), u64::from(super::reason::EPT_VIOLATION), e.qualification.0, e.gpa];
+        let data = [u64::from(e.vectoring_info.0), u64::from(super::reason::EPT_VIOLATION), e.qualification.0, e.gpa.0];
         run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_DELIVERY_EV, &data);
         return Ok(true);
     }
-    let f = &st.insn_context()?;
+    let f = &InsnCtx::read(cx.vmcs)?;
     let mode = if f.paging.long_mode && f.cs_l {
         CodeSize::Bits64
     } else if f.cs_db {
@@ -168,11 +204,11 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
     let decoded = if e.fetch || e.in_page_walk {
         None
     } else {
-        match fetch(vcpu, f) {
+        match fetch(cx.vm, f) {
             Ok((b, n)) => decode::decode(&b[..n], mode),
             // Another vCPU changed the page tables since the CPU fetched
             // the instruction: the fetch faults now, as KVM's would.
-            Err(err) if st.inject_linear_fault(err)? => return Ok(false),
+            Err(err) if cx.inject_linear_fault(err)? => return Ok(false),
             Err(_) => None,
         }
     };
@@ -180,10 +216,10 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
     // emulated (KVM's emulator could, compilers never do it to a device).
     let decoded = decoded.filter(|d| !matches!(d.access, Access::Load { reg: Reg { num: 4, high_byte: false }, .. }));
     let Some(d) = decoded else {
-        run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, &[e.gpa, f.rip]);
+        run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, &[e.gpa.0, f.rip]);
         return Ok(true);
     };
-    let regs = st.regs_mut();
+    let regs = *cx.regs;
     let read_reg = |r: Reg| -> u64 {
         // Register 4 is RSP (or SPL), whose value is in the VMCS.
         let v = if r.num & 15 == reg::RSP as u8 { f.rsp } else { regs[usize::from(r.num & 15)] };
@@ -194,16 +230,15 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
         Access::StoreImm(v) => (Some(mask(v, d.size)), None),
         Access::Load { reg, dst_size } => (None, Some(Dest { reg, src_size: d.size, dst_size })),
     };
-    let regs = *st.regs_mut();
     let reg_value = |n: u8| if n & 15 == reg::RSP as u8 { f.rsp } else { regs[usize::from(n & 15)] };
-    let ram = match split(vcpu, st, f, &d, e.gpa, mode, write, reg_value) {
+    let ram = match split(cx, f, &d, e.gpa, mode, write, reg_value) {
         Ok(r) => r,
-        Err(err) if st.inject_linear_fault(err)? => return Ok(false),
+        Err(err) if cx.inject_linear_fault(err)? => return Ok(false),
         Err(_) => RamPart::whole(d.size),
     };
     let device_write = write.map(|v| ram.device_bytes(v));
-    run.exit_mmio(e.gpa, u32::from(ram.device_len), device_write);
-    st.pending = Pending::Mmio { len: d.len, dest, ram, write };
+    run.exit_mmio(e.gpa.0, u32::from(ram.device_len), device_write);
+    *cx.pending = Pending::Mmio { len: d.len, dest, ram, write };
     Ok(true)
 }
 
@@ -216,17 +251,16 @@ pub(crate) fn start(vcpu: &Vcpu, st: &mut VcpuState, e: &EptFault, run: RunPage)
 /// inject, or `Unhandled` (then the device gets the access whole).
 #[allow(clippy::too_many_arguments)]
 fn split(
-    vcpu: &Vcpu,
-    st: &mut VcpuState,
+    cx: &mut EmulCtx<'_>,
     f: &InsnCtx,
     d: &decode::Insn,
-    gpa: u64,
+    gpa: Gpa,
     mode: CodeSize,
     write: Option<u64>,
     reg_value: impl Fn(u8) -> u64,
 ) -> Result<RamPart, gmem::LinearError> {
     let size = u64::from(d.size);
-    let off = gpa % 4096;
+    let off = gpa.page_offset();
     // The device's side starts mid-page and the access fits: the common
     // case, decided without reading anything more.
     if off != 0 && off + size <= 4096 {
@@ -236,20 +270,20 @@ fn split(
     let seg_base = if mode == CodeSize::Bits64 && !matches!(d.mem.seg, decode::FS | decode::GS) {
         0
     } else {
-        st.segment_base(d.mem.seg).map_err(|_| gmem::LinearError::Unhandled)?
+        segment_base(cx.vmcs, d.mem.seg).map_err(|_| gmem::LinearError::Unhandled)?
     };
-    let linear = f.paging.wrap(seg_base.wrapping_add(d.mem.effective_address(reg_value, f.rip, d.len)));
-    let first = 4096 - linear % 4096;
-    if first >= size || (off != 0 && linear % 4096 != off) {
+    let linear = f.paging.wrap(Linear(seg_base.wrapping_add(d.mem.effective_address(reg_value, f.rip, d.len))));
+    let first = PAGE_SIZE - linear.page_offset();
+    if first >= size || (off != 0 && linear.page_offset() != off) {
         // Within one page after all, or not the access the exit reports.
         return Ok(RamPart::whole(d.size));
     }
     // CAST: fewer than `size` <= 8 bytes.
     let n1 = first as u8;
     let bytes = write.unwrap_or(0).to_le_bytes();
-    let vm = vcpu.vm();
+    let vm = cx.vm;
     let mut b = [0u8; 8];
-    if off == 0 && linear % 4096 != 0 {
+    if off == 0 && linear.page_offset() != 0 {
         // RAM, then the device at `gpa`: the RAM side is the first n1 bytes.
         let r = 0..usize::from(n1);
         if write.is_some() {

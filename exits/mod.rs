@@ -49,11 +49,13 @@ pub(crate) mod vmx_insn;
 pub(crate) mod wbinvd;
 pub(crate) mod xsetbv;
 
+use crate::gmem;
 use crate::kglue::rvmx_glue_raw_cpu_id;
 use crate::uapi::{self, RunPage};
-use crate::vcpu::{self, reg, Guest, Vcpu, VcpuState};
+use crate::vcpu::{self, reg, Guest};
+use crate::vm::Vm;
 use crate::vmcs::intr::{kind, IntrInfo};
-use crate::vmcs::{fields::*, Loaded};
+use crate::vmcs::{fields::*, Loaded, Vmcs};
 use kernel::prelude::*;
 
 /// What the run loop does after a handler.
@@ -167,6 +169,63 @@ impl ExitCtx<'_, '_> {
         Action::ToUser
     }
 }
+
+/// What the second half of an exit sees: the work a handler handed back
+/// as an `Action` (mapping memory aside), or left `Pending` for the next
+/// KVM_RUN, which the run loop does outside the guest section because it
+/// may sleep (reading guest memory). Like `ExitCtx`, it lends only the
+/// pieces of the vCPU this work touches; the VMCS is loaded on demand
+/// (the vCPU may have moved to another CPU since the exit).
+pub(crate) struct EmulCtx<'a> {
+    pub(crate) vmcs: &'a mut Vmcs,
+    /// Guest general-purpose registers (RSP is in the VMCS).
+    pub(crate) regs: &'a mut [u64; 16],
+    /// The guest's CR2 (VMX does not switch it): a queued #PF sets it.
+    pub(crate) cr2: &'a mut u64,
+    pub(crate) pending: &'a mut Pending,
+    /// Bytes to advance RIP by at the next entry.
+    pub(crate) rip_advance: &'a mut u64,
+    /// The VM: its guest memory (gmem.rs reads and writes through it).
+    pub(crate) vm: &'a Vm,
+    pub(crate) run: RunPage,
+    /// The port-I/O data page.
+    pub(crate) pio: *mut u8,
+}
+
+impl EmulCtx<'_> {
+    /// Queues a hardware exception for the next VM entry: an access rvmx
+    /// performed for the guest (string I/O, an instruction fetch for MMIO
+    /// decoding) failed the checks the CPU would have made. RIP stays at
+    /// the instruction, as for any fault; a #PF also sets the guest's CR2.
+    pub(crate) fn queue_exception(&mut self, vector: u8, code: Option<u32>, cr2: Option<u64>) -> Result {
+        let mut v = self.vmcs.load()?;
+        let (info, code) = exception_info(vector, code, v.read(GUEST_CR0).0);
+        if let Some(c) = code {
+            v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
+        }
+        v.write(ENTRY_INTR_INFO, info)?;
+        if let Some(a) = cr2 {
+            *self.cr2 = a;
+        }
+        Ok(())
+    }
+
+    /// Injects what a failed linear access of gmem.rs means for the guest:
+    /// #PF for a page fault; `false` (nothing injected) when rvmx cannot
+    /// emulate the access and must say so to userspace.
+    pub(crate) fn inject_linear_fault(&mut self, e: gmem::LinearError) -> Result<bool> {
+        match e {
+            gmem::LinearError::PageFault { addr, code } => {
+                self.queue_exception(PF_VECTOR, Some(code), Some(addr.0))?;
+                Ok(true)
+            }
+            gmem::LinearError::Unhandled => Ok(false),
+        }
+    }
+}
+
+/// The page-fault exception's vector.
+const PF_VECTOR: u8 = 14;
 
 /// Fills the run page for KVM_EXIT_INTERNAL_ERROR: the suberror, the raw
 /// exit reason and the CPU (`data[0]`, `data[1]`).
@@ -317,34 +376,34 @@ fn reinject_interrupted_event(ctx: &mut ExitCtx<'_, '_>) -> Result {
 /// Completes, at the next KVM_RUN, the instruction whose exit userspace
 /// handled (the "complete_userspace_io" of KVM). Returns true when that
 /// itself ends in an exit to userspace (the run page says which).
-pub(crate) fn complete_pending(vcpu: &Vcpu, st: &mut VcpuState, run: RunPage, pio: *mut u8) -> Result<bool> {
-    let pending = core::mem::replace(&mut st.pending, Pending::None);
-    let regs = st.regs_mut();
+pub(crate) fn complete_pending(cx: &mut EmulCtx<'_>) -> Result<bool> {
+    let pending = core::mem::replace(cx.pending, Pending::None);
+    let run = cx.run;
     match pending {
         Pending::None => {}
         Pending::PioIn { size } => {
             let mut data = [0u8; 8];
             // SAFETY: the PIO page holds at least `size` (<= 4) bytes.
-            unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), usize::from(size)) };
+            unsafe { core::ptr::copy_nonoverlapping(cx.pio, data.as_mut_ptr(), usize::from(size)) };
             let v = u64::from_le_bytes(data);
-            regs[reg::RAX] = mmio::merge(regs[reg::RAX], v, size, false);
+            cx.regs[reg::RAX] = mmio::merge(cx.regs[reg::RAX], v, size, false);
         }
         Pending::Hypercall => {
-            regs[reg::RAX] = run.hypercall_ret();
+            cx.regs[reg::RAX] = run.hypercall_ret();
         }
         Pending::Mmio { len, dest, ram, write } => {
             // The first of two device fragments: the second one's exit now.
             if let Some((gpa, second)) = ram.second_fragment(u64::from_le_bytes(run.mmio_data())) {
-                run.exit_mmio(gpa, u32::from(second.device_len()), write.map(|v| second.device_bytes(v)));
-                st.pending = Pending::Mmio { len, dest, ram: second, write };
+                run.exit_mmio(gpa.0, u32::from(second.device_len()), write.map(|v| second.device_bytes(v)));
+                *cx.pending = Pending::Mmio { len, dest, ram: second, write };
                 return Ok(true);
             }
             if let Some(d) = dest {
-                mmio::complete_read(regs, d, ram.combine(u64::from_le_bytes(run.mmio_data())));
+                mmio::complete_read(cx.regs, d, ram.combine(u64::from_le_bytes(run.mmio_data())));
             }
-            st.rip_advance = u64::from(len);
+            *cx.rip_advance = u64::from(len);
         }
-        Pending::StringIn(p) => return io::complete_string_in(vcpu, st, &p, pio, run),
+        Pending::StringIn(p) => return io::complete_string_in(cx, &p),
     }
     Ok(false)
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * kglue/kglue.h - the interface between kglue/*.c and the Rust crate.
+ * kglue/kglue.h - the interface between the C files of kglue/ and the Rust crate.
  *
  * rvmx_glue_*: implemented in kglue/ (files.c, cpu.c, run.c, memory.c,
  * trace.c), called from Rust through the declarations bindgen generates
@@ -16,7 +16,7 @@
 struct file;
 struct page;
 
-/* Rust → C (kglue/*.c). */
+/* Rust → C (the .c files of kglue/). */
 int rvmx_glue_misc_register(void);
 void rvmx_glue_misc_deregister(void);
 unsigned long rvmx_glue_cr4_read_shadow(void);

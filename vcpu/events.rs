@@ -6,9 +6,8 @@
 //! exits/interrupt.rs; the run loop calls `update_interrupt_window` right
 //! before each VM entry that has something to deliver.
 
-use super::{Guest, Vcpu, VcpuState, RFLAGS_IF};
+use super::{Guest, Vcpu, RFLAGS_IF};
 use crate::exits;
-use crate::gmem;
 use crate::uapi;
 use crate::vmcs::intr::{kind, IntrInfo};
 use crate::vmcs::{controls, fields::*, Loaded};
@@ -265,39 +264,3 @@ impl Vcpu {
         v.write(GUEST_INTERRUPTIBILITY, shadow)
     }
 }
-
-impl VcpuState {
-    /// Queues a hardware exception for the next VM entry from outside a
-    /// guest section: an access rvmx performed for the guest (string I/O,
-    /// an instruction fetch for MMIO decoding) failed the checks the CPU
-    /// would have made. RIP stays at the instruction, as for any fault; a
-    /// #PF also sets the guest's CR2.
-    pub(crate) fn queue_exception(&mut self, vector: u8, code: Option<u32>, cr2: Option<u64>) -> Result {
-        let mut v = self.vmcs.load()?;
-        let (info, code) = exits::exception_info(vector, code, v.read(GUEST_CR0).0);
-        if let Some(c) = code {
-            v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
-        }
-        v.write(ENTRY_INTR_INFO, info)?;
-        if let Some(a) = cr2 {
-            self.cr2 = a;
-        }
-        Ok(())
-    }
-
-    /// Injects what a failed linear access of gmem.rs means for the guest:
-    /// #PF for a page fault; `false` (nothing injected) when rvmx cannot
-    /// emulate the access and must say so to userspace.
-    pub(crate) fn inject_linear_fault(&mut self, e: gmem::LinearError) -> Result<bool> {
-        match e {
-            gmem::LinearError::PageFault { addr, code } => {
-                self.queue_exception(PF_VECTOR, Some(code), Some(addr))?;
-                Ok(true)
-            }
-            gmem::LinearError::Unhandled => Ok(false),
-        }
-    }
-}
-
-/// The page-fault exception's vector.
-const PF_VECTOR: u8 = 14;

@@ -349,38 +349,18 @@ impl Vcpu {
 }
 
 impl VcpuState {
-    /// The guest state exits/mmio.rs needs to emulate an MMIO instruction,
-    /// read here, after the guest section, so that the EPT violations that
-    /// only map RAM (nearly all of them) do not pay for it.
-    pub(crate) fn insn_context(&mut self) -> Result<exits::mmio::InsnCtx> {
-        let v = self.vmcs.load()?;
-        let cs_ar = v.read(GUEST_CS_AR);
-        Ok(exits::mmio::InsnCtx {
-            rip: v.read(GUEST_RIP).0,
-            cs_base: v.read(GUEST_CS_BASE).0,
-            cs_db: cs_ar & (1 << 14) != 0,
-            cs_l: cs_ar & (1 << 13) != 0,
-            rsp: v.read(GUEST_RSP).0,
-            paging: crate::gmem::Paging::capture(&v),
-        })
-    }
-
-    /// The base of segment `seg` (decode.rs numbering: ES, CS, SS, DS, FS,
-    /// GS), for an MMIO access that may cross a page.
-    pub(crate) fn segment_base(&mut self, seg: u8) -> Result<u64> {
-        let v = self.vmcs.load()?;
-        let field = match seg {
-            0 => GUEST_ES.base,
-            1 => GUEST_CS.base,
-            2 => GUEST_SS.base,
-            3 => GUEST_DS.base,
-            4 => GUEST_FS.base,
-            _ => GUEST_GS.base,
-        };
-        Ok(v.read(field).0)
-    }
-
-    pub(crate) fn regs_mut(&mut self) -> &mut [u64; 16] {
-        &mut self.regs
+    /// Lends exits/ what the second half of an exit works on (registers,
+    /// pending work, the VMCS, guest memory), outside the guest section.
+    pub(crate) fn emul<'a>(&'a mut self, vm: &'a Vm, run: RunPage, pio: *mut u8) -> exits::EmulCtx<'a> {
+        exits::EmulCtx {
+            vmcs: &mut self.vmcs,
+            regs: &mut self.regs,
+            cr2: &mut self.cr2,
+            pending: &mut self.pending,
+            rip_advance: &mut self.rip_advance,
+            vm,
+            run,
+            pio,
+        }
     }
 }

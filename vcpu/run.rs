@@ -108,7 +108,7 @@ impl Vcpu {
     fn run_locked(&self, st: &mut VcpuState, run: RunPage) -> Result {
         // Finish the instruction the last exit to userspace left open (the
         // data of an IN or an MMIO read, a hypercall's return value).
-        if exits::complete_pending(self, st, run, self.pio_page())? {
+        if exits::complete_pending(&mut st.emul(&self.vm, run, self.pio_page()))? {
             return Ok(());
         }
         // Userspace may write the run page at any time: its inputs are read
@@ -141,13 +141,13 @@ impl Vcpu {
                         continue;
                     }
                     Fault::Mmio => {
-                        if exits::mmio::start(self, st, &f, run)? {
+                        if exits::mmio::start(&mut st.emul(&self.vm, run, self.pio_page()), &f)? {
                             return Ok(());
                         }
                     }
                 },
                 Section::StringIo(s) => {
-                    if exits::io::start_string(self, st, &s, run, self.pio_page())? {
+                    if exits::io::start_string(&mut st.emul(&self.vm, run, self.pio_page()), &s)? {
                         return Ok(());
                     }
                 }

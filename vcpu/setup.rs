@@ -7,6 +7,7 @@
 //! CR0/CR4 with their read shadows, long mode, the PDPTEs of PAE paging.
 
 use super::RFLAGS_FIXED;
+use crate::addr::Hpa;
 use crate::hw::{self, cr::*, msr};
 use crate::uapi::kvm_segment;
 use crate::vmcs::intr::IntrInfo;
@@ -88,7 +89,7 @@ fn segment(selector: u16, base: u64, limit: u32, type_: u8, s: u8) -> kvm_segmen
 const MAX_GUEST_TICKS: u64 = 1 << 23;
 
 /// The execution controls, from what rvmx wants and what the CPU allows.
-pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: u64, vpid: Option<u16>) -> Result {
+pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: Hpa, vpid: Option<u16>) -> Result {
     use controls::*;
     let pin_ctl = adjust(
         &caps.pin,
@@ -148,7 +149,7 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     v.write(ENTRY_INTR_INFO, IntrInfo::NONE)?;
     v.write(VMCS_LINK_POINTER, u64::MAX)?;
     v.write(EPT_POINTER, eptp)?;
-    v.write(MSR_BITMAP, msr_bitmap)?;
+    v.write(MSR_BITMAP, msr_bitmap.0)?;
     v.write(TSC_OFFSET, 0)?;
     if let Some(id) = vpid {
         v.write(VPID, id)?;

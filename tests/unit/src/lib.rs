@@ -7,6 +7,9 @@
 #[path = "../../../exits/decode.rs"]
 pub mod decode;
 
+#[path = "../../../addr.rs"]
+pub mod addr;
+
 #[path = "../../../walk.rs"]
 pub mod walk;
 

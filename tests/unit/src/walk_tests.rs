@@ -2,7 +2,8 @@
 //! protection check, accessed/dirty bits, entries that change under the
 //! walk, and a seeded fuzz run over random page tables.
 
-use crate::walk::{canonical, pf, segment_room, translate, Access, GuestPhys, Mode, Paging, Segment, WalkError};
+use crate::addr::{Gpa, Linear};
+use crate::walk::{self, pf, segment_room, Access, GuestPhys, Mode, Paging, Segment, WalkError};
 use crate::Rng;
 use std::println;
 use std::vec;
@@ -33,8 +34,18 @@ impl Mem {
     }
 }
 
+/// walk::translate with plain numbers, for readable tables of cases.
+fn translate(m: &mut Mem, p: &Paging, linear: u64, acc: Access) -> Result<u64, WalkError> {
+    walk::translate(m, p, Linear(linear), acc).map(|g| g.0)
+}
+
+fn canonical(linear: u64) -> bool {
+    walk::canonical(Linear(linear))
+}
+
 impl GuestPhys for Mem {
-    fn read_entry(&mut self, gpa: u64, wide: bool) -> Option<u64> {
+    fn read_entry(&mut self, gpa: Gpa, wide: bool) -> Option<u64> {
+        let gpa = gpa.0;
         let n = if wide { 8 } else { 4 };
         let a = usize::try_from(gpa).ok()?;
         let b = self.bytes.get(a..a.checked_add(n)?)?;
@@ -42,7 +53,7 @@ impl GuestPhys for Mem {
         w[..n].copy_from_slice(b);
         Some(u64::from_le_bytes(w))
     }
-    fn cmpxchg_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Option<bool> {
+    fn cmpxchg_entry(&mut self, gpa: Gpa, wide: bool, old: u64, new: u64) -> Option<bool> {
         if self.read_entry(gpa, wide)? != old {
             return Some(false);
         }
@@ -51,7 +62,7 @@ impl GuestPhys for Mem {
             return Some(false);
         }
         let n = if wide { 8 } else { 4 };
-        let a = gpa as usize;
+        let a = gpa.0 as usize;
         self.bytes[a..a + n].copy_from_slice(&new.to_le_bytes()[..n]);
         Some(true)
     }
