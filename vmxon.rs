@@ -14,6 +14,7 @@
 //! - `rvmx_emergency_vmxoff` runs in NMI context on each CPU when the
 //!   kernel crashes or restarts in an emergency.
 
+use crate::addr::Hpa;
 use crate::kglue::{
     rvmx_glue_cpuhp_remove, rvmx_glue_cpuhp_setup, rvmx_glue_nr_cpu_ids, rvmx_glue_on_each_cpu,
     rvmx_glue_page_to_phys, rvmx_glue_raw_cpu_id,
@@ -28,7 +29,7 @@ struct CpuVmx {
     /// The VMXON region: a zeroed page starting with the VMCS revision id.
     /// While `in_vmx` is true the CPU owns it; rvmx only keeps it alive.
     _region: Page,
-    region_pa: u64,
+    region_pa: Hpa,
     /// Whether this CPU is in VMX root operation because of rvmx. Written
     /// only on this CPU; read from NMI context on this CPU.
     in_vmx: AtomicBool,
@@ -70,7 +71,7 @@ impl VmxRoot {
             // SAFETY: `region` owns a valid page; the 4 bytes are in bounds.
             unsafe { region.write_raw(caps.revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
             // SAFETY: `as_ptr()` is a valid struct page owned by `region`.
-            let region_pa = unsafe { rvmx_glue_page_to_phys(region.as_ptr().cast()) };
+            let region_pa = Hpa(unsafe { rvmx_glue_page_to_phys(region.as_ptr().cast()) });
             cpus.push(CpuVmx { _region: region, region_pa, in_vmx: AtomicBool::new(false) }, flags::GFP_KERNEL)?;
         }
         let mut state = KBox::new(PerCpuVmx { caps, cpus }, flags::GFP_KERNEL)?;

@@ -10,6 +10,7 @@
 //! VMX operation, #GP for a bad operand): the exception-table entry turns the
 //! fault into `VmxError::Fault` instead of an oops, as KVM's vmx_ops.h does.
 
+use crate::addr::Hpa;
 use core::arch::asm;
 
 /// How a VMX instruction failed.
@@ -88,10 +89,10 @@ macro_rules! vmx_insn {
 /// the VMCS revision identifier in its first 4 bytes and is owned for as long
 /// as this CPU stays in VMX operation; CR4.VMXE must be set and the caller
 /// must not be preempted between this call and recording the result.
-pub(crate) unsafe fn vmxon(region: u64) -> Result<(), VmxError> {
+pub(crate) unsafe fn vmxon(region: Hpa) -> Result<(), VmxError> {
     // SAFETY: the caller provides a valid VMXON region; a fault (e.g. #GP from
     // IA32_FEATURE_CONTROL or fixed CR bits) is caught by the extable entry.
-    unsafe { vmx_insn!("vmxon qword ptr [{r}]", r = in(reg) &region) }
+    unsafe { vmx_insn!("vmxon qword ptr [{r}]", r = in(reg) &region.0) }
 }
 
 /// VMXOFF: leaves VMX operation on this CPU. Safe to call when not in VMX
@@ -111,9 +112,9 @@ pub(crate) fn vmxoff() -> Result<(), VmxError> {
 ///
 /// `vmcs` must be the physical address of a VMCS region owned by the caller
 /// that is not active on any other CPU.
-pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmxError> {
+pub(crate) unsafe fn vmclear(vmcs: Hpa) -> Result<(), VmxError> {
     // SAFETY: the caller owns the region; a fault is caught.
-    unsafe { vmx_insn!("vmclear qword ptr [{r}]", r = in(reg) &vmcs) }
+    unsafe { vmx_insn!("vmclear qword ptr [{r}]", r = in(reg) &vmcs.0) }
 }
 
 /// VMPTRLD: makes the VMCS at physical address `vmcs` current (and active)
@@ -123,9 +124,9 @@ pub(crate) unsafe fn vmclear(vmcs: u64) -> Result<(), VmxError> {
 ///
 /// As `vmclear`: a VMCS region owned by the caller, initialized with the
 /// revision id, not active on another CPU.
-pub(crate) unsafe fn vmptrld(vmcs: u64) -> Result<(), VmxError> {
+pub(crate) unsafe fn vmptrld(vmcs: Hpa) -> Result<(), VmxError> {
     // SAFETY: the caller owns the region; a fault is caught.
-    unsafe { vmx_insn!("vmptrld qword ptr [{r}]", r = in(reg) &vmcs) }
+    unsafe { vmx_insn!("vmptrld qword ptr [{r}]", r = in(reg) &vmcs.0) }
 }
 
 /// VMREAD of the field with encoding `field` from the current VMCS.

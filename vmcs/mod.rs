@@ -23,6 +23,7 @@ pub(crate) mod fields;
 pub(crate) mod intr;
 pub(crate) mod qualification;
 
+use crate::addr::Hpa;
 use crate::kglue::{rvmx_glue_page_to_phys, rvmx_glue_preempt_disable, rvmx_glue_preempt_enable};
 use crate::hw::vmx::{self, VmxError};
 use fields::{Field, Width};
@@ -37,7 +38,7 @@ use kernel::{alloc::flags, page::Page, prelude::*};
 /// Dropping it frees the page: no CPU holds a clear VMCS.
 pub(crate) struct Vmcs {
     _page: Page,
-    pa: u64,
+    pa: Hpa,
 }
 
 impl Vmcs {
@@ -47,7 +48,7 @@ impl Vmcs {
         // SAFETY: `page` is a valid page we own; 4 bytes at offset 0.
         unsafe { page.write_raw(revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
         // SAFETY: `as_ptr()` is the page we own.
-        let pa = unsafe { rvmx_glue_page_to_phys(page.as_ptr().cast()) };
+        let pa = Hpa(unsafe { rvmx_glue_page_to_phys(page.as_ptr().cast()) });
         // SAFETY: the region is ours, initialized, and not active anywhere.
         unsafe { vmx::vmclear(pa) }.map_err(|_| EIO)?;
         // INVARIANT: `pa` belongs to `page`, which holds the revision id.
