@@ -1,6 +1,7 @@
 # Makefile: the project's commands. `make check` runs every test, `make demo`
 # the main job; both install and build what they need (tools/setup).
-# `make check-kasan` runs every test again on a KASAN kernel.
+# `make check-kasan` runs every test again on a KASAN kernel; `make bench`
+# compares rvmx with KVM.
 # Build against your own kernel: make KDIR=/lib/modules/$(uname -r)/build
 KDIR ?=
 RVMX_CACHE ?= /var/cache/rvmx
@@ -14,7 +15,7 @@ BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 CLIPPY ?=
 CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
-.PHONY: all module setup check check-kasan demo clean
+.PHONY: all module setup check check-kasan bench demo clean
 
 all: module
 
@@ -37,6 +38,12 @@ check:
 # built and cached apart, once). Not part of `make check`: see README.
 check-kasan:
 	RVMX_FLAVOR=kasan tools/check
+
+# rvmx against KVM, same guests, same boot, on a production kernel and on
+# the test kernel (tools/bench; tables, build/bench/bench.json, docs/bench.svg).
+# A benchmark, not part of `make check`.
+bench:
+	tools/bench
 
 demo:
 	tools/demo
