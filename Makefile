@@ -15,7 +15,7 @@ BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 CLIPPY ?=
 CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
-.PHONY: all module setup check check-kasan bench demo clean
+.PHONY: all module setup check check-kasan bench demo clean clean-module
 
 all: module
 
@@ -48,6 +48,9 @@ bench:
 demo:
 	tools/demo
 
-clean:
+# The module's build products only (tools/bench switches kernels with it).
+clean-module:
 	rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd modules.order Module.symvers *.rmeta .*.d kglue/*.o kglue/.*.cmd kglue/kglue_generated.rs
+
+clean: clean-module
 	rm -rf build
