@@ -106,6 +106,9 @@ fn install_fd<T: Send + Sync + 'static>(
     Ok(fd)
 }
 
+/// KVM's KVM_MAX_IRQ_ROUTES (include/linux/kvm_host.h), not in the uapi.
+const KVM_MAX_IRQ_ROUTES: i32 = 4096;
+
 /// KVM_CHECK_EXTENSION: 0 for anything rvmx does not implement.
 fn check_extension(cap: usize) -> i32 {
     // CAST: capability numbers are small.
@@ -113,7 +116,15 @@ fn check_extension(cap: usize) -> i32 {
         KVM_CAP_USER_MEMORY | KVM_CAP_READONLY_MEM | KVM_CAP_IMMEDIATE_EXIT | KVM_CAP_HLT
         | KVM_CAP_EXT_CPUID | KVM_CAP_SET_TSS_ADDR | KVM_CAP_SET_IDENTITY_MAP_ADDR
         | KVM_CAP_XSAVE | KVM_CAP_XCRS | KVM_CAP_VCPU_EVENTS | KVM_CAP_INTR_SHADOW
-        | KVM_CAP_BINARY_STATS_FD => 1,
+        | KVM_CAP_BINARY_STATS_FD | KVM_CAP_MP_STATE
+        // Deleting a slot (size 0) and slots side by side both work.
+        | KVM_CAP_DESTROY_MEMORY_REGION_WORKS | KVM_CAP_JOIN_MEMORY_REGIONS_WORKS
+        // Changes to the VMM's mapping of guest memory reach the guest (the
+        // MMU notifier, vm.rs).
+        | KVM_CAP_SYNC_MMU => 1,
+        // As KVM, which reports its routing table's size even without an
+        // in-kernel irqchip (KVM_SET_GSI_ROUTING then fails, as here).
+        KVM_CAP_IRQ_ROUTING => KVM_MAX_IRQ_ROUTES,
         KVM_CAP_NR_MEMSLOTS => vm::MAX_SLOTS as i32,
         // As KVM: the recommended number is one vCPU per online CPU, the
         // hard limit (and the ids' bound) is MAX_VCPUS.
@@ -220,6 +231,12 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
         // that make them run unchanged.
         uapi::KVM_SET_TSS_ADDR if arg > 0xffff_d000 => Err(EINVAL),
         uapi::KVM_SET_TSS_ADDR => Ok(0),
+        // Without an in-kernel irqchip there is nothing to route: KVM reads
+        // the header (EFAULT if it cannot) and refuses with EINVAL.
+        uapi::KVM_SET_GSI_ROUTING => {
+            let _: kvm_irq_routing = read_arg(arg)?;
+            Err(EINVAL)
+        }
         uapi::KVM_SET_IDENTITY_MAP_ADDR => {
             if vm.has_vcpus() {
                 return Err(EINVAL);
@@ -292,6 +309,14 @@ fn vcpu_ioctl(vcpu: ArcBorrow<'_, Vcpu>, cmd: u32, arg: usize) -> Result<i32> {
             vcpu.set_signal_mask(Some(mask)).map(|()| 0)
         }
         uapi::KVM_NMI => vcpu.nmi().map(|()| 0),
+        // Without an in-kernel local APIC a vCPU is always runnable (HLT
+        // exits to userspace), and RUNNABLE is the only state a VMM may
+        // set, as in KVM (kvm_arch_vcpu_ioctl_get/set_mpstate).
+        uapi::KVM_GET_MP_STATE => write_arg(arg, &kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).map(|()| 0),
+        uapi::KVM_SET_MP_STATE => match read_arg::<kvm_mp_state>(arg)?.mp_state {
+            KVM_MP_STATE_RUNNABLE => Ok(0),
+            _ => Err(EINVAL),
+        },
         uapi::KVM_GET_STATS_FD => install_fd(Arc::from(vcpu), rvmx_glue_vcpu_stats_fd),
         uapi::KVM_GET_VCPU_EVENTS => write_arg(arg, &vcpu.get_events()?).map(|()| 0),
         uapi::KVM_SET_VCPU_EVENTS => vcpu.set_events(&read_arg(arg)?).map(|()| 0),

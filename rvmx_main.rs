@@ -71,6 +71,8 @@ impl kernel::Module for Rvmx {
             caps::L1dFlush::Software => Some(hw::L1dFlushBuffer::new()?),
             _ => None,
         };
+        // Before any CPU comes online for rvmx (it reads the host's values).
+        msrs::setup_deferred()?;
         let root = vmxon::VmxRoot::enable(caps)?;
         pr_info!("{} CPUs in VMX root operation\n", root.cpus_in_vmx());
         let dev = dev::RvmxDevice::register()?;

@@ -157,6 +157,7 @@ extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
     if REBOOTING.load(Ordering::Acquire) {
         return 0;
     }
+    crate::msrs::cpu_online();
     // Another hypervisor already owns VMX on this CPU: its VMXON region is in
     // use, and a second VMXON would fail (or, worse, succeed in its context).
     if hw::cr4_shadow() & CR4_VMXE != 0 {
@@ -205,6 +206,7 @@ fn leave_vmx(me: &CpuVmx) {
 extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
     if let Some((_, me)) = this_cpu() {
         leave_vmx(me);
+        crate::msrs::cpu_offline();
     }
     0
 }
@@ -220,6 +222,7 @@ extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
             pr_info!("CPU{}: leaving VMX operation for suspend\n", unsafe { rvmx_glue_raw_cpu_id() });
         }
         leave_vmx(me);
+        crate::msrs::cpu_offline();
     }
     0
 }

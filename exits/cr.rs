@@ -21,7 +21,7 @@ use crate::vmcs::qualification::{CrAccess, CrQual};
 use crate::vmxon;
 use kernel::prelude::*;
 
-const GP: u8 = 13;
+use crate::vmcs::intr::vector::GP;
 
 pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let q = CrQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);

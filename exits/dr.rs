@@ -21,8 +21,7 @@ use crate::vmcs::qualification::DrQual;
 use crate::vmcs::{controls::entry::IA32E_MODE_GUEST, fields::*};
 use kernel::prelude::*;
 
-const UD: u8 = 6;
-const GP: u8 = 13;
+use crate::vmcs::intr::vector::{GP, UD};
 const CR4_DE: u64 = 1 << 3;
 /// DR6 bits software can change (B0-B3, BD, BS, BT, RTM); the rest of the
 /// low 32 bits read as 1 (0xffff0ff0), as KVM's DR6_VOLATILE / DR6_FIXED_1.

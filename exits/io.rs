@@ -24,6 +24,7 @@ use crate::uapi::{self, RunPage};
 use crate::vcpu::reg;
 use crate::vm::Vm;
 use crate::vmcs::fields::*;
+use crate::vmcs::intr::vector;
 use crate::vmcs::qualification::IoQual;
 use kernel::prelude::*;
 
@@ -107,7 +108,7 @@ pub(crate) fn start_string(cx: &mut EmulCtx<'_>, s: &StringIo) -> Result<bool> {
         match walk::segment_room(seg, m, offset, u64::from(s.size), count) {
             Some(k) => count = k,
             None => {
-                cx.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+                cx.queue_exception(if s.stack_seg { vector::SS } else { vector::GP }, Some(0), None)?;
                 return Ok(false);
             }
         }
@@ -117,7 +118,7 @@ pub(crate) fn start_string(cx: &mut EmulCtx<'_>, s: &StringIo) -> Result<bool> {
     let linear = s.paging.wrap(Linear(s.seg_base.wrapping_add(offset)));
     let next = if s.down { offset.wrapping_sub(u64::from(bytes)) } else { offset.wrapping_add(u64::from(bytes)) };
     if s.paging.long_mode && !(walk::canonical(linear) && walk::canonical(linear.wrapping_add(u64::from(bytes) - 1))) {
-        cx.queue_exception(if s.stack_seg { SS_VECTOR } else { GP_VECTOR }, Some(0), None)?;
+        cx.queue_exception(if s.stack_seg { vector::SS } else { vector::GP }, Some(0), None)?;
         return Ok(false);
     }
     let moved = if s.is_in {
@@ -200,9 +201,6 @@ pub(crate) fn complete_string_in(cx: &mut EmulCtx<'_>, p: &StringIn) -> Result<b
     Ok(false)
 }
 
-/// Exception vectors raised by the checks above.
-const GP_VECTOR: u8 = 13;
-const SS_VECTOR: u8 = 12;
 
 pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let q = IoQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);

@@ -44,6 +44,8 @@ pub(crate) mod interrupt;
 pub(crate) mod io;
 pub(crate) mod mmio;
 pub(crate) mod msr;
+pub(crate) mod mwait;
+pub(crate) mod rdpmc;
 pub(crate) mod vmcall;
 pub(crate) mod vmx_insn;
 pub(crate) mod wbinvd;
@@ -216,7 +218,7 @@ impl EmulCtx<'_> {
     pub(crate) fn inject_linear_fault(&mut self, e: gmem::LinearError) -> Result<bool> {
         match e {
             gmem::LinearError::PageFault { addr, code } => {
-                self.queue_exception(PF_VECTOR, Some(code), Some(addr.0))?;
+                self.queue_exception(crate::vmcs::intr::vector::PF, Some(code), Some(addr.0))?;
                 Ok(true)
             }
             gmem::LinearError::Unhandled => Ok(false),
@@ -224,8 +226,6 @@ impl EmulCtx<'_> {
     }
 }
 
-/// The page-fault exception's vector.
-const PF_VECTOR: u8 = 14;
 
 /// Fills the run page for KVM_EXIT_INTERNAL_ERROR: the suberror, the raw
 /// exit reason and the CPU (`data[0]`, `data[1]`).
@@ -266,6 +266,8 @@ pub(crate) mod reason {
     pub(crate) const NMI_WINDOW: u32 = 8;
     pub(crate) const CPUID: u32 = 10;
     pub(crate) const HLT: u32 = 12;
+    pub(crate) const INVD: u32 = 13;
+    pub(crate) const RDPMC: u32 = 15;
     pub(crate) const VMCALL: u32 = 18;
     pub(crate) const VMCLEAR: u32 = 19;
     pub(crate) const VMLAUNCH: u32 = 20;
@@ -281,6 +283,8 @@ pub(crate) mod reason {
     pub(crate) const IO_INSTRUCTION: u32 = 30;
     pub(crate) const RDMSR: u32 = 31;
     pub(crate) const WRMSR: u32 = 32;
+    pub(crate) const MWAIT: u32 = 36;
+    pub(crate) const MONITOR: u32 = 39;
     pub(crate) const EPT_VIOLATION: u32 = 48;
     pub(crate) const EPT_MISCONFIG: u32 = 49;
     pub(crate) const INVEPT: u32 = 50;
@@ -307,6 +311,8 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::NMI_WINDOW as usize] = Some(interrupt::nmi_window);
     t[reason::CPUID as usize] = Some(cpuid::cpuid);
     t[reason::HLT as usize] = Some(hlt::hlt);
+    t[reason::INVD as usize] = Some(wbinvd::invd);
+    t[reason::RDPMC as usize] = Some(rdpmc::rdpmc);
     t[reason::VMCALL as usize] = Some(vmcall::vmcall);
     t[reason::VMCLEAR as usize] = Some(vmx_insn::vmx_instruction);
     t[reason::VMLAUNCH as usize] = Some(vmx_insn::vmx_instruction);
@@ -325,6 +331,8 @@ static HANDLERS: [Option<Handler>; reason::COUNT] = {
     t[reason::IO_INSTRUCTION as usize] = Some(io::io_instruction);
     t[reason::RDMSR as usize] = Some(msr::rdmsr);
     t[reason::WRMSR as usize] = Some(msr::wrmsr);
+    t[reason::MWAIT as usize] = Some(mwait::monitor_or_mwait);
+    t[reason::MONITOR as usize] = Some(mwait::monitor_or_mwait);
     t[reason::WBINVD as usize] = Some(wbinvd::wbinvd);
     t[reason::XSETBV as usize] = Some(xsetbv::xsetbv);
     t[reason::EPT_VIOLATION as usize] = Some(ept::ept_violation);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! RDMSR (reason 31) and WRMSR (reason 32): the guest touched an MSR that
-//! the MSR bitmap (msrs.rs) does not pass through. ECX names the MSR,
-//! EDX:EAX holds the value. msrs.rs knows each MSR; one the guest does not
+//! the MSR bitmap (msrs/) does not pass through. ECX names the MSR,
+//! EDX:EAX holds the value. msrs/mod.rs knows each MSR; one the guest does not
 //! have gets #GP(0), as the CPU would raise, and the host's MSR is never
 //! touched.
 
@@ -10,7 +10,7 @@ use super::{Action, ExitCtx};
 use crate::vcpu::reg;
 use kernel::prelude::*;
 
-const GP: u8 = 13;
+use crate::vmcs::intr::vector::GP;
 
 pub(crate) fn rdmsr(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // CAST: RDMSR takes the index in ECX.

@@ -8,7 +8,7 @@
 use super::{Action, ExitCtx};
 use kernel::prelude::*;
 
-const UD: u8 = 6;
+use crate::vmcs::intr::vector::UD;
 
 pub(crate) fn vmx_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     ctx.inject_exception(UD, None)

@@ -13,7 +13,7 @@ use crate::hw;
 use crate::vcpu::reg;
 use kernel::prelude::*;
 
-const GP: u8 = 13;
+use crate::vmcs::intr::vector::GP;
 const X87: u64 = 1 << 0;
 const SSE: u64 = 1 << 1;
 const AVX: u64 = 1 << 2;

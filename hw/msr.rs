@@ -70,9 +70,11 @@ pub(crate) unsafe fn rdmsr(msr: Msr) -> u64 {
 /// # Safety
 ///
 /// The MSR must exist, the value must pass the CPU's checks (else WRMSR
-/// faults), and the kernel must be able to live with it: rvmx writes only
-/// the MSRs msrs.rs swaps, the guest's value while the guest runs and the
-/// host's back before anything uses them.
+/// faults), and the kernel must be able to live with it: rvmx writes
+/// KERNEL_GS_BASE (msrs/mod.rs: the guest's value while the guest runs, the
+/// host's back before anything uses it), IA32_DEBUGCTL (the host's value
+/// back after an exit) and IA32_FLUSH_CMD. The MSRs deferred to the return
+/// to user mode are written by kglue/run.c, next to its notifier.
 pub(crate) unsafe fn wrmsr(msr: Msr, value: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe {

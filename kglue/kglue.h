@@ -75,6 +75,12 @@ int rvmx_glue_l1d_flush_alloc(void);
 void rvmx_glue_l1d_flush_free(void);
 void rvmx_glue_l1d_flush_sw(void);
 void rvmx_glue_ibpb_on_vcpu_switch(u64 uid);
+/* MSRs restored on the return to user mode (kglue/run.c). */
+int rvmx_glue_uret_setup(const u32 *msrs, unsigned int count);
+void rvmx_glue_uret_cpu_online(void);
+void rvmx_glue_uret_drop(void);
+int rvmx_glue_uret_set(unsigned int slot, u64 value);
+void rvmx_glue_uret_section_end(void);
 
 /* The VMM's segment state a VM exit does not keep (kglue/run.c). */
 struct rvmx_host_segments {

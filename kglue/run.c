@@ -4,13 +4,15 @@
  * preemption and scheduling, the kernel FPU section, the host state a VM
  * exit does not restore (descriptor limits, segments, breakpoints),
  * machine checks, the speculative-execution mitigations around VM entry,
- * and KVM_SET_SIGNAL_MASK's mask.
+ * the MSRs restored on the return to user mode, and KVM_SET_SIGNAL_MASK's
+ * mask.
  */
 #include <linux/interrupt.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/sched/signal.h>
 #include <linux/smp.h>
+#include <linux/user-return-notifier.h>
 #include <asm/debugreg.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
@@ -238,6 +240,157 @@ void rvmx_glue_ibpb_on_vcpu_switch(u64 uid)
 	}
 }
 
+
+/* ---- MSRs restored on the return to user mode ---------------------------- */
+
+/*
+ * The guest's STAR, LSTAR, CSTAR, SFMASK and TSC_AUX matter to the host
+ * only when it enters the kernel by SYSCALL or runs user code (RDTSCP,
+ * RDPID; the kernel's own entry code never uses RDPID, for this very
+ * reason: see GET_PERCPU_BASE in arch/x86/entry/calling.h). So, as KVM's
+ * kvm_set_user_return_msr() does, a guest section writes the guest's
+ * values and leaves them in the CPU when it ends; a user-return notifier
+ * writes the host's back when this CPU next returns to user mode, whatever
+ * task does, and rvmx_glue_uret_drop() does when the CPU goes offline,
+ * suspends or reboots, or rvmx is unloaded. A section that follows on the
+ * same CPU without a return to user mode in between (after an EPT fault,
+ * string I/O, a reschedule) writes nothing, and no section reads them back:
+ * the guest cannot write them without an exit (msrs/mod.rs, the MSR bitmap),
+ * so rvmx always knows its values.
+ *
+ * Without CONFIG_USER_RETURN_NOTIFIER (a kernel built without KVM) the
+ * host's values are written back at the end of every section instead.
+ *
+ * These WRMSRs are the only ones in kglue/: the notifier runs in C, and
+ * keeping the per-CPU values next to it keeps them in one place.
+ */
+#define RVMX_URET_MAX 8
+
+struct rvmx_uret {
+	struct user_return_notifier urn;
+	/* Whether urn is on this CPU's notifier list. */
+	bool registered;
+	/* The host's value of each MSR, read when the CPU came online. */
+	u64 host[RVMX_URET_MAX];
+	/* What the CPU holds now: host[i], or a guest's value. */
+	u64 curr[RVMX_URET_MAX];
+};
+
+static DEFINE_PER_CPU(struct rvmx_uret, rvmx_uret);
+/* Set once at module load, before any CPU uses them. */
+static u32 rvmx_uret_msrs[RVMX_URET_MAX];
+static unsigned int rvmx_uret_count;
+
+/* The MSRs this module defers, in slot order (msrs/mod.rs). */
+int rvmx_glue_uret_setup(const u32 *msrs, unsigned int count)
+{
+	if (count > RVMX_URET_MAX)
+		return -EINVAL;
+	memcpy(rvmx_uret_msrs, msrs, count * sizeof(*msrs));
+	rvmx_uret_count = count;
+	return 0;
+}
+
+/*
+ * Puts the host's values back on this CPU. Interrupts are off throughout:
+ * the reboot IPI (rvmx_reboot) may run this on a CPU that is already here.
+ */
+static void rvmx_uret_restore(struct rvmx_uret *u)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	local_irq_save(flags);
+#ifdef CONFIG_USER_RETURN_NOTIFIER
+	if (u->registered) {
+		u->registered = false;
+		user_return_notifier_unregister(&u->urn);
+	}
+#endif
+	for (i = 0; i < rvmx_uret_count; i++) {
+		if (u->curr[i] != u->host[i]) {
+			wrmsrl(rvmx_uret_msrs[i], u->host[i]);
+			u->curr[i] = u->host[i];
+		}
+	}
+	local_irq_restore(flags);
+}
+
+#ifdef CONFIG_USER_RETURN_NOTIFIER
+static void rvmx_on_user_return(struct user_return_notifier *urn)
+{
+	rvmx_uret_restore(container_of(urn, struct rvmx_uret, urn));
+}
+#endif
+
+/*
+ * This CPU comes online (or back from suspend): read the host's values.
+ * Any guest value left from before is put back first, so that it cannot
+ * be taken for the host's.
+ */
+void rvmx_glue_uret_cpu_online(void)
+{
+	struct rvmx_uret *u = get_cpu_ptr(&rvmx_uret);
+	unsigned int i;
+
+	rvmx_uret_restore(u);
+	for (i = 0; i < rvmx_uret_count; i++) {
+		rdmsrl(rvmx_uret_msrs[i], u->host[i]);
+		u->curr[i] = u->host[i];
+	}
+#ifdef CONFIG_USER_RETURN_NOTIFIER
+	u->urn.on_user_return = rvmx_on_user_return;
+#endif
+	put_cpu_ptr(&rvmx_uret);
+}
+
+/* This CPU goes offline, suspends, reboots, or rvmx unloads. */
+void rvmx_glue_uret_drop(void)
+{
+	rvmx_uret_restore(get_cpu_ptr(&rvmx_uret));
+	put_cpu_ptr(&rvmx_uret);
+}
+
+/*
+ * Gives slot's MSR the guest's value on this CPU until the next return to
+ * user mode. Preemption must be off (a guest section). The value has
+ * passed the checks the CPU makes (msrs/mod.rs); a WRMSR that faults anyway
+ * is -EIO.
+ */
+int rvmx_glue_uret_set(unsigned int slot, u64 value)
+{
+	struct rvmx_uret *u = this_cpu_ptr(&rvmx_uret);
+	unsigned long flags;
+	int r = 0;
+
+	if (slot >= rvmx_uret_count)
+		return -EINVAL;
+	local_irq_save(flags);
+	if (value == u->curr[slot])
+		goto out;
+	if (wrmsrl_safe(rvmx_uret_msrs[slot], value)) {
+		r = -EIO;
+		goto out;
+	}
+	u->curr[slot] = value;
+#ifdef CONFIG_USER_RETURN_NOTIFIER
+	if (!u->registered) {
+		u->registered = true;
+		user_return_notifier_register(&u->urn);
+	}
+#endif
+out:
+	local_irq_restore(flags);
+	return r;
+}
+
+/* The end of a guest section (preemption still off). */
+void rvmx_glue_uret_section_end(void)
+{
+#ifndef CONFIG_USER_RETURN_NOTIFIER
+	rvmx_uret_restore(this_cpu_ptr(&rvmx_uret));
+#endif
+}
 
 /*
  * Softirqs waiting on this CPU. A guest section runs inside

@@ -49,7 +49,7 @@ macro_rules! abi_structs {
 abi_structs!(
     kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_msrs, kvm_msr_entry, kvm_msr_list,
     kvm_cpuid2, kvm_cpuid_entry2, kvm_interrupt, kvm_signal_mask, kvm_fpu, kvm_xsave, kvm_xcrs,
-    kvm_vcpu_events, kvm_dirty_log,
+    kvm_vcpu_events, kvm_dirty_log, kvm_mp_state, kvm_irq_routing,
 );
 
 const IO: u32 = KVMIO;
@@ -67,6 +67,7 @@ pub(crate) const KVM_GET_DIRTY_LOG: u32 = _IOW::<kvm_dirty_log>(IO, 0x42);
 pub(crate) const KVM_SET_USER_MEMORY_REGION: u32 = _IOW::<kvm_userspace_memory_region>(IO, 0x46);
 pub(crate) const KVM_SET_TSS_ADDR: u32 = _IO(IO, 0x47);
 pub(crate) const KVM_SET_IDENTITY_MAP_ADDR: u32 = _IOW::<u64>(IO, 0x48);
+pub(crate) const KVM_SET_GSI_ROUTING: u32 = _IOW::<kvm_irq_routing>(IO, 0x6a);
 // vCPU ioctls.
 pub(crate) const KVM_RUN: u32 = _IO(IO, 0x80);
 /// On a VM or vCPU fd: a read-only file of statistics (stats.rs).
@@ -83,6 +84,8 @@ pub(crate) const KVM_GET_FPU: u32 = _IOR::<kvm_fpu>(IO, 0x8c);
 pub(crate) const KVM_SET_FPU: u32 = _IOW::<kvm_fpu>(IO, 0x8d);
 pub(crate) const KVM_SET_CPUID2: u32 = _IOW::<kvm_cpuid2>(IO, 0x90);
 pub(crate) const KVM_GET_CPUID2: u32 = _IOWR::<kvm_cpuid2>(IO, 0x91);
+pub(crate) const KVM_GET_MP_STATE: u32 = _IOR::<kvm_mp_state>(IO, 0x98);
+pub(crate) const KVM_SET_MP_STATE: u32 = _IOW::<kvm_mp_state>(IO, 0x99);
 pub(crate) const KVM_NMI: u32 = _IO(IO, 0x9a);
 pub(crate) const KVM_GET_VCPU_EVENTS: u32 = _IOR::<kvm_vcpu_events>(IO, 0x9f);
 pub(crate) const KVM_SET_VCPU_EVENTS: u32 = _IOW::<kvm_vcpu_events>(IO, 0xa0);
@@ -113,6 +116,11 @@ const _: () = assert!(KVM_SET_XSAVE == 0x5000_aea5);
 const _: () = assert!(KVM_GET_XCRS == 0x8188_aea6);
 const _: () = assert!(core::mem::size_of::<kvm_xsave>() == 4096);
 const _: () = assert!(KVM_GET_VCPU_EVENTS == 0x8040_ae9f);
+const _: () = assert!(KVM_GET_MP_STATE == 0x8004_ae98);
+const _: () = assert!(KVM_SET_MP_STATE == 0x4004_ae99);
+const _: () = assert!(KVM_SET_GSI_ROUTING == 0x4008_ae6a);
+const _: () = assert!(core::mem::size_of::<kvm_mp_state>() == 4);
+const _: () = assert!(core::mem::size_of::<kvm_irq_routing>() == 8);
 const _: () = assert!(core::mem::size_of::<kvm_regs>() == 144);
 const _: () = assert!(core::mem::size_of::<kvm_sregs>() == 312);
 const _: () = assert!(core::mem::size_of::<kvm_fpu>() == 416);

@@ -15,13 +15,15 @@
  *   VM fd:     KVM_SET_USER_MEMORY_REGION (KVM_MEM_READONLY,
  *              KVM_MEM_LOG_DIRTY_PAGES), KVM_GET_DIRTY_LOG, KVM_CREATE_VCPU,
  *              KVM_CHECK_EXTENSION, KVM_SET_TSS_ADDR,
- *              KVM_SET_IDENTITY_MAP_ADDR, KVM_GET_STATS_FD
+ *              KVM_SET_IDENTITY_MAP_ADDR, KVM_GET_STATS_FD,
+ *              KVM_SET_GSI_ROUTING (EINVAL: no in-kernel irqchip, as KVM)
  *   vCPU fd:   KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS,
  *              KVM_SET_SREGS, KVM_INTERRUPT, KVM_GET_MSRS, KVM_SET_MSRS,
  *              KVM_SET_CPUID2, KVM_GET_CPUID2, KVM_SET_SIGNAL_MASK,
  *              KVM_GET_FPU, KVM_SET_FPU, KVM_GET_XSAVE, KVM_SET_XSAVE,
  *              KVM_GET_XCRS, KVM_SET_XCRS, KVM_GET_VCPU_EVENTS,
- *              KVM_SET_VCPU_EVENTS, KVM_NMI, KVM_GET_STATS_FD, mmap
+ *              KVM_SET_VCPU_EVENTS, KVM_NMI, KVM_GET_STATS_FD,
+ *              KVM_GET_MP_STATE, KVM_SET_MP_STATE (RUNNABLE only), mmap
  * Anything else answers ENOTTY (on /dev/rvmx) or EINVAL (VM and vCPU fds,
  * as KVM does for numbers it does not know).
  */

@@ -120,7 +120,7 @@ pub(crate) struct VcpuState {
     cr2: u64,
     /// The guest's FPU/SSE/AVX state while it is not running.
     fpu: KernelPage,
-    /// The MSR bitmap (msrs.rs); the CPU reads it by physical address.
+    /// The MSR bitmap (msrs/); the CPU reads it by physical address.
     _msr_bitmap: KernelPage,
     /// Work left from the last exit to userspace (e.g. the data of an IN).
     pub(crate) pending: Pending,
@@ -233,9 +233,9 @@ impl Vcpu {
         let vpid = if caps.vpid_usable() { Vpid::alloc() } else { None };
         let pat_exit = controls::exit::SAVE_IA32_PAT | controls::exit::LOAD_IA32_PAT;
         let pat_in_vmcs = caps.exit.may_be_one & pat_exit == pat_exit && caps.entry.allows(controls::entry::LOAD_IA32_PAT);
-        let msrs = GuestMsrs::new(id, pat_in_vmcs);
+        let msrs = GuestMsrs::new(id, pat_in_vmcs)?;
         // SAFETY: the page is ours, 4096 bytes, and not yet shared.
-        crate::msrs::fill_bitmap(unsafe { &mut *msr_bitmap.as_ptr::<[u8; 4096]>() }, msrs.swap_count);
+        crate::msrs::fill_bitmap(unsafe { &mut *msr_bitmap.as_ptr::<[u8; 4096]>() }, msrs.deferred_count);
         let bitmap_pa = msr_bitmap.phys();
         let mut state = VcpuState {
             vmcs: Vmcs::new(caps.revision_id)?,

@@ -184,9 +184,9 @@ impl Vcpu {
         if st.guest.xcr0 != st.guest.host_xcr0 {
             hw::xsetbv(st.guest.xcr0);
         }
-        // SAFETY: preemption is off until `put_host` below, and the CPU
-        // stays in the kernel in between.
-        let host_msrs = unsafe { st.guest.msrs.load_guest() };
+        // SAFETY: preemption is off until `leave_kernel_gs_base` below, and
+        // the CPU stays in the kernel in between.
+        let host_kernel_gs_base = unsafe { st.guest.msrs.enter_kernel_gs_base() };
         let (ds, es) = hw::read_ds_es();
         let mut segs = HostSegments::default();
         // SAFETY: fills `segs` from this CPU's segment registers and LDTR.
@@ -195,6 +195,8 @@ impl Vcpu {
         let cpu = unsafe { rvmx_glue_raw_cpu_id() };
 
         let result = (|| -> Result<Section> {
+            // SAFETY: preemption is off until `section_end` below.
+            unsafe { st.guest.msrs.load_deferred()? };
             let mut v = st.vmcs.load()?;
             // SAFETY: preemption is off (the VMCS is loaded on this CPU).
             unsafe { rvmx_glue_ibpb_on_vcpu_switch(st.uid) };
@@ -338,10 +340,13 @@ impl Vcpu {
         // Back to the host's world, in reverse order.
         hw::load_ds_es(ds, es);
         // SAFETY: the values saved above on this CPU (preemption is off);
-        // before `put_host`, which restores the user GS base this resets.
+        // before the VMM's GS base, which this resets, is put back.
         unsafe { rvmx_glue_restore_host_segments(&segs) };
-        // SAFETY: `host_msrs` is what `load_guest` read on this CPU.
-        unsafe { st.guest.msrs.put_host(&host_msrs) };
+        // SAFETY: the value `enter_kernel_gs_base` read on this CPU.
+        unsafe { st.guest.msrs.leave_kernel_gs_base(host_kernel_gs_base) };
+        // The other MSRs the guest changed stay until the return to user
+        // mode (msrs/mod.rs, `DEFERRED`). SAFETY: preemption is still off.
+        unsafe { crate::msrs::section_end() };
         if st.guest.xcr0 != st.guest.host_xcr0 {
             hw::xsetbv(st.guest.host_xcr0);
         }

@@ -17,6 +17,19 @@
 //! The three fields have this type (vmcs/fields.rs), so a raw integer can
 //! never be written to one by mistake.
 
+/// The exception vectors rvmx itself raises in a guest (SDM Vol. 3A
+/// §6.3.1), one home for all the exit handlers.
+pub(crate) mod vector {
+    /// Invalid opcode.
+    pub(crate) const UD: u8 = 6;
+    /// Stack-segment fault.
+    pub(crate) const SS: u8 = 12;
+    /// General protection.
+    pub(crate) const GP: u8 = 13;
+    /// Page fault.
+    pub(crate) const PF: u8 = 14;
+}
+
 /// The type of an event (bits 10:8).
 pub(crate) mod kind {
     pub(crate) const EXTERNAL_INTERRUPT: u32 = 0;

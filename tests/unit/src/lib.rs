@@ -22,6 +22,12 @@ pub mod cr;
 #[path = "../../../vmcs/qualification.rs"]
 pub mod qualification;
 
+#[path = "../../../msrs/bitmap.rs"]
+pub mod msr_bitmap;
+
+#[path = "../../../msrs/emulated.rs"]
+pub mod emulated;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -40,6 +46,12 @@ mod checks_tests;
 
 #[cfg(test)]
 mod cr_tests;
+
+#[cfg(test)]
+mod msr_bitmap_tests;
+
+#[cfg(test)]
+mod emulated_msr_tests;
 
 /// The fuzz seed: `RVMX_SEED` if set (to reproduce a failure), else the
 /// clock, so that every run explores new inputs. Printed by each fuzz test.

@@ -1,0 +1,123 @@
+//! Tests of msrs/emulated.rs, the software-only MSRs (MTRRs, machine
+//! check, KVM's paravirtual clock MSRs): KVM's rules case by case
+//! (arch/x86/kvm/mtrr.c, x86.c set_msr_mce/get_msr_mce), then a seeded fuzz
+//! run: random accesses by the guest and the VMM, where a value accepted
+//! is read back unchanged, a refused write changes nothing, and nothing
+//! outside `has` is ever accepted.
+
+use crate::emulated::*;
+use crate::Rng;
+use std::println;
+
+const G: By = By::Guest;
+const V: By = By::Vmm;
+
+#[test]
+fn known_cases() {
+    let mut m = EmulatedMsrs::new(40);
+    // MTRRcap: WC, fixed ranges, 8 variable ranges; read-only.
+    assert_eq!(m.get(IA32_MTRRCAP, G), Ok(0x508));
+    assert_eq!(m.set(IA32_MTRRCAP, 0x508, V), Err(Refused));
+    // MTRRdefType: type 6 (WB) with E and FE; reserved bits and type 2 refused.
+    assert_eq!(m.set(IA32_MTRR_DEF_TYPE, 0xc06, G), Ok(()));
+    assert_eq!(m.get(IA32_MTRR_DEF_TYPE, V), Ok(0xc06));
+    assert_eq!(m.set(IA32_MTRR_DEF_TYPE, 0x1006, G), Err(Refused));
+    assert_eq!(m.set(IA32_MTRR_DEF_TYPE, 0x2, G), Err(Refused));
+    // Fixed ranges: every byte a valid type.
+    assert_eq!(m.set(IA32_MTRR_FIX4K_F8000, 0x0606_0606_0505_0404, V), Ok(()));
+    assert_eq!(m.set(IA32_MTRR_FIX16K_A0000, 0x0606_0606_0606_0603, V), Err(Refused));
+    assert_eq!(m.get(IA32_MTRR_FIX4K_F8000, G), Ok(0x0606_0606_0505_0404));
+    // Variable ranges: base with a type, mask with the valid bit; bits above
+    // MAXPHYADDR (40 here) and the reserved low bits refused.
+    assert_eq!(m.set(IA32_MTRR_PHYSBASE0, 0xc000_0000, V), Ok(()));
+    assert_eq!(m.set(IA32_MTRR_PHYSBASE0 + 1, 0xff_c000_0800, V), Ok(()));
+    assert_eq!(m.set(IA32_MTRR_PHYSBASE0 + 1, 0x1ff_c000_0800, V), Err(Refused));
+    assert_eq!(m.set(IA32_MTRR_PHYSBASE0 + 2, 0x100, G), Err(Refused));
+    assert_eq!(m.set(IA32_MTRR_PHYSBASE0 + 3, 0x400, G), Err(Refused));
+    assert_eq!(m.get(IA32_MTRR_PHYSBASE0 + 1, G), Ok(0xff_c000_0800));
+    // Not MTRRs: between the fixed ranges, beyond the 8 pairs.
+    assert!(!EmulatedMsrs::has(0x251) && !EmulatedMsrs::has(0x210) && !EmulatedMsrs::has(0x270));
+    // Machine check: 32 banks, no MCG_CTL, no CMCI.
+    assert_eq!(m.get(IA32_MCG_CAP, G), Ok(32));
+    assert_eq!(m.set(IA32_MCG_CAP, 32, V), Err(Refused));
+    assert_eq!(m.set(IA32_MCG_STATUS, 4, G), Ok(()));
+    assert_eq!(m.get(IA32_MCG_CTL, G), Err(Refused));
+    assert_eq!(m.get(IA32_MCG_CTL, V), Ok(0));
+    assert_eq!(m.set(IA32_MCG_CTL, 0, V), Ok(()));
+    assert_eq!(m.set(IA32_MCG_CTL, 0, G), Err(Refused));
+    assert_eq!(m.set(IA32_MC0_CTL2 + 5, 0, V), Ok(()));
+    assert_eq!(m.set(IA32_MC0_CTL2 + 5, 1, V), Err(Refused));
+    assert_eq!(m.get(IA32_MC0_CTL2, G), Err(Refused));
+    // MCi_CTL: 0 or all ones (bits 10 and 0 may be clear).
+    assert_eq!(m.set(IA32_MC0_CTL, !0, G), Ok(()));
+    assert_eq!(m.set(IA32_MC0_CTL + 4, !0 & !(1 << 10), G), Ok(()));
+    assert_eq!(m.set(IA32_MC0_CTL + 8, 0xff, G), Err(Refused));
+    // MCi_STATUS: the guest may only clear it, the VMM may restore it.
+    assert_eq!(m.set(IA32_MC0_CTL + 1, 1, G), Err(Refused));
+    assert_eq!(m.set(IA32_MC0_CTL + 1, 1, V), Ok(()));
+    assert_eq!(m.set(IA32_MC0_CTL + 1, 0, G), Ok(()));
+    // ADDR and MISC: anything.
+    assert_eq!(m.set(IA32_MC0_CTL + 4 * 31 + 3, 0x1234, G), Ok(()));
+    assert_eq!(m.get(IA32_MC0_CTL + 4 * 31 + 3, V), Ok(0x1234));
+    assert!(!EmulatedMsrs::has(IA32_MC0_CTL + 4 * 32));
+    assert_eq!(m.get(IA32_P5_MC_ADDR, G), Ok(0));
+    assert_eq!(m.set(IA32_P5_MC_TYPE, 0, V), Err(Refused));
+    // KVM's old paravirtual clock MSRs: the VMM's only.
+    assert_eq!(m.set(MSR_KVM_SYSTEM_TIME, 0, V), Ok(()));
+    assert_eq!(m.set(MSR_KVM_WALL_CLOCK, 0x1000, V), Ok(()));
+    assert_eq!(m.get(MSR_KVM_WALL_CLOCK, V), Ok(0x1000));
+    assert_eq!(m.get(MSR_KVM_SYSTEM_TIME, G), Err(Refused));
+    assert_eq!(m.set(MSR_KVM_SYSTEM_TIME, 1, G), Err(Refused));
+}
+
+/// An MSR index near the ones emulated.rs knows, or anywhere.
+fn some_index(r: &mut Rng) -> u32 {
+    // CAST: small offsets and any u32.
+    match r.below(6) {
+        0 => r.below(0x20) as u32,
+        1 => 0xf0 + r.below(0x20) as u32,
+        2 => 0x170 + r.below(0x20) as u32,
+        3 => 0x200 + r.below(0x100) as u32,
+        4 => 0x400 + r.below(0x90) as u32,
+        _ => r.next() as u32,
+    }
+}
+
+fn some_value(r: &mut Rng) -> u64 {
+    match r.below(5) {
+        0 => 0,
+        1 => !0,
+        2 => r.below(0x1000),
+        3 => u64::from_le_bytes([6, 6, 6, 6, 6, 6, 6, r.below(8) as u8]),
+        _ => r.next(),
+    }
+}
+
+#[test]
+fn fuzz_accesses() {
+    let seed = crate::seed();
+    println!("emulated msr fuzz: seed {seed} (RVMX_SEED={seed} to repeat)");
+    let mut r = Rng::new(seed);
+    let mut m = EmulatedMsrs::new(36 + r.below(17) as u32);
+    let (mut accepted, mut n) = (0u64, 0u64);
+    while n < 1_000_000 {
+        n += 1;
+        let (index, value) = (some_index(&mut r), some_value(&mut r));
+        let by = if r.below(2) == 0 { By::Guest } else { By::Vmm };
+        let before = m.get(index, By::Vmm);
+        match m.set(index, value, by) {
+            Ok(()) => {
+                accepted += 1;
+                assert!(EmulatedMsrs::has(index), "seed {seed}: {index:#x} accepted but not known");
+                // Read back as the VMM: the value written (CTL2 and
+                // MCG_CTL only ever hold 0).
+                assert_eq!(m.get(index, By::Vmm), Ok(value), "seed {seed}: {index:#x} = {value:#x}");
+            }
+            Err(Refused) => assert_eq!(m.get(index, By::Vmm), before, "seed {seed}: refused write to {index:#x} changed it"),
+        }
+        if !EmulatedMsrs::has(index) {
+            assert_eq!(m.get(index, by), Err(Refused));
+        }
+    }
+    println!("emulated msr fuzz: {n} accesses, {accepted} writes accepted");
+}
