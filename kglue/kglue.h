@@ -80,6 +80,7 @@ int rvmx_glue_uret_setup(const u32 *msrs, unsigned int count);
 void rvmx_glue_uret_cpu_online(void);
 void rvmx_glue_uret_drop(void);
 int rvmx_glue_uret_set(unsigned int slot, u64 value);
+int rvmx_glue_uret_load(const u64 *values, unsigned int count);
 void rvmx_glue_uret_section_end(void);
 
 /* The VMM's segment state a VM exit does not keep (kglue/run.c). */

@@ -384,6 +384,37 @@ out:
 	return r;
 }
 
+/*
+ * The start of a guest section: gives every slot its guest value, in one
+ * call (the common case, a section after a return to user mode, writes
+ * them all; one after an EPT fault or a reschedule, none). Preemption must
+ * be off. No interrupt-off section here, as in KVM's
+ * kvm_set_user_return_msr: the only interrupt that restores these MSRs is
+ * the reboot IPI, after which no guest runs again.
+ */
+int rvmx_glue_uret_load(const u64 *values, unsigned int count)
+{
+	struct rvmx_uret *u = this_cpu_ptr(&rvmx_uret);
+	unsigned int i;
+
+	if (count > rvmx_uret_count)
+		return -EINVAL;
+	for (i = 0; i < count; i++) {
+		if (values[i] == u->curr[i])
+			continue;
+		if (wrmsrl_safe(rvmx_uret_msrs[i], values[i]))
+			return -EIO;
+		u->curr[i] = values[i];
+	}
+#ifdef CONFIG_USER_RETURN_NOTIFIER
+	if (!u->registered) {
+		u->registered = true;
+		user_return_notifier_register(&u->urn);
+	}
+#endif
+	return 0;
+}
+
 /* The end of a guest section (preemption still off). */
 void rvmx_glue_uret_section_end(void)
 {

@@ -35,8 +35,8 @@ pub(crate) mod emulated;
 
 use crate::hw::msr::{self, Msr};
 use crate::kglue::{
-    rvmx_glue_uret_cpu_online, rvmx_glue_uret_drop, rvmx_glue_uret_section_end, rvmx_glue_uret_set,
-    rvmx_glue_uret_setup,
+    rvmx_glue_uret_cpu_online, rvmx_glue_uret_drop, rvmx_glue_uret_load, rvmx_glue_uret_section_end,
+    rvmx_glue_uret_set, rvmx_glue_uret_setup,
 };
 use crate::vmcs::{fields::*, Loaded};
 use bitmap::{Access, MsrBitmap};
@@ -216,12 +216,10 @@ impl GuestMsrs {
     ///
     /// Preemption must be off until the section ends (`section_end`).
     pub(crate) unsafe fn load_deferred(&self) -> Result {
-        for (slot, &value) in self.deferred[..self.deferred_count].iter().enumerate() {
-            // CAST: slot < 5. SAFETY: preemption is off (contract); the
-            // value passed the checks in `set`.
-            to_result(unsafe { rvmx_glue_uret_set(slot as u32, value) })?;
-        }
-        Ok(())
+        // CAST: at most 5. SAFETY: preemption is off (contract); the glue
+        // reads `deferred_count` values during the call, each of which
+        // passed the checks in `set`.
+        to_result(unsafe { rvmx_glue_uret_load(self.deferred.as_ptr(), self.deferred_count as u32) })
     }
 
     /// Loads the guest's KERNEL_GS_BASE into this CPU and returns the
