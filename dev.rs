@@ -125,6 +125,9 @@ fn check_extension(cap: usize) -> i32 {
         // As KVM, which reports its routing table's size even without an
         // in-kernel irqchip (KVM_SET_GSI_ROUTING then fails, as here).
         KVM_CAP_IRQ_ROUTING => KVM_MAX_IRQ_ROUTES,
+        // The machine-check MSRs (msrs/emulated.rs): as KVM, the number of
+        // banks a vCPU may have. No machine check is ever injected.
+        KVM_CAP_MCE => crate::msrs::emulated::MCE_BANKS as i32,
         KVM_CAP_NR_MEMSLOTS => vm::MAX_SLOTS as i32,
         // As KVM: the recommended number is one vCPU per online CPU, the
         // hard limit (and the ids' bound) is MAX_VCPUS.
@@ -163,6 +166,7 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<i32> {
             }
             write_array(arg + core::mem::size_of::<kvm_msr_list>(), &crate::msrs::INDEX_LIST).map(|()| 0)
         }
+        uapi::KVM_X86_GET_MCE_CAP_SUPPORTED => write_arg(arg, &crate::msrs::emulated::SUPPORTED_MCE_CAP).map(|()| 0),
         uapi::KVM_GET_SUPPORTED_CPUID => {
             let mut c: kvm_cpuid2 = read_arg(arg)?;
             let table = crate::exits::cpuid::supported()?;
@@ -309,6 +313,7 @@ fn vcpu_ioctl(vcpu: ArcBorrow<'_, Vcpu>, cmd: u32, arg: usize) -> Result<i32> {
             vcpu.set_signal_mask(Some(mask)).map(|()| 0)
         }
         uapi::KVM_NMI => vcpu.nmi().map(|()| 0),
+        uapi::KVM_X86_SETUP_MCE => vcpu.setup_mce(read_arg(arg)?).map(|()| 0),
         // Without an in-kernel local APIC a vCPU is always runnable (HLT
         // exits to userspace), and RUNNABLE is the only state a VMM may
         // set, as in KVM (kvm_arch_vcpu_ioctl_get/set_mpstate).

@@ -27,8 +27,11 @@
 //!     writes them through an exit (exits/msr.rs), so `GuestMsrs` always
 //!     holds the values the CPU has during a section;
 //! - only in `GuestMsrs` (emulated, no hardware effect): APIC_BASE (there is
-//!   no local APIC), MISC_ENABLE, and those of emulated.rs: the MTRRs, the
-//!   machine-check MSRs, KVM's first paravirtual clock MSRs.
+//!   no local APIC), and those of emulated.rs: the MTRRs, the machine-check
+//!   MSRs, KVM's first paravirtual clock MSRs, MISC_ENABLE, the microcode
+//!   revision and the other model-specific MSRs an OS reads at boot.
+//! - DEBUGCTL lives in the VMCS (VM entry loads it, VM exit saves it); rvmx
+//!   lets the guest set none of its features (emulated.rs, `debugctl_write`).
 
 pub(crate) mod bitmap;
 pub(crate) mod emulated;
@@ -48,7 +51,7 @@ pub(crate) const IA32_APIC_BASE: u32 = 0x1b;
 pub(crate) const IA32_SYSENTER_CS: u32 = 0x174;
 pub(crate) const IA32_SYSENTER_ESP: u32 = 0x175;
 pub(crate) const IA32_SYSENTER_EIP: u32 = 0x176;
-pub(crate) const IA32_MISC_ENABLE: u32 = 0x1a0;
+pub(crate) const IA32_DEBUGCTL: u32 = 0x1d9;
 pub(crate) const IA32_PAT: u32 = 0x277;
 pub(crate) const IA32_EFER: u32 = 0xc000_0080;
 pub(crate) const IA32_STAR: u32 = 0xc000_0081;
@@ -75,7 +78,7 @@ pub(crate) const DEFERRED: [u32; 5] = [IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_F
 /// the ones KVM_GET_SREGS already carries (EFER, APIC_BASE, and FS/GS base
 /// in the segments) are not listed, though KVM_GET_MSRS reads them too.
 pub(crate) const INDEX_LIST: [u32; 12] = [
-    IA32_TSC, IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, IA32_MISC_ENABLE, IA32_PAT,
+    IA32_TSC, IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, emulated::IA32_MISC_ENABLE, IA32_PAT,
     IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_TSC_AUX,
 ];
 
@@ -84,8 +87,6 @@ pub(crate) const INDEX_LIST: [u32; 12] = [
 const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 const EFER_LMA: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
-/// KVM's reset value of MISC_ENABLE: PEBS and BTS unavailable.
-const MISC_ENABLE_RESET: u64 = (1 << 11) | (1 << 12);
 /// APIC_BASE: BSP flag, x2APIC enable, global enable, and the base address.
 const APIC_BASE_BSP: u64 = 1 << 8;
 
@@ -98,7 +99,6 @@ pub(crate) struct GuestMsrs {
     /// The guest's KERNEL_GS_BASE while it does not run.
     kernel_gs_base: u64,
     pub(crate) apic_base: u64,
-    misc_enable: u64,
     /// Whether VM entry and exit switch PAT (optional controls); if not,
     /// the guest's PAT is only remembered here.
     pat_in_vmcs: bool,
@@ -199,10 +199,14 @@ impl GuestMsrs {
             deferred_count: deferred_count(),
             kernel_gs_base: 0,
             apic_base: 0xfee0_0000 | (1 << 11) | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
-            misc_enable: MISC_ENABLE_RESET,
             pat_in_vmcs,
             pat: 0x0007_0406_0007_0406,
         })
+    }
+
+    /// KVM_X86_SETUP_MCE (emulated.rs).
+    pub(crate) fn setup_mce(&mut self, mcg_cap: u64) -> Result<(), Refused> {
+        self.emulated.setup_mce(mcg_cap).map_err(|_| Refused)
     }
 
     fn deferred_slot(&self, index: u32) -> Option<usize> {
@@ -277,7 +281,7 @@ impl GuestMsrs {
             IA32_SYSENTER_CS => u64::from(v.read(GUEST_SYSENTER_CS)),
             IA32_SYSENTER_ESP => v.read(GUEST_SYSENTER_ESP).0,
             IA32_SYSENTER_EIP => v.read(GUEST_SYSENTER_EIP).0,
-            IA32_MISC_ENABLE => self.misc_enable,
+            IA32_DEBUGCTL => v.read(GUEST_IA32_DEBUGCTL),
             IA32_PAT if self.pat_in_vmcs => v.read(GUEST_IA32_PAT),
             IA32_PAT => self.pat,
             IA32_EFER => v.read(GUEST_IA32_EFER),
@@ -340,10 +344,7 @@ impl GuestMsrs {
             IA32_SYSENTER_ESP | IA32_SYSENTER_EIP if !canonical(value) => Err(Refused),
             IA32_SYSENTER_ESP => w(v.write(GUEST_SYSENTER_ESP, Natural(value))),
             IA32_SYSENTER_EIP => w(v.write(GUEST_SYSENTER_EIP, Natural(value))),
-            IA32_MISC_ENABLE => {
-                self.misc_enable = value;
-                Ok(())
-            }
+            IA32_DEBUGCTL => w(v.write(GUEST_IA32_DEBUGCTL, emulated::debugctl_write(value).map_err(|_| Refused)?)),
             IA32_PAT if !valid_pat(value) => Err(Refused),
             IA32_PAT if self.pat_in_vmcs => w(v.write(GUEST_IA32_PAT, value)),
             IA32_PAT => {

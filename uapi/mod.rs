@@ -87,6 +87,10 @@ pub(crate) const KVM_GET_CPUID2: u32 = _IOWR::<kvm_cpuid2>(IO, 0x91);
 pub(crate) const KVM_GET_MP_STATE: u32 = _IOR::<kvm_mp_state>(IO, 0x98);
 pub(crate) const KVM_SET_MP_STATE: u32 = _IOW::<kvm_mp_state>(IO, 0x99);
 pub(crate) const KVM_NMI: u32 = _IO(IO, 0x9a);
+/// On /dev/kvm: the MCG_CAP bits KVM_X86_SETUP_MCE accepts (a u64).
+pub(crate) const KVM_X86_GET_MCE_CAP_SUPPORTED: u32 = _IOR::<u64>(IO, 0x9d);
+/// On a vCPU: its MCG_CAP (a u64: bank count and capabilities).
+pub(crate) const KVM_X86_SETUP_MCE: u32 = _IOW::<u64>(IO, 0x9c);
 pub(crate) const KVM_GET_VCPU_EVENTS: u32 = _IOR::<kvm_vcpu_events>(IO, 0x9f);
 pub(crate) const KVM_SET_VCPU_EVENTS: u32 = _IOW::<kvm_vcpu_events>(IO, 0xa0);
 pub(crate) const KVM_GET_XSAVE: u32 = _IOR::<kvm_xsave>(IO, 0xa4);
@@ -119,6 +123,8 @@ const _: () = assert!(KVM_GET_VCPU_EVENTS == 0x8040_ae9f);
 const _: () = assert!(KVM_GET_MP_STATE == 0x8004_ae98);
 const _: () = assert!(KVM_SET_MP_STATE == 0x4004_ae99);
 const _: () = assert!(KVM_SET_GSI_ROUTING == 0x4008_ae6a);
+const _: () = assert!(KVM_X86_GET_MCE_CAP_SUPPORTED == 0x8008_ae9d);
+const _: () = assert!(KVM_X86_SETUP_MCE == 0x4008_ae9c);
 const _: () = assert!(core::mem::size_of::<kvm_mp_state>() == 4);
 const _: () = assert!(core::mem::size_of::<kvm_irq_routing>() == 8);
 const _: () = assert!(core::mem::size_of::<kvm_regs>() == 144);

@@ -144,6 +144,9 @@ pub(crate) struct VcpuState {
     ept_tables: crate::ept::TableCache,
     /// Whether KVM_RUN ran yet (KVM refuses a new CPUID table after that).
     ran: bool,
+    /// Whether this KVM_RUN has written kvm_run's interrupt state yet (the
+    /// end of every guest section does).
+    run_state_published: bool,
     /// This vCPU's number for IBPB between vCPUs (kglue/run.c): unique for the
     /// module's lifetime, unlike a VMCS address, which may be reused.
     uid: u64,
@@ -268,6 +271,7 @@ impl Vcpu {
             flush_tlb: true,
             ept_tables: crate::ept::TableCache::new(),
             ran: false,
+            run_state_published: false,
             uid: NEXT_VCPU_UID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             sigmask: None,
             pdptes: None,

@@ -172,6 +172,13 @@ impl Vcpu {
         Ok(entries.len())
     }
 
+    /// KVM_X86_SETUP_MCE: the guest's machine-check capabilities
+    /// (msrs/emulated.rs); EINVAL for what KVM refuses.
+    pub(crate) fn setup_mce(&self, mcg_cap: u64) -> Result {
+        let mut t = self.token()?;
+        t.state().guest.msrs.setup_mce(mcg_cap).map_err(|_| EINVAL)
+    }
+
     /// KVM_SET_CPUID2: the table the guest's CPUID reads from now on. After
     /// the first KVM_RUN only the same table is accepted (EINVAL otherwise,
     /// as KVM's kvm_cpuid_check_equal answers): changing CPUID under a

@@ -96,8 +96,20 @@ impl Vcpu {
         let mut t = self.token()?;
         let st = t.state();
         st.ran = true;
+        st.run_state_published = false;
         let blocked = st.sigmask.map(SignalMask::block);
         let r = self.run_locked(st, run);
+        // kvm_run's if_flag and ready_for_interrupt_injection are exact on
+        // every return, as KVM's post_kvm_run_save writes them: also when
+        // KVM_RUN ends before the guest ran (immediate_exit, a pending
+        // signal, an exit to userspace completed without an entry). A
+        // userspace interrupt controller (QEMU's) decides from them whether
+        // to inject with KVM_INTERRUPT or ask for a window.
+        if !st.run_state_published {
+            if let Ok(v) = st.vmcs.load() {
+                self.publish_run_state(&v, &st.guest);
+            }
+        }
         self.stats.returned(&r, run);
         crate::trace::userspace_exit(self.id, run.exit_reason(), r.as_ref().err().map_or(0, |e| e.to_errno()));
         drop(blocked);
@@ -334,6 +346,7 @@ impl Vcpu {
                 break section;
             };
             self.publish_run_state(&v, &st.guest);
+            st.run_state_published = true;
             Ok(section)
         })();
 

@@ -70,11 +70,96 @@ fn known_cases() {
     assert_eq!(m.set(MSR_KVM_SYSTEM_TIME, 1, G), Err(Refused));
 }
 
+#[test]
+fn setup_mce() {
+    let mut m = EmulatedMsrs::new(40);
+    // KVM's checks: 1 to 32 banks, only the offered capabilities.
+    assert_eq!(m.setup_mce(0), Err(Refused));
+    assert_eq!(m.setup_mce(33), Err(Refused));
+    assert_eq!(m.setup_mce((1 << 10) | 10), Err(Refused));
+    assert_eq!(m.get(IA32_MCG_CAP, G), Ok(32));
+    // QEMU's qemu64: MCG_CTL_P | MCG_SER_P, 10 banks.
+    assert_eq!(m.setup_mce(SUPPORTED_MCE_CAP | 10), Ok(()));
+    assert_eq!(m.get(IA32_MCG_CAP, G), Ok(SUPPORTED_MCE_CAP | 10));
+    // MCG_CTL: now the guest's, all ones after the setup, 0 or all ones only.
+    assert_eq!(m.get(IA32_MCG_CTL, G), Ok(!0));
+    assert_eq!(m.set(IA32_MCG_CTL, 0, G), Ok(()));
+    assert_eq!(m.set(IA32_MCG_CTL, 5, V), Err(Refused));
+    assert_eq!(m.set(IA32_MCG_CTL, !0, V), Ok(()));
+    // Ten banks, each CTL all ones; the eleventh does not exist.
+    assert_eq!(m.get(IA32_MC0_CTL + 4 * 9, G), Ok(!0));
+    assert_eq!(m.get(IA32_MC0_CTL + 4 * 10, V), Err(Refused));
+    assert_eq!(m.set(IA32_MC0_CTL + 4 * 10 + 2, 0, V), Err(Refused));
+    assert_eq!(m.set(IA32_MC0_CTL2 + 10, 0, V), Err(Refused));
+    assert_eq!(m.set(IA32_MC0_CTL2 + 9, 0, V), Ok(()));
+}
+
+#[test]
+fn boot_time_msrs() {
+    let mut m = EmulatedMsrs::new(40);
+    // Linux's microcode-revision read: write 0, read back; the guest's
+    // write changes nothing, the VMM's sets the revision.
+    assert_eq!(m.get(IA32_BIOS_SIGN_ID, G), Ok(0x1_0000_0000));
+    assert_eq!(m.set(IA32_BIOS_SIGN_ID, 0, G), Ok(()));
+    assert_eq!(m.get(IA32_BIOS_SIGN_ID, G), Ok(0x1_0000_0000));
+    assert_eq!(m.set(IA32_BIOS_SIGN_ID, 0x42_0000_0000, V), Ok(()));
+    assert_eq!(m.get(IA32_BIOS_SIGN_ID, G), Ok(0x42_0000_0000));
+    // MISC_ENABLE: BTS/PEBS unavailable at reset and read-only for the
+    // guest; the performance-monitoring bit ignored; the rest kept.
+    assert_eq!(m.get(IA32_MISC_ENABLE, G), Ok(0x1800));
+    assert_eq!(m.set(IA32_MISC_ENABLE, 0x800, G), Err(Refused));
+    assert_eq!(m.set(IA32_MISC_ENABLE, 0x1881, G), Ok(()));
+    assert_eq!(m.get(IA32_MISC_ENABLE, G), Ok(0x1801));
+    assert_eq!(m.set(IA32_MISC_ENABLE, 0x80, V), Ok(()));
+    assert_eq!(m.get(IA32_MISC_ENABLE, G), Ok(0x80));
+    // FEATURE_CONTROL: no VMX for the guest; it may lock, then nothing.
+    assert_eq!(m.get(IA32_FEATURE_CONTROL, G), Ok(0));
+    assert_eq!(m.set(IA32_FEATURE_CONTROL, 0x5, G), Err(Refused));
+    assert_eq!(m.set(IA32_FEATURE_CONTROL, 0x1, G), Ok(()));
+    assert_eq!(m.set(IA32_FEATURE_CONTROL, 0x1, G), Err(Refused));
+    assert_eq!(m.set(IA32_FEATURE_CONTROL, 0x5, V), Ok(()));
+    assert_eq!(m.set(IA32_FEATURE_CONTROL, 0x8, V), Err(Refused));
+    // Constants, as KVM reports them; read-only.
+    assert_eq!(m.get(IA32_PERF_STATUS, G), Ok(1000 | (4 << 40)));
+    assert_eq!(m.get(MSR_EBC_FREQUENCY_ID, G), Ok(1 << 24));
+    assert_eq!(m.get(IA32_BBL_CR_CTL3, G), Ok(0xbe70_2111));
+    assert_eq!(m.get(IA32_PLATFORM_ID, G), Ok(0));
+    assert_eq!(m.set(IA32_PERF_CTL, 0, G), Err(Refused));
+    // No CPUID faulting.
+    assert_eq!(m.get(MSR_PLATFORM_INFO, G), Ok(0));
+    assert_eq!(m.set(MSR_PLATFORM_INFO, 0, G), Err(Refused));
+    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 1, G), Err(Refused));
+    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 0, G), Ok(()));
+    // The SMI count: the VMM's to restore.
+    assert_eq!(m.set(MSR_SMI_COUNT, 3, G), Err(Refused));
+    assert_eq!(m.set(MSR_SMI_COUNT, 3, V), Ok(()));
+    assert_eq!(m.get(MSR_SMI_COUNT, G), Ok(3));
+    // AMD's HWCR: TscFreqSel and McStatusWrEn kept, three bits ignored.
+    assert_eq!(m.set(MSR_K7_HWCR, (1 << 24) | 0x148, G), Ok(()));
+    assert_eq!(m.get(MSR_K7_HWCR, G), Ok(1 << 24));
+    assert_eq!(m.set(MSR_K7_HWCR, 1, G), Err(Refused));
+    // DEBUGCTL: BTF and LBR dropped, anything else #GP.
+    assert_eq!(debugctl_write(0), Ok(0));
+    assert_eq!(debugctl_write(3), Ok(0));
+    assert_eq!(debugctl_write(1 << 6), Err(Refused));
+    assert_eq!(debugctl_write(u64::MAX), Err(Refused));
+}
+
+/// Every MSR index emulated.rs knows outside the MTRR and bank ranges.
+const SINGLES: [u32; 24] = [
+    IA32_P5_MC_ADDR, IA32_P5_MC_TYPE, MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, IA32_MTRRCAP, IA32_MCG_CAP,
+    IA32_MCG_STATUS, IA32_MCG_CTL, IA32_MTRR_DEF_TYPE, IA32_PLATFORM_ID, IA32_EBL_CR_POWERON, MSR_EBC_FREQUENCY_ID,
+    MSR_SMI_COUNT, IA32_FEATURE_CONTROL, IA32_BIOS_SIGN_ID, MSR_PLATFORM_INFO, IA32_BBL_CR_CTL3,
+    MSR_MISC_FEATURES_ENABLES, IA32_PERF_STATUS, IA32_PERF_CTL, IA32_MISC_ENABLE, MSR_IA32_POWER_CTL, MSR_K7_HWCR,
+    0x1d9,
+];
+
 /// An MSR index near the ones emulated.rs knows, or anywhere.
 fn some_index(r: &mut Rng) -> u32 {
     // CAST: small offsets and any u32.
-    match r.below(6) {
+    match r.below(7) {
         0 => r.below(0x20) as u32,
+        6 => SINGLES[r.below(SINGLES.len() as u64) as usize],
         1 => 0xf0 + r.below(0x20) as u32,
         2 => 0x170 + r.below(0x20) as u32,
         3 => 0x200 + r.below(0x100) as u32,
@@ -99,6 +184,10 @@ fn fuzz_accesses() {
     println!("emulated msr fuzz: seed {seed} (RVMX_SEED={seed} to repeat)");
     let mut r = Rng::new(seed);
     let mut m = EmulatedMsrs::new(36 + r.below(17) as u32);
+    // Half the runs with QEMU's machine-check set-up (fewer banks, MCG_CTL).
+    if r.below(2) == 0 {
+        assert_eq!(m.setup_mce(SUPPORTED_MCE_CAP | (1 + r.below(32))), Ok(()));
+    }
     let (mut accepted, mut n) = (0u64, 0u64);
     while n < 1_000_000 {
         n += 1;
@@ -110,8 +199,16 @@ fn fuzz_accesses() {
                 accepted += 1;
                 assert!(EmulatedMsrs::has(index), "seed {seed}: {index:#x} accepted but not known");
                 // Read back as the VMM: the value written (CTL2 and
-                // MCG_CTL only ever hold 0).
-                assert_eq!(m.get(index, By::Vmm), Ok(value), "seed {seed}: {index:#x} = {value:#x}");
+                // MCG_CTL only ever hold 0), but for the bits a write
+                // ignores.
+                let old = before.unwrap_or(0);
+                let expect = match (index, by) {
+                    (IA32_BIOS_SIGN_ID, By::Guest) => old,
+                    (IA32_MISC_ENABLE, By::Guest) => (value & !0x80) | (old & 0x80),
+                    (MSR_K7_HWCR, _) => value & !0x148,
+                    _ => value,
+                };
+                assert_eq!(m.get(index, By::Vmm), Ok(expect), "seed {seed}: {index:#x} = {value:#x}");
             }
             Err(Refused) => assert_eq!(m.get(index, By::Vmm), before, "seed {seed}: refused write to {index:#x} changed it"),
         }
