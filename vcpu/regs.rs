@@ -31,10 +31,17 @@ impl Vcpu {
             n.rax, n.rcx, n.rdx, n.rbx, 0, n.rbp, n.rsi, n.rdi,
             n.r8, n.r9, n.r10, n.r11, n.r12, n.r13, n.r14, n.r15,
         ];
-        // New registers override whatever the last exit left to complete.
-        st.pending = Pending::None;
-        st.rip_advance = 0;
         let mut v = st.vmcs.load()?;
+        // A VMM that reads and writes back the registers while it handles
+        // an exit (QEMU does, for some devices) leaves RIP where it was: the
+        // instruction the exit left open is still completed at the next
+        // KVM_RUN (an IN's data, an MMIO read), as KVM completes it when the
+        // linear RIP is unchanged (x86.c complete_fast_pio_in). New
+        // registers elsewhere abandon it.
+        if n.rip != v.read(GUEST_RIP).0 {
+            st.pending = Pending::None;
+            st.rip_advance = 0;
+        }
         v.write(GUEST_RSP, Natural(n.rsp))?;
         v.write(GUEST_RIP, Natural(n.rip))?;
         v.write(GUEST_RFLAGS, Natural(n.rflags | RFLAGS_FIXED))

@@ -8,7 +8,11 @@
 ;  4. RDMSR MCG_CAP, reported with OUT 0x11;
 ;  5. WRMSR MTRRdefType = 0xc06 (write-back, enabled), read back: OUT 0x12;
 ;  6. WRMSR MC0_STATUS = 1: #GP (only 0 may be written by the guest);
-;  7. OUT 0x13 with the number of #GPs taken (2), then HLT.
+;  7. Linux's microcode-revision read: WRMSR BIOS_SIGN_ID = 0, RDMSR; the
+;     revision (EDX) with OUT 0x14;
+;  8. WRMSR DEBUGCTL = 2 (BTF: accepted, dropped), read back: OUT 0x15;
+;  9. RDMSR MISC_ENABLE: OUT 0x16;
+; 10. OUT 0x13 with the number of #GPs taken (2), then HLT.
 ; The #GP handler skips the 2-byte RDPMC or WRMSR that faulted.
 bits 16
 org 0x1000
@@ -45,6 +49,22 @@ org 0x1000
 	mov eax, 1
 	xor edx, edx
 	wrmsr
+	mov ecx, 0x8b			; IA32_BIOS_SIGN_ID
+	xor eax, eax
+	xor edx, edx
+	wrmsr
+	rdmsr
+	mov eax, edx
+	out 0x14, eax
+	mov ecx, 0x1d9			; IA32_DEBUGCTL
+	mov eax, 2			; BTF
+	xor edx, edx
+	wrmsr
+	rdmsr
+	out 0x15, eax
+	mov ecx, 0x1a0			; IA32_MISC_ENABLE
+	rdmsr
+	out 0x16, eax
 	mov eax, [0x504]
 	out 0x13, eax
 	hlt
