@@ -15,7 +15,7 @@ BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 CLIPPY ?=
 CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
-.PHONY: all module setup check check-kasan bench demo clean clean-module
+.PHONY: all module setup check check-kasan bench demo demo-sample clean clean-module
 
 all: module
 
@@ -45,8 +45,13 @@ check-kasan:
 bench:
 	tools/bench
 
+# Debian's QEMU boots Linux on rvmx (HW=1: on this machine's VT-x).
 demo:
 	tools/demo
+
+# The 64-bit sample guest under rvmx-run, and its VM exits.
+demo-sample:
+	tools/demo sample
 
 # The module's build products only (tools/bench switches kernels with it).
 clean-module:

@@ -1,4 +1,4 @@
-//! vm_exits QEMU [ARG...]: runs QEMU (a VMM not written for rvmx) on
+//! vm_exits [--timeout S] QEMU [ARG...]: runs QEMU (a VMM not written for rvmx) on
 //! rvmx or KVM and, when its guest is done, prints the VM exits each vCPU
 //! took, from the vCPU's statistics file (KVM_GET_STATS_FD) as QEMU itself
 //! reads it: its monitor's `info stats vcpu` (QEMU 7.1 and later).
@@ -9,7 +9,9 @@
 //! `-action shutdown=pause` (added here, as is a monitor on a Unix socket)
 //! QEMU then pauses instead of exiting, this program reads the statistics
 //! of every vCPU through the monitor, and quits QEMU. Exits with QEMU's
-//! status.
+//! status. If the guest is not done after S seconds, it prints where each
+//! vCPU stands (`info registers`) and its exits so far, and kills QEMU
+//! (exit status 124).
 //!
 //! KVM counts exits by kind (io_exits, halt_exits, ...); rvmx also counts
 //! them by VMX basic exit reason (exit_reason_N), printed here with the
@@ -77,11 +79,17 @@ fn print_stats(vcpu: u32, text: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut timeout = None;
+    if args.first().map(String::as_str) == Some("--timeout") && args.len() > 2 {
+        timeout = args[1].parse::<u64>().ok().map(Duration::from_secs);
+        args.drain(..2);
+    }
     if args.is_empty() {
-        eprintln!("usage: vm_exits QEMU [ARG...]");
+        eprintln!("usage: vm_exits [--timeout S] QEMU [ARG...]");
         std::process::exit(2);
     }
+    let start = Instant::now();
     let _ = std::fs::remove_file(SOCKET);
     let mut child = match Command::new(&args[0])
         .args(&args[1..])
@@ -117,6 +125,23 @@ fn main() {
         }
         last_poll = Instant::now();
         let m = mon.as_mut().unwrap();
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            println!("vm_exits: the guest is not done after {} s; where it stands:", start.elapsed().as_secs());
+            let _ = m.command("stop");
+            let cpus = m.command("info cpus").unwrap_or_default();
+            let n = cpus.lines().filter(|l| l.contains("CPU #")).count().max(1);
+            for cpu in 0..n as u32 {
+                let _ = m.command(&format!("cpu {cpu}"));
+                for l in m.command("info registers").unwrap_or_default().lines().filter(|l| !l.contains("info registers")) {
+                    println!("vm_exits:   {l}");
+                }
+                print_stats(cpu, &m.command("info stats vcpu").unwrap_or_default());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(SOCKET);
+            std::process::exit(124);
+        }
         match m.command("info status") {
             Ok(s) if s.contains("paused (shutdown)") => {
                 let cpus = m.command("info cpus").unwrap_or_default();
