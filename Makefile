@@ -15,7 +15,7 @@ BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 CLIPPY ?=
 CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
-.PHONY: all module setup check check-kasan bench demo demo-sample clean clean-module
+.PHONY: all module setup check check-kasan bench demo demo-sample install clean clean-module
 
 all: module
 
@@ -33,6 +33,22 @@ endif
 
 check:
 	tools/check
+
+# On a VT-x machine running your own Rust-enabled kernel (see README, "On
+# real hardware"): installs rvmx.ko under /lib/modules/<release>/extra
+# (INSTALL_MOD_PATH=DIR installs under DIR instead) and a udev rule that
+# gives /dev/rvmx to group RVMX_GROUP (default kvm, as /dev/kvm), mode 0660.
+# Load it with `sudo modprobe rvmx`.
+RVMX_GROUP ?= kvm
+install:
+ifeq ($(KDIR),)
+	@echo "make install: set KDIR to your kernel's build tree, e.g. KDIR=/lib/modules/\$$(uname -r)/build" >&2; exit 1
+endif
+	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 INSTALL_MOD_DIR=extra modules_install
+	mkdir -p $(INSTALL_MOD_PATH)/etc/udev/rules.d
+	printf '%s\n' 'KERNEL=="rvmx", GROUP="$(RVMX_GROUP)", MODE="0660"' >$(INSTALL_MOD_PATH)/etc/udev/rules.d/60-rvmx.rules
+	@echo "rvmx: installed; load it with: sudo modprobe rvmx (after rmmod kvm_intel kvm)"
 
 # The whole suite on a second test kernel with KASAN (tools/kernel-kasan.config;
 # built and cached apart, once). Not part of `make check`: see README.
