@@ -165,6 +165,21 @@ static char *l1d_flush = "auto";
 module_param(l1d_flush, charp, 0444);
 MODULE_PARM_DESC(l1d_flush, "auto (as the host's L1TF mitigation asks) or software (always, by reading a buffer)");
 
+/*
+ * The host's L1TF setting (l1tf= on its command line). The kernel exports it
+ * only when it is built with KVM_INTEL (arch/x86/kernel/cpu/bugs.c); without
+ * it, assume the build's default, which flushes unless the kernel was built
+ * without the L1TF mitigation.
+ */
+static enum l1tf_mitigations rvmx_l1tf_mitigation(void)
+{
+#if IS_ENABLED(CONFIG_KVM_INTEL)
+	return l1tf_mitigation;
+#else
+	return IS_ENABLED(CONFIG_MITIGATION_L1TF) ? L1TF_MITIGATION_FLUSH : L1TF_MITIGATION_OFF;
+#endif
+}
+
 /* 0: no flush; 1: IA32_FLUSH_CMD; 2: by software (no IA32_FLUSH_CMD). */
 int rvmx_glue_l1d_flush_mode(void)
 {
@@ -174,7 +189,7 @@ int rvmx_glue_l1d_flush_mode(void)
 		return 2;
 	if (boot_cpu_has(X86_FEATURE_ARCH_CAPABILITIES))
 		rdmsrl(MSR_IA32_ARCH_CAPABILITIES, arch_cap);
-	if (!boot_cpu_has_bug(X86_BUG_L1TF) || l1tf_mitigation == L1TF_MITIGATION_OFF ||
+	if (!boot_cpu_has_bug(X86_BUG_L1TF) || rvmx_l1tf_mitigation() == L1TF_MITIGATION_OFF ||
 	    (arch_cap & ARCH_CAP_SKIP_VMENTRY_L1DFLUSH))
 		return 0;
 	return boot_cpu_has(X86_FEATURE_FLUSH_L1D) ? 1 : 2;
