@@ -9,9 +9,10 @@
 #
 #   qemu.sh [HYPERVISOR:MACHINE ...]   default: kvm:isapc rvmx:isapc kvm:pc rvmx:pc
 #
-# QEMU_TIMEOUT (emulated seconds per boot, default 600) and QEMU_APPEND
-# (more guest kernel parameters) help with experiments. Prints TAP: three
-# checks per boot.
+# QEMU_TIMEOUT (emulated seconds per boot, default 600), QEMU_APPEND (more
+# guest kernel parameters) and QEMU_ARGS (more QEMU options, say
+# "-D /tmp/trace.log -trace kvm_run_exit") help with experiments. Prints TAP: three
+# checks per boot, four with two vCPUs.
 MODDIR=/lib/modules/$(uname -r)/extra
 CD=/cdrom
 n=0; fails=0
@@ -58,7 +59,7 @@ boot() {
 		$CD/qemu/lib/ld-linux-x86-64.so.2 --library-path $CD/qemu/lib \
 		$CD/qemu/qemu-system-x86_64 -L $CD/qemu/share \
 		-accel kvm,kernel-irqchip=off $(machine_args $m) -m 96 -no-reboot \
-		-display none -monitor none -serial stdio -nodefaults \
+		-display none -monitor none -serial stdio -nodefaults ${QEMU_ARGS:-} \
 		-kernel $CD/guest/bzImage -initrd $CD/guest/initrd.gz \
 		-append "console=ttyS0,115200 panic=-1 loglevel=4 tsc_early_khz=200000 ${QEMU_APPEND:-}"
 	  echo "qemu: exit status $?"; } 2>&1 | tee $out
@@ -75,11 +76,22 @@ boot() {
 		not_ok "$hv $m: sleep 1 in the guest took about 1 s by its clock" "took: '$slept'"
 	fi
 	expect "$hv $m: the guest kernel's log has no WARN, BUG, oops, soft lockup or unstable TSC" $out "guest: kernel log clean"
+	# With -smp 2, QEMU's userspace local APIC delivers the guest's INIT
+	# and SIPI to the second vCPU, which QEMU then starts (KVM_SET_REGS,
+	# KVM_SET_SREGS, KVM_RUN from its own thread).
+	case $m in
+	*-smp) expect "$hv $m: the guest brought its second CPU online" $out "guest: cpus online: 0-1" ;;
+	esac
 }
+
+# checks MACHINE: how many TAP checks boot prints for MACHINE.
+checks() { case $1 in *-smp) echo 4 ;; *) echo 3 ;; esac; }
 
 echo "TAP version 13"
 [ -d $CD/qemu ] || { echo "1..0 # no QEMU bundle on the CD-ROM"; exit 1; }
 set -- ${@:-kvm:isapc rvmx:isapc kvm:pc rvmx:pc}
-echo "1..$(($# * 3))"
+plan=0
+for hm in "$@"; do plan=$((plan + $(checks "${hm#*:}"))); done
+echo "1..$plan"
 for hm in "$@"; do boot "${hm%%:*}" "${hm#*:}"; done
 [ $fails -eq 0 ]
