@@ -15,7 +15,7 @@ BINDGEN ?= $(RVMX_CACHE)/bindgen/bin/bindgen
 CLIPPY ?=
 CLIPPY_DRIVER ?= /usr/bin/clippy-driver
 
-.PHONY: all module setup check check-kasan bench demo demo-sample install clean clean-module
+.PHONY: all module setup check check-kasan bench demo demo-sample install kernel-deb clean clean-module
 
 all: module
 
@@ -49,6 +49,13 @@ endif
 	mkdir -p $(INSTALL_MOD_PATH)/etc/udev/rules.d
 	printf '%s\n' 'KERNEL=="rvmx", GROUP="$(RVMX_GROUP)", MODE="0660"' >$(INSTALL_MOD_PATH)/etc/udev/rules.d/60-rvmx.rules
 	@echo "rvmx: installed; load it with: sudo modprobe rvmx (after rmmod kvm_intel kvm)"
+
+# Debian packages of a Rust-enabled 6.12 kernel (Debian's config + Rust) to
+# run rvmx on, in build/kernel-deb (tools/kernel-deb; README, "On real
+# hardware"). KCONFIG=FILE starts from another config; LOCALMODCONFIG=1
+# keeps only the modules loaded now (LSMOD=FILE: another machine's lsmod).
+kernel-deb:
+	tools/kernel-deb
 
 # The whole suite on a second test kernel with KASAN (tools/kernel-kasan.config;
 # built and cached apart, once). Not part of `make check`: see README.
