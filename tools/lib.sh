@@ -7,6 +7,20 @@ BINDGEN=${BINDGEN:-$RVMX_CACHE/bindgen/bin/bindgen}
 KMAKE_FLAGS="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
 log() { echo "rvmx: $*" >&2; }
 die() { echo "rvmx: error: $*" >&2; exit 1; }
+# install_pkgs PKG...: installs the Debian packages among PKG not yet
+# installed (tools/setup, tools/kernel-deb; POSIX sh: tools/qemu-bundle
+# sources this file with dash).
+install_pkgs() {
+    _need=
+    for _p in "$@"; do
+        dpkg-query -W -f='${Status}' "$_p" 2>/dev/null | grep -q "ok installed" || _need="$_need $_p"
+    done
+    [ -n "$_need" ] || return 0
+    log "installing Debian packages:$_need"
+    apt-get update -q >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $_need >/dev/null
+}
 # The test kernel's build: tools/kernel.config, plus tools/kernel-$RVMX_FLAVOR.config
 # for a flavour (RVMX_FLAVOR=kasan: `make check-kasan`), each cached apart.
 RVMX_FLAVOR=${RVMX_FLAVOR:-}
