@@ -11,8 +11,9 @@
 #
 # QEMU_TIMEOUT (emulated seconds per boot, default 600), QEMU_APPEND (more
 # guest kernel parameters) and QEMU_ARGS (more QEMU options, say
-# "-D /tmp/trace.log -trace kvm_run_exit") help with experiments. Prints TAP: three
-# checks per boot, four with two vCPUs.
+# "-D /tmp/trace.log -trace kvm_run_exit") help with experiments. Prints TAP:
+# one check of tools/qemu-rvmx, then three checks per boot, four with two
+# vCPUs.
 MODDIR=/lib/modules/$(uname -r)/extra
 CD=/cdrom
 n=0; fails=0
@@ -48,6 +49,12 @@ machine_args() {
 # boot HYPERVISOR MACHINE: QEMU boots the guest; its output in /tmp/qemu-$1-$2.out.
 boot() {
 	hv=$1; m=$2; out=/tmp/qemu-$hv-$m.out
+	# With KVM unloaded, a /dev/kvm is the node tools/qemu-rvmx made for
+	# the last rvmx boot, removed a moment after that QEMU exited: KVM's
+	# own node cannot be made over it, and removing it would also take
+	# away the next rvmx boot's bind mount over it.
+	i=0
+	while [ -e /dev/kvm ] && [ ! -d /sys/module/kvm ] && [ $i -lt 10 ]; do sleep 1; i=$((i + 1)); done
 	case $hv in
 	kvm) rmmod rvmx 2>/dev/null; modprobe kvm_intel || { not_ok "$hv $m: modprobe kvm_intel"; return; }; wrap= ;;
 	rvmx) rmmod kvm_intel kvm 2>/dev/null; [ -c /dev/rvmx ] || insmod $MODDIR/rvmx.ko; wrap=qemu-rvmx ;;
@@ -84,14 +91,32 @@ boot() {
 	esac
 }
 
+# tools/qemu-rvmx gives its process to the command it runs (exec), so that
+# a kill meant for QEMU (timeout's, vm_exits's) reaches QEMU rather than a
+# wrapper shell, and the /dev/kvm node it made goes when the command does.
+wrapper_check() {
+	rmmod kvm_intel kvm 2>/dev/null; [ -c /dev/rvmx ] || insmod $MODDIR/rvmx.ko
+	timeout -s KILL 2 qemu-rvmx sleep 97
+	i=0; while [ -e /dev/kvm ] && [ $i -lt 5 ]; do sleep 1; i=$((i + 1)); done
+	if ps -o args | grep -q '^sleep 97'; then
+		not_ok "tools/qemu-rvmx: killing it kills the command" "sleep 97 still runs"
+		pkill -f '^sleep 97'
+	elif [ -e /dev/kvm ]; then
+		not_ok "tools/qemu-rvmx: killing it kills the command" "/dev/kvm left behind"
+	else
+		ok "tools/qemu-rvmx: killing it kills the command, and its /dev/kvm goes too"
+	fi
+}
+
 # checks MACHINE: how many TAP checks boot prints for MACHINE.
 checks() { case $1 in *-smp) echo 4 ;; *) echo 3 ;; esac; }
 
 echo "TAP version 13"
 [ -d $CD/qemu ] || { echo "1..0 # no QEMU bundle on the CD-ROM"; exit 1; }
 set -- ${@:-kvm:isapc rvmx:isapc kvm:pc rvmx:pc}
-plan=0
+plan=1
 for hm in "$@"; do plan=$((plan + $(checks "${hm#*:}"))); done
 echo "1..$plan"
+wrapper_check
 for hm in "$@"; do boot "${hm%%:*}" "${hm#*:}"; done
 [ $fails -eq 0 ]
