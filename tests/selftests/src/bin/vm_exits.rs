@@ -11,7 +11,9 @@
 //! of every vCPU through the monitor, and quits QEMU. Exits with QEMU's
 //! status. If the guest is not done after S seconds, it prints where each
 //! vCPU stands (`info registers`) and its exits so far, and kills QEMU
-//! (exit status 124).
+//! (exit status 124). A monitor that stops answering (QEMU's main loop
+//! stuck) costs at most `MONITOR_WAIT` per command: the timeout holds
+//! whether or not QEMU still listens.
 //!
 //! KVM counts exits by kind (io_exits, halt_exits, ...); rvmx also counts
 //! them by VMX basic exit reason (exit_reason_N), printed here with the
@@ -27,6 +29,10 @@ use std::time::{Duration, Instant};
 mod reader;
 
 const SOCKET: &str = "/tmp/vm_exits.monitor";
+
+/// How long one monitor command may take before the monitor counts as
+/// not answering.
+const MONITOR_WAIT: Duration = Duration::from_secs(20);
 
 /// A connection to QEMU's human monitor (HMP).
 struct Monitor(UnixStream);
@@ -78,6 +84,30 @@ fn print_stats(vcpu: u32, text: &str) {
     }
 }
 
+/// Whether a monitor read failed because no answer came in MONITOR_WAIT.
+fn unanswered(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+/// After the timeout: each vCPU's registers and exits so far, as long as
+/// the monitor answers.
+fn print_where(m: &mut Monitor) {
+    if m.command("stop").is_err() {
+        println!("vm_exits:   QEMU's monitor stopped answering");
+        return;
+    }
+    let cpus = m.command("info cpus").unwrap_or_default();
+    let n = cpus.lines().filter(|l| l.contains("CPU #")).count().max(1);
+    for cpu in 0..n as u32 {
+        let _ = m.command(&format!("cpu {cpu}"));
+        let Ok(regs) = m.command("info registers") else { return };
+        for l in regs.lines().filter(|l| !l.contains("info registers")) {
+            println!("vm_exits:   {l}");
+        }
+        print_stats(cpu, &m.command("info stats vcpu").unwrap_or_default());
+    }
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut timeout = None;
@@ -103,17 +133,38 @@ fn main() {
         }
     };
     let mut mon: Option<Monitor> = None;
+    // Set when the monitor let a command go unanswered for MONITOR_WAIT:
+    // no new connection then, since connecting to a socket that QEMU no
+    // longer accepts on blocks once its backlog is full, timeout or not.
+    let mut monitor_dead = false;
     let mut last_poll = Instant::now();
     let status = loop {
         if let Ok(Some(st)) = child.try_wait() {
             break st;
         }
         std::thread::sleep(Duration::from_millis(200));
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            println!("vm_exits: the guest is not done after {} s; where it stands:", start.elapsed().as_secs());
+            match mon.as_mut() {
+                Some(m) => print_where(m),
+                None if monitor_dead => println!("vm_exits:   QEMU's monitor left a command unanswered for {} s", MONITOR_WAIT.as_secs()),
+                None => println!("vm_exits:   no connection to QEMU's monitor"),
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(SOCKET);
+            std::process::exit(124);
+        }
         if mon.is_none() {
+            if monitor_dead {
+                continue;
+            }
             if let Ok(s) = UnixStream::connect(SOCKET) {
+                let _ = s.set_read_timeout(Some(MONITOR_WAIT));
                 let mut m = Monitor(s);
-                if m.prompt().is_ok() {
-                    mon = Some(m);
+                match m.prompt() {
+                    Ok(_) => mon = Some(m),
+                    Err(e) => monitor_dead = unanswered(&e),
                 }
             }
             continue;
@@ -124,24 +175,7 @@ fn main() {
             continue;
         }
         last_poll = Instant::now();
-        let m = mon.as_mut().unwrap();
-        if timeout.is_some_and(|t| start.elapsed() > t) {
-            println!("vm_exits: the guest is not done after {} s; where it stands:", start.elapsed().as_secs());
-            let _ = m.command("stop");
-            let cpus = m.command("info cpus").unwrap_or_default();
-            let n = cpus.lines().filter(|l| l.contains("CPU #")).count().max(1);
-            for cpu in 0..n as u32 {
-                let _ = m.command(&format!("cpu {cpu}"));
-                for l in m.command("info registers").unwrap_or_default().lines().filter(|l| !l.contains("info registers")) {
-                    println!("vm_exits:   {l}");
-                }
-                print_stats(cpu, &m.command("info stats vcpu").unwrap_or_default());
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_file(SOCKET);
-            std::process::exit(124);
-        }
+        let Some(m) = mon.as_mut() else { continue };
         match m.command("info status") {
             Ok(s) if s.contains("paused (shutdown)") => {
                 let cpus = m.command("info cpus").unwrap_or_default();
@@ -156,7 +190,10 @@ fn main() {
                 let _ = m.0.write_all(b"quit\n");
             }
             Ok(_) => {}
-            Err(_) => mon = None,
+            Err(e) => {
+                monitor_dead = unanswered(&e);
+                mon = None;
+            }
         }
     };
     let _ = std::fs::remove_file(SOCKET);
