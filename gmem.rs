@@ -65,9 +65,7 @@ impl Paging {
             smap: cr4 & CR4_SMAP != 0,
             maxphyaddr: 0,
         };
-        // CPL is SS.DPL (access rights bits 6:5), also in real mode (0)
-        // and virtual-8086 mode (3) as the VMCS holds them.
-        let user = (v.read(GUEST_SS_AR) >> 5) & 3 == 3;
+        let user = v.guest_cpl() == 3;
         Paging { walk, long_mode, user, ac: v.read(GUEST_RFLAGS).0 & RFLAGS_AC != 0 }
     }
 

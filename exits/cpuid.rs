@@ -14,11 +14,16 @@
 //! performance-monitoring MSRs), or an execution control rvmx leaves off
 //! (INVPCID, XSAVES), plus the "hypervisor present" bit and leaf
 //! 0x40000000 naming rvmx.
+//!
+//! CPUID exits at every privilege level; where the guest turned on CPUID
+//! faulting (msrs/emulated.rs), CPUID outside ring 0 gets #GP instead, as
+//! on a CPU with that feature (KVM: kvm_emulate_cpuid).
 
 use super::{Action, ExitCtx};
 use crate::hw;
 use crate::uapi::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use crate::vcpu::reg;
+use crate::vmcs::intr::vector::GP;
 use kernel::prelude::*;
 
 /// "rvmxrvmxrvmx" in EBX, ECX, EDX of leaf 0x40000000.
@@ -32,6 +37,9 @@ const SIGNATURE: [u32; 3] = [
 pub(crate) const MAX_ENTRIES: usize = 256;
 
 pub(crate) fn cpuid(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
+    if ctx.guest.msrs.cpuid_faulting() && ctx.vmcs.guest_cpl() > 0 {
+        return ctx.inject_exception(GP, Some(0));
+    }
     // CAST: CPUID takes EAX and ECX.
     let leaf = ctx.regs[reg::RAX] as u32;
     let sub = ctx.regs[reg::RCX] as u32;

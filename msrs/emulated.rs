@@ -28,7 +28,11 @@
 //!   fault handler), MISC_ENABLE, FEATURE_CONTROL (lockable, no VMX for
 //!   the guest), the SMI count, power and frequency MSRs that read as
 //!   constants, and AMD's HWCR. DEBUGCTL's rule is here too
-//!   (`debugctl_write`); its value lives in the VMCS.
+//!   (`debugctl_write`); its value lives in the VMCS;
+//! - CPUID faulting, which KVM gives every guest: PLATFORM_INFO bit 31 says
+//!   the CPU has it (the VMM may take it away), MISC_FEATURES_ENABLES bit 0
+//!   turns it on, and then CPUID at CPL > 0 is #GP (exits/cpuid.rs). Linux
+//!   uses it for arch_prctl(ARCH_SET_CPUID, 0).
 //!
 //! Pure logic, `core` only: built into rvmx.ko (msrs/mod.rs) and into
 //! `tests/unit`, which checks it against KVM's rules.
@@ -113,6 +117,10 @@ const HWCR_IGNORED: u64 = 0x40 | 0x100 | 0x8;
 /// cannot virtualize them: BTF (single-step on branches) and LBR (last
 /// branch records). Any other bit is #GP.
 const DEBUGCTL_DROPPED: u64 = (1 << 1) | (1 << 0);
+/// PLATFORM_INFO bit 31: CPUID faulting is available.
+const PLATFORM_INFO_CPUID_FAULT: u64 = 1 << 31;
+/// MISC_FEATURES_ENABLES bit 0: CPUID faulting is on (the only bit).
+const MISC_FEATURES_CPUID_FAULT: u64 = 1 << 0;
 
 /// Why an access was refused: the guest gets #GP(0), KVM_GET/SET_MSRS stop.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,8 +134,7 @@ pub(crate) enum By {
     Vmm,
 }
 
-/// The software-only MSRs of one vCPU, at their reset values (all zero
-/// but MCG_CAP, as KVM's kvm_arch_vcpu_create).
+/// The software-only MSRs of one vCPU.
 pub(crate) struct EmulatedMsrs {
     mtrr_def_type: u64,
     /// 0x250, 0x258, 0x259, 0x268..=0x26f.
@@ -148,6 +155,8 @@ pub(crate) struct EmulatedMsrs {
     smi_count: u64,
     power_ctl: u64,
     hwcr: u64,
+    platform_info: u64,
+    misc_features_enables: u64,
     /// Reserved guest-physical address bits: those above MAXPHYADDR.
     reserved_pa: u64,
 }
@@ -192,6 +201,8 @@ impl EmulatedMsrs {
             smi_count: 0,
             power_ctl: 0,
             hwcr: 0,
+            platform_info: 0,
+            misc_features_enables: 0,
             reserved_pa: 0,
         };
         m.reset(maxphyaddr);
@@ -207,6 +218,8 @@ impl EmulatedMsrs {
         self.smi_count = 0;
         self.power_ctl = 0;
         self.hwcr = 0;
+        self.platform_info = PLATFORM_INFO_CPUID_FAULT;
+        self.misc_features_enables = 0;
         self.mtrr_def_type = 0;
         self.mtrr_fixed.fill(0);
         self.mtrr_var.fill(0);
@@ -217,6 +230,11 @@ impl EmulatedMsrs {
         self.kvm_wall_clock = 0;
         self.kvm_system_time = 0;
         self.reserved_pa = !0u64 << maxphyaddr.clamp(32, 52);
+    }
+
+    /// Whether CPUID at CPL > 0 is #GP (MISC_FEATURES_ENABLES bit 0).
+    pub(crate) fn cpuid_faulting(&self) -> bool {
+        self.misc_features_enables & MISC_FEATURES_CPUID_FAULT != 0
     }
 
     /// The machine-check banks the guest has (1 to 32).
@@ -264,8 +282,9 @@ impl EmulatedMsrs {
     pub(crate) fn get(&self, index: u32, by: By) -> Result<u64, Refused> {
         Ok(match index {
             IA32_P5_MC_ADDR | IA32_P5_MC_TYPE => 0,
-            // No CPUID faulting (PLATFORM_INFO bit 31), nothing else to report.
-            IA32_PLATFORM_ID | IA32_EBL_CR_POWERON | IA32_PERF_CTL | MSR_PLATFORM_INFO | MSR_MISC_FEATURES_ENABLES => 0,
+            IA32_PLATFORM_ID | IA32_EBL_CR_POWERON | IA32_PERF_CTL => 0,
+            MSR_PLATFORM_INFO => self.platform_info,
+            MSR_MISC_FEATURES_ENABLES => self.misc_features_enables,
             MSR_EBC_FREQUENCY_ID => EBC_FREQUENCY_ID,
             IA32_PERF_STATUS => PERF_STATUS,
             IA32_BBL_CR_CTL3 => BBL_CR_CTL3,
@@ -321,9 +340,18 @@ impl EmulatedMsrs {
             }
             MSR_SMI_COUNT if by == By::Vmm => self.smi_count = value,
             MSR_IA32_POWER_CTL => self.power_ctl = value,
-            // Without CPUID faulting, only 0; PLATFORM_INFO only by the VMM.
-            MSR_MISC_FEATURES_ENABLES => ok(value == 0)?,
-            MSR_PLATFORM_INFO => ok(by == By::Vmm && value == 0)?,
+            // CPUID faulting may be turned on where PLATFORM_INFO offers
+            // it; PLATFORM_INFO is the VMM's, which may not take faulting
+            // away while it is on (KVM's rules).
+            MSR_MISC_FEATURES_ENABLES => {
+                ok(value & !MISC_FEATURES_CPUID_FAULT == 0
+                    && (value == 0 || self.platform_info & PLATFORM_INFO_CPUID_FAULT != 0))?;
+                self.misc_features_enables = value;
+            }
+            MSR_PLATFORM_INFO => {
+                ok(by == By::Vmm && (value & PLATFORM_INFO_CPUID_FAULT != 0 || !self.cpuid_faulting()))?;
+                self.platform_info = value;
+            }
             MSR_K7_HWCR => {
                 let value = value & !HWCR_IGNORED;
                 ok(value & !HWCR_ALLOWED == 0)?;

@@ -77,9 +77,10 @@ pub(crate) const DEFERRED: [u32; 5] = [IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_F
 /// restore with KVM_GET_MSRS/KVM_SET_MSRS to migrate a vCPU. As in KVM,
 /// the ones KVM_GET_SREGS already carries (EFER, APIC_BASE, and FS/GS base
 /// in the segments) are not listed, though KVM_GET_MSRS reads them too.
-pub(crate) const INDEX_LIST: [u32; 12] = [
+pub(crate) const INDEX_LIST: [u32; 14] = [
     IA32_TSC, IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, emulated::IA32_MISC_ENABLE, IA32_PAT,
     IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_TSC_AUX,
+    emulated::MSR_PLATFORM_INFO, emulated::MSR_MISC_FEATURES_ENABLES,
 ];
 
 /// EFER bits a guest may set: SCE (SYSCALL), LME, LMA (which the CPU, not
@@ -202,6 +203,12 @@ impl GuestMsrs {
             pat_in_vmcs,
             pat: 0x0007_0406_0007_0406,
         })
+    }
+
+    /// Whether the guest turned CPUID faulting on (emulated.rs): CPUID at
+    /// CPL > 0 is then #GP.
+    pub(crate) fn cpuid_faulting(&self) -> bool {
+        self.emulated.cpuid_faulting()
     }
 
     /// KVM_X86_SETUP_MCE (emulated.rs).

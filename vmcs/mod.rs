@@ -130,6 +130,13 @@ impl Loaded<'_> {
         (self.read(fields::GUEST_CR4).0 & !mask) | (self.read(fields::CR4_READ_SHADOW).0 & mask)
     }
 
+    /// The guest's current privilege level: SS.DPL (access rights bits
+    /// 6:5), which the VMCS keeps as the CPU does, also in real mode (0)
+    /// and virtual-8086 mode (3).
+    pub(crate) fn guest_cpl(&self) -> u32 {
+        (self.read(fields::GUEST_SS_AR) >> 5) & 3
+    }
+
     /// The VM-instruction error number after a VMfailValid (SDM §31.4).
     pub(crate) fn instruction_error(&self) -> u32 {
         self.read(fields::VM_INSTRUCTION_ERROR)

@@ -125,11 +125,22 @@ fn boot_time_msrs() {
     assert_eq!(m.get(IA32_BBL_CR_CTL3, G), Ok(0xbe70_2111));
     assert_eq!(m.get(IA32_PLATFORM_ID, G), Ok(0));
     assert_eq!(m.set(IA32_PERF_CTL, 0, G), Err(Refused));
-    // No CPUID faulting.
-    assert_eq!(m.get(MSR_PLATFORM_INFO, G), Ok(0));
-    assert_eq!(m.set(MSR_PLATFORM_INFO, 0, G), Err(Refused));
-    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 1, G), Err(Refused));
+    // CPUID faulting, as in KVM: offered at reset, off; the guest may turn
+    // it on (bit 0 only); PLATFORM_INFO is the VMM's, which may not take
+    // faulting away while it is on, and without it faulting cannot be on.
+    assert_eq!(m.get(MSR_PLATFORM_INFO, G), Ok(1 << 31));
+    assert_eq!(m.get(MSR_MISC_FEATURES_ENABLES, G), Ok(0));
+    assert!(!m.cpuid_faulting());
+    assert_eq!(m.set(MSR_PLATFORM_INFO, 1 << 31, G), Err(Refused));
+    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 2, G), Err(Refused));
+    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 1, G), Ok(()));
+    assert!(m.cpuid_faulting());
+    assert_eq!(m.set(MSR_PLATFORM_INFO, 0, V), Err(Refused));
     assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 0, G), Ok(()));
+    assert!(!m.cpuid_faulting());
+    assert_eq!(m.set(MSR_PLATFORM_INFO, 0, V), Ok(()));
+    assert_eq!(m.set(MSR_MISC_FEATURES_ENABLES, 1, V), Err(Refused));
+    assert_eq!(m.set(MSR_PLATFORM_INFO, 1 << 31, V), Ok(()));
     // The SMI count: the VMM's to restore.
     assert_eq!(m.set(MSR_SMI_COUNT, 3, G), Err(Refused));
     assert_eq!(m.set(MSR_SMI_COUNT, 3, V), Ok(()));
@@ -169,9 +180,10 @@ fn some_index(r: &mut Rng) -> u32 {
 }
 
 fn some_value(r: &mut Rng) -> u64 {
-    match r.below(5) {
+    match r.below(6) {
         0 => 0,
         1 => !0,
+        5 => 1 << r.below(64),
         2 => r.below(0x1000),
         3 => u64::from_le_bytes([6, 6, 6, 6, 6, 6, 6, r.below(8) as u8]),
         _ => r.next(),
@@ -188,7 +200,7 @@ fn fuzz_accesses() {
     if r.below(2) == 0 {
         assert_eq!(m.setup_mce(SUPPORTED_MCE_CAP | (1 + r.below(32))), Ok(()));
     }
-    let (mut accepted, mut n) = (0u64, 0u64);
+    let (mut accepted, mut n, mut faulting) = (0u64, 0u64, 0u64);
     while n < 1_000_000 {
         n += 1;
         let (index, value) = (some_index(&mut r), some_value(&mut r));
@@ -215,6 +227,12 @@ fn fuzz_accesses() {
         if !EmulatedMsrs::has(index) {
             assert_eq!(m.get(index, by), Err(Refused));
         }
+        // CPUID faulting is on exactly when MISC_FEATURES_ENABLES says so,
+        // and never without PLATFORM_INFO offering it.
+        let misc = m.get(MSR_MISC_FEATURES_ENABLES, By::Vmm);
+        assert_eq!(m.cpuid_faulting(), misc == Ok(1), "seed {seed}");
+        faulting += u64::from(m.cpuid_faulting());
+        assert!(!m.cpuid_faulting() || m.get(MSR_PLATFORM_INFO, By::Vmm).is_ok_and(|p| p & (1 << 31) != 0), "seed {seed}");
     }
-    println!("emulated msr fuzz: {n} accesses, {accepted} writes accepted");
+    println!("emulated msr fuzz: {n} accesses, {accepted} writes accepted, CPUID faulting on after {faulting}");
 }

@@ -6,7 +6,7 @@
 //! The guests are a few hand-assembled instructions each; the comment next
 //! to every byte string is its assembly.
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use rvmx_selftests::{install_empty_handler, Tap};
 use std::ffi::CString;
@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(45);
+    let mut t = Tap::plan(49);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -843,6 +843,91 @@ fn main() {
         };
         t.check(sent == want && end == Exit::Shutdown, name, format!("{sent} bytes sent, then {end:?}"));
     }
+
+    // 24. CPUID faulting (KVM offers it to every guest; Linux uses it for
+    //     arch_prctl(ARCH_SET_CPUID, 0)): PLATFORM_INFO bit 31 offers it,
+    //     the guest turns it on with MISC_FEATURES_ENABLES bit 0, and then
+    //     CPUID in ring 0 still runs while CPUID in ring 3 is #GP.
+    let mut g = Guest::real(&kvm, &[
+        0xb9, 0xce, 0x00, 0x00, 0x00,   // mov ecx, 0xce (PLATFORM_INFO)
+        0x0f, 0x32,                     // rdmsr
+        0xe7, 0x1d,                     // out 0x1d, eax
+        0xb9, 0x40, 0x01, 0x00, 0x00,   // mov ecx, 0x140 (MISC_FEATURES_ENABLES)
+        0xb8, 0x01, 0x00, 0x00, 0x00,   // mov eax, 1
+        0x31, 0xd2,                     // xor edx, edx
+        0x0f, 0x30,                     // wrmsr
+        0x0f, 0xa2,                     // cpuid (in ring 0)
+        0xe6, 0x1e,                     // out 0x1e, al
+        0xf4,                           // hlt
+    ]);
+    long_mode(&mut g);
+    let info = run(&mut g, 0);
+    let ring0 = (run(&mut g, 0), run(&mut g, 0));
+    let offered = matches!(&info, Exit::Out(0x1d, d) if d.len() == 4 && d[3] & 0x80 != 0);
+    t.check(offered && matches!(ring0, (Exit::Out(0x1e, _), Exit::Hlt)),
+            "CPUID faulting: offered in PLATFORM_INFO, turned on by the guest, CPUID in ring 0 still runs",
+            format!("{info:?}, then {ring0:?}"));
+    let get_misc = |g: &Guest| {
+        let mut m = Msrs::from_entries(&[kvm_msr_entry { index: 0x140, ..Default::default() }]).unwrap();
+        g.vcpu.get_msrs(&mut m).ok().map(|n| (n, m.as_slice()[0].data))
+    };
+    let set = |g: &Guest, index: u32, data: u64| {
+        let m = Msrs::from_entries(&[kvm_msr_entry { index, data, ..Default::default() }]).unwrap();
+        g.vcpu.set_msrs(&m).unwrap_or(0)
+    };
+    t.check(get_misc(&g) == Some((1, 1)) && set(&g, 0xce, 0) == 0,
+            "CPUID faulting: KVM_GET_MSRS shows it on; the VMM may not take it from PLATFORM_INFO while it is on",
+            format!("MISC_FEATURES_ENABLES {:?}", get_misc(&g)));
+    // Ring 3 (CS and SS with DPL and RPL 3, IOPL 3 so that OUT is allowed,
+    // user pages): OUT, CPUID, OUT. No IDT, so #GP is a triple fault; HLT
+    // in ring 3 is #GP too, so a CPUID that runs gives the second OUT, then
+    // the shutdown. (A fresh guest for each run: none runs after a
+    // shutdown.)
+    const USER_CODE: [u8; 7] = [
+        0xe6, 0x1f,                     // out 0x1f, al
+        0x0f, 0xa2,                     // cpuid
+        0xe6, 0x1e,                     // out 0x1e, al
+        0xf4,                           // hlt (#GP in ring 3)
+    ];
+    let ring3 = |g: &mut Guest, rip: u64| {
+        for level in [0x10000u64, 0x11000] {
+            g.write_u64(level, (level + 0x1000) | 7);
+        }
+        for i in 0..512u64 {
+            g.write_u64(0x12000 + i * 8, (i << 21) | 0x87);
+        }
+        let mut s: kvm_sregs = g.vcpu.get_sregs().unwrap();
+        s.cs = kvm_segment { selector: 0x1b, dpl: 3, ..seg(8, 11, 1, 0) };
+        s.ss = kvm_segment { selector: 0x23, dpl: 3, ..seg(16, 3, 0, 1) };
+        s.idt.limit = 0;
+        g.vcpu.set_sregs(&s).unwrap();
+        let mut r = g.vcpu.get_regs().unwrap();
+        r.rip = rip;
+        r.rax = 0;
+        r.rflags = 0x3002; // IOPL 3
+        g.vcpu.set_regs(&r).unwrap();
+        let mut exits = Vec::new();
+        while exits.len() < 4 {
+            let e = run(g, 0);
+            let last = !matches!(e, Exit::Out(..));
+            exits.push(e);
+            if last {
+                break;
+            }
+        }
+        exits
+    };
+    // The same guest, faulting turned off again by the VMM.
+    g.write(0x1100, &USER_CODE);
+    let off = (set(&g, 0x140, 0), ring3(&mut g, 0x1100));
+    t.check(matches!(&off, (1, v) if matches!(v.as_slice(), [Exit::Out(0x1f, _), Exit::Out(0x1e, _), Exit::Shutdown])),
+            "CPUID faulting turned off by the VMM: CPUID in ring 3 runs", format!("{off:?}"));
+    // A new guest, faulting turned on by the VMM.
+    let mut g = Guest::real(&kvm, &USER_CODE);
+    long_mode(&mut g);
+    let on = (set(&g, 0x140, 1), ring3(&mut g, CODE));
+    t.check(matches!(&on, (1, v) if matches!(v.as_slice(), [Exit::Out(0x1f, _), Exit::Shutdown])),
+            "CPUID faulting turned on by the VMM: CPUID in ring 3 is #GP", format!("{on:?}"));
 
     // 16. Back to real mode after all that: the same guest runs again.
     let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);
