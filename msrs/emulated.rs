@@ -134,7 +134,8 @@ pub(crate) enum By {
     Vmm,
 }
 
-/// The software-only MSRs of one vCPU.
+/// The software-only MSRs of one vCPU (their reset values: `reset`, as
+/// KVM's kvm_arch_vcpu_create).
 pub(crate) struct EmulatedMsrs {
     mtrr_def_type: u64,
     /// 0x250, 0x258, 0x259, 0x268..=0x26f.
