@@ -9,7 +9,10 @@
 //! the instruction behind an MMIO exit, the buffer of INS/OUTS. (The
 //! guest's own accesses are translated by the CPU: with EPT the guest's page
 //! tables are its own business.) A failed check is the #PF the CPU would
-//! have raised, which the caller injects into the guest.
+//! have raised, which the caller injects into the guest. A table outside
+//! guest RAM is a not-present fault, as in KVM's walker; the same rule
+//! turns the CPU's own walk that reached such a table (an EPT violation on
+//! a paging-structure access) into the guest's #PF (exits/mmio.rs).
 //!
 //! Pure logic, `core` only: built into rvmx.ko (gmem.rs gives it guest
 //! memory) and into `tests/unit`, where it runs over a fake memory and is
@@ -77,8 +80,9 @@ pub(crate) struct Access {
 pub(crate) enum WalkError {
     /// The CPU would raise #PF with this error code (CR2 = the address).
     PageFault(u32),
-    /// An entry is not in guest RAM, or kept changing: not something the
-    /// CPU would fault on; the caller gives up on emulation.
+    /// An entry kept changing, or its accessed or dirty bit could not be
+    /// set: not something the CPU would fault on; the caller gives up on
+    /// emulation.
     Unhandled,
 }
 
@@ -244,7 +248,11 @@ fn walk(mem: &mut impl GuestPhys, p: &Paging, linear: Linear, acc: Access, used:
     loop {
         let (index_mask, entry_size) = if wide { (0x1ff, 8) } else { (0x3ff, 4) };
         let gpa = Gpa(table + ((linear >> shift) & index_mask) * entry_size);
-        let e = mem.read_entry(gpa, wide).ok_or(WalkError::Unhandled)?;
+        // A table outside guest RAM (CR3 or an entry pointing past it): a
+        // not-present fault, as KVM's walker reports it (paging_tmpl.h,
+        // walk_addr_generic). (Bare metal would read whatever the bus
+        // returns there; a guest cannot rely on either.)
+        let Some(e) = mem.read_entry(gpa, wide) else { return Err(fault(0)) };
         // At most 4 levels (long mode); `get_mut` keeps a logic slip from
         // being an out-of-bounds index.
         *used.get_mut(n).ok_or(WalkError::Unhandled)? = Used { gpa, value: e };

@@ -181,11 +181,12 @@ fn fetch(vm: &Vm, f: &InsnCtx) -> Result<([u8; MAX_INSN_LEN], usize), gmem::Line
 /// longer map its instruction (`Ok(false)`, enter the guest again):
 /// - the violation happened while the CPU delivered an event (its IDT or
 ///   stack in MMIO): KVM_INTERNAL_ERROR_DELIVERY_EV, as KVM reports it;
-/// - it was the guest's own page walk (its page tables in MMIO), an
-///   instruction fetch, an instruction rvmx does not decode, or a load into
-///   RSP: KVM_INTERNAL_ERROR_EMULATION.
-///   The instruction at RIP is not the access that faulted in the first
-///   two cases, so decoding it would emulate the wrong thing.
+/// - it was the guest's own page walk (its page tables outside guest RAM):
+///   the #PF KVM injects (`page_walk_fault`);
+/// - an instruction fetch, an instruction rvmx does not decode, or a load
+///   into RSP: KVM_INTERNAL_ERROR_EMULATION. (A fetch from MMIO is not a
+///   data access of the instruction at RIP, so decoding that instruction
+///   would emulate the wrong thing.)
 pub(crate) fn start(cx: &mut EmulCtx<'_>, e: &EptFault) -> Result<bool> {
     let run = cx.run;
     if e.vectoring_info.valid() {
@@ -201,7 +202,10 @@ pub(crate) fn start(cx: &mut EmulCtx<'_>, e: &EptFault) -> Result<bool> {
     } else {
         CodeSize::Bits16
     };
-    let decoded = if e.fetch || e.in_page_walk {
+    if e.in_page_walk {
+        return page_walk_fault(cx, e, f, mode);
+    }
+    let decoded = if e.fetch {
         None
     } else {
         match fetch(cx.vm, f) {
@@ -240,6 +244,33 @@ pub(crate) fn start(cx: &mut EmulCtx<'_>, e: &EptFault) -> Result<bool> {
     run.exit_mmio(e.gpa.0, u32::from(ram.device_len), device_write);
     *cx.pending = Pending::Mmio { len: d.len, dest, ram, write };
     Ok(true)
+}
+
+/// The CPU's walk of the guest's page tables reached a table outside guest
+/// RAM (CR3, or an entry, pointing past it). KVM's emulator then redoes the
+/// walk and injects the #PF it ends in, a not-present fault with the
+/// access's bits (arch/x86/kvm/mmu/paging_tmpl.h, walk_addr_generic); rvmx
+/// does the same with its own walk (walk.rs): first the instruction's
+/// fetch, which faults if the code's own translation needs that table,
+/// then the access at the linear address the CPU was translating, a write
+/// if the decoded instruction stores (otherwise a read: rvmx decodes only
+/// the MOVs of MMIO). Returns as `start`. A walk that does not fault now
+/// (another vCPU changed the tables) or cannot be done is an emulation
+/// error: never a guest re-entered to exit the same way again.
+fn page_walk_fault(cx: &mut EmulCtx<'_>, e: &EptFault, f: &InsnCtx, mode: CodeSize) -> Result<bool> {
+    let write = match fetch(cx.vm, f) {
+        Ok((b, n)) => decode::decode(&b[..n], mode).is_some_and(|d| !matches!(d.access, Access::Load { .. })),
+        Err(err) if cx.inject_linear_fault(err)? => return Ok(false),
+        Err(_) => false,
+    };
+    let linear = Linear(cx.vmcs.load()?.read(GUEST_LINEAR_ADDRESS).0);
+    match gmem::data_gpa(cx.vm, &f.paging, linear, write) {
+        Err(err) if cx.inject_linear_fault(err)? => Ok(false),
+        _ => {
+            cx.run.exit_internal_error(uapi::KVM_INTERNAL_ERROR_EMULATION, &[e.gpa.0, f.rip]);
+            Ok(true)
+        }
+    }
 }
 
 /// Splits an access of `d.size` bytes that crosses a page with RAM on one

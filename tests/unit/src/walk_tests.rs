@@ -140,10 +140,15 @@ fn not_present_and_reserved() {
     let mut m = four_level(PRW, PRW | XD);
     let p = Paging { nxe: false, ..long(0x1000) };
     assert_eq!(translate(&mut m, &p, LIN, READ), Err(WalkError::PageFault(pf::PRESENT | pf::RSVD)));
-    // Page tables outside guest RAM: not a #PF, emulation gives up.
+    // Page tables outside guest RAM: a not-present #PF, as in KVM, with
+    // the access's bits; CR3 itself outside RAM too. No entry changes.
     let mut m = four_level(PRW, PRW);
     m.set(0x2000, 0x7fff_0000 | PRW);
-    assert_eq!(translate(&mut m, &long(0x1000), LIN, READ), Err(WalkError::Unhandled));
+    assert_eq!(translate(&mut m, &long(0x1000), LIN, READ), Err(WalkError::PageFault(0)));
+    assert_eq!(translate(&mut m, &long(0x1000), LIN, WRITE), Err(WalkError::PageFault(pf::WRITE)));
+    assert_eq!(m.get(0x1000) & A, 0, "no accessed bits on a failed walk");
+    let mut m = four_level(PRW, PRW);
+    assert_eq!(translate(&mut m, &long(0x7fff_0000), LIN, READ), Err(WalkError::PageFault(0)));
 }
 
 #[test]
@@ -306,7 +311,7 @@ fn fuzz_random_page_tables() {
             Err(WalkError::Unhandled) => unhandled += 1,
         }
     }
-    println!("walk fuzz: {walks} walks: {ok} translated, {faults} page faults, {unhandled} outside guest RAM");
+    println!("walk fuzz: {walks} walks: {ok} translated, {faults} page faults, {unhandled} given up");
 }
 
 /// Access rights of a present, usable, writable data segment (type 3),

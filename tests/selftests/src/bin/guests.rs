@@ -281,7 +281,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path.clone()).unwrap()).expect("open device");
-    let mut t = Tap::plan(49);
+    let mut t = Tap::plan(51);
 
     // 1. Real mode: OUT to the serial port, then HLT.
     let mut g = Guest::real(&kvm, &[
@@ -928,6 +928,32 @@ fn main() {
     let on = (set(&g, 0x140, 1), ring3(&mut g, CODE));
     t.check(matches!(&on, (1, v) if matches!(v.as_slice(), [Exit::Out(0x1f, _), Exit::Shutdown])),
             "CPUID faulting turned on by the VMM: CPUID in ring 3 is #GP", format!("{on:?}"));
+
+    // 25. Page tables outside guest RAM: PML4[1] points at 0x7fff_0000, past
+    //     the 2 MiB of RAM, and the guest loads from, then stores to, an
+    //     address it would map (0x80_0000_1234). The CPU's walk exits
+    //     (EPT violation on a paging-structure read); the guest takes #PF,
+    //     not present, CR2 = the address, W for the store, as KVM's
+    //     emulator gives it; its handler reports CR2 and the error code.
+    for (name, access, want) in [("a load", [0x8a, 0x03], 0u8), ("a store", [0x88, 0x03], 2)] {
+        let mut code = vec![0x48, 0xbb];                      // mov rbx, 0x80_0000_1234
+        code.extend_from_slice(&0x80_0000_1234u64.to_le_bytes());
+        code.extend_from_slice(&access);                      // mov al, [rbx] / mov [rbx], al
+        code.push(0xf4);                                      // hlt
+        let mut g = Guest::real(&kvm, &code);
+        long_mode(&mut g);
+        g.write_u64(0x10000 + 8, 0x7fff_0000 | 3);
+        idt64(&mut g, 14, &[
+            0x0f, 0x20, 0xd0,   // mov rax, cr2
+            0xe7, 0x1d,         // out 0x1d, eax
+            0x58,               // pop rax (error code)
+            0xe7, 0x1e,         // out 0x1e, eax
+            0xf4,               // hlt
+        ]);
+        let got = (run(&mut g, 0), run(&mut g, 0), run(&mut g, 0));
+        t.expect_eq(got, (Exit::Out(0x1d, vec![0x34, 0x12, 0, 0]), Exit::Out(0x1e, vec![want, 0, 0, 0]), Exit::Hlt),
+                    &format!("{name} through page tables outside guest RAM: #PF, not present, CR2 = the address"));
+    }
 
     // 16. Back to real mode after all that: the same guest runs again.
     let mut g = Guest::real(&kvm, &[0xb0, 0x33, 0xe6, 0x1a, 0xf4]);
