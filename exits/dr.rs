@@ -9,13 +9,15 @@
 //! controls"), which this file keeps equal to the guest's; while that DR7
 //! arms a breakpoint, the run loop (vcpu/run.rs) loads the guest's DR0-3
 //! and DR6 into the CPU before each entry and reads DR6 back after the
-//! exit, so the guest's breakpoints fire in the guest (#DB is not
-//! intercepted) and never with the host's addresses. After every exit the
-//! host's DR7, DR6 and IA32_DEBUGCTL are put back, since a VM exit sets DR7
-//! to 0x400 and clears IA32_DEBUGCTL.
+//! exit, so the guest's breakpoints fire with the guest's addresses and
+//! never with the host's. The #DB they raise exits (exits/exception.rs)
+//! and goes back to the guest with DR6 updated by rvmx. After every exit
+//! the host's DR7, DR6 and IA32_DEBUGCTL are put back, since a VM exit
+//! sets DR7 to 0x400 and clears IA32_DEBUGCTL.
 //! Exit qualification (SDM Vol. 3C, table 28-4): bits 2:0 the debug
 //! register, bit 4 the direction (1 = MOV from DR), bits 11:8 the GPR.
 
+use super::exception_rules::{DR6_ACTIVE_LOW, DR6_BD, DR6_VOLATILE, DR7_GD};
 use super::{Action, ExitCtx};
 use crate::vmcs::qualification::DrQual;
 use crate::vmcs::{controls::entry::IA32E_MODE_GUEST, fields::*};
@@ -23,10 +25,10 @@ use kernel::prelude::*;
 
 use crate::vmcs::intr::vector::{GP, UD};
 const CR4_DE: u64 = 1 << 3;
-/// DR6 bits software can change (B0-B3, BD, BS, BT, RTM); the rest of the
-/// low 32 bits read as 1 (0xffff0ff0), as KVM's DR6_VOLATILE / DR6_FIXED_1.
-const DR6_VOLATILE: u64 = 0x0001_e80f;
-const DR6_FIXED_1: u64 = 0xffff_0ff0;
+/// DR6 after RESET: every low bit that can read as 1 does (0xffff0ff0).
+/// With no RTM and no bus-lock detection for the guest, its RTM and BLD
+/// bits are fixed to 1 as well (KVM's kvm_dr6_fixed).
+const DR6_RESET: u64 = DR6_ACTIVE_LOW;
 /// DR7 bits software can change, and bit 10, which reads as 1.
 const DR7_VOLATILE: u64 = 0xffff_2bff;
 const DR7_FIXED_1: u64 = 0x400;
@@ -41,7 +43,7 @@ pub(crate) struct DebugRegs {
 
 impl DebugRegs {
     /// Their values after RESET (SDM Vol. 3A, table 10-1).
-    pub(crate) const RESET: Self = DebugRegs { dr: [0; 4], dr6: DR6_FIXED_1, dr7: DR7_FIXED_1 };
+    pub(crate) const RESET: Self = DebugRegs { dr: [0; 4], dr6: DR6_RESET, dr7: DR7_FIXED_1 };
 
     /// Whether DR7 enables a breakpoint (L0-L3, G0-G3): the guest's DR0-3
     /// must then be in the CPU while it runs.
@@ -49,10 +51,11 @@ impl DebugRegs {
         self.dr7 & 0xff != 0
     }
 
-    /// Takes DR6 as the CPU left it after the guest ran (its #DBs set B0-B3
-    /// and BS there without an exit).
+    /// Takes DR6 as the CPU left it after the guest ran with the guest's
+    /// DR6 loaded. A #DB that exits leaves DR6 alone, so this is the
+    /// value loaded unless the CPU recorded something without an exit.
     pub(crate) fn set_dr6_from_cpu(&mut self, v: u64) {
-        self.dr6 = (v & DR6_VOLATILE) | DR6_FIXED_1;
+        self.dr6 = (v & DR6_VOLATILE) | DR6_ACTIVE_LOW;
     }
 }
 
@@ -65,6 +68,17 @@ pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             return ctx.inject_exception(UD, None);
         }
         n += 2;
+    }
+    // Only ring 0 may move to or from a debug register: #GP(0), as in
+    // KVM's handle_dr (the CPU checks before the exit, but says nothing).
+    if ctx.vmcs.guest_cpl() > 0 {
+        return ctx.inject_exception(GP, Some(0));
+    }
+    // With DR7.GD set, any MOV DR raises #DB (BD) instead, which the exit
+    // took precedence over (SDM Vol. 3C §26.1.1); the delivery clears GD.
+    if ctx.guest.debug.dr7 & DR7_GD != 0 {
+        super::exception::queue_debug_exception(ctx.vmcs, &mut ctx.guest.debug, DR6_BD)?;
+        return Ok(Action::Resume);
     }
     // Outside 64-bit mode MOV DR moves 32 bits.
     let v64 = ctx.vmcs.read(ENTRY_CONTROLS) & IA32E_MODE_GUEST != 0 && ctx.vmcs.read(GUEST_CS_AR) & (1 << 13) != 0;
@@ -86,7 +100,7 @@ pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             0..=3 => d.dr[n as usize] = v,
             // Bits 63:32 of DR6 and DR7 are reserved: #GP(0).
             6 | 7 if v >> 32 != 0 => return ctx.inject_exception(GP, Some(0)),
-            6 => d.dr6 = (v & DR6_VOLATILE) | DR6_FIXED_1,
+            6 => d.dr6 = (v & DR6_VOLATILE) | DR6_ACTIVE_LOW,
             _ => {
                 d.dr7 = (v & DR7_VOLATILE) | DR7_FIXED_1;
                 let dr7 = d.dr7;

@@ -22,12 +22,9 @@ use crate::kglue::rvmx_glue_machine_check;
 use crate::hw;
 use crate::uapi;
 use crate::vcpu;
-use crate::vmcs::intr::{kind, IntrInfo};
+use crate::vmcs::intr::{kind, vector, IntrInfo};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
-
-/// The machine-check exception's vector.
-pub(crate) const MC_VECTOR: u8 = 18;
 
 fn is_nmi(info: IntrInfo) -> bool {
     info.is(kind::NMI)
@@ -56,8 +53,8 @@ pub(crate) fn preemption_timer(_ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
 /// - Reason 0 with an NMI: the VM exit consumed it, so rvmx runs the host's
 ///   NMI handler now (hw.rs explains why it cannot just re-send it), before
 ///   anything else, as the NMI itself would have run.
-/// - Reason 0 with #MC (the only exception rvmx intercepts: bit 18 of the
-///   exception bitmap), or reason 41 (a machine check during VM entry): a
+/// - Reason 0 with #MC (bit 18 of the exception bitmap; the other
+///   exceptions rvmx intercepts are the guest's: exits/exception.rs), or reason 41 (a machine check during VM entry): a
 ///   hardware error the host's #MC handler must see, as KVM's
 ///   kvm_machine_check.
 pub(crate) fn handle_host_events_irqoff(v: &Loaded<'_>, reason: u32) {
@@ -76,18 +73,8 @@ pub(crate) fn handle_host_events_irqoff(v: &Loaded<'_>, reason: u32) {
     }
 }
 
-fn is_machine_check(info: IntrInfo) -> bool {
-    info.is(kind::HARDWARE_EXCEPTION) && info.vector() == MC_VECTOR
-}
-
-/// Reason 0, in the dispatch table: an NMI or a machine check, already
-/// handled (above); the guest resumes.
-pub(crate) fn exception_or_nmi(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    let info = ctx.vmcs.read(EXIT_INTR_INFO);
-    if is_nmi(info) || is_machine_check(info) {
-        return Ok(Action::Resume);
-    }
-    Ok(ctx.internal_error(uapi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, super::reason::EXCEPTION_OR_NMI))
+pub(crate) fn is_machine_check(info: IntrInfo) -> bool {
+    info.is(kind::HARDWARE_EXCEPTION) && info.vector() == vector::MC
 }
 
 /// Reason 7: the guest can take an interrupt now. The window exit is

@@ -8,7 +8,8 @@
 //!
 //! | reason                              | file            | result                    |
 //! |-------------------------------------|-----------------|---------------------------|
-//! | 0 exception or NMI, 1 external int. | interrupt.rs    | host handles it, resume   |
+//! | 0 NMI or #MC, 1 external interrupt  | interrupt.rs    | host handles it, resume   |
+//! | 0 guest #DB, #AC                    | exception.rs    | injected again, or KVM_EXIT_INTERNAL_ERROR |
 //! | 2 triple fault                      | interrupt.rs    | KVM_EXIT_SHUTDOWN         |
 //! | 7 interrupt window                  | interrupt.rs    | inject, or KVM_EXIT_IRQ_WINDOW_OPEN |
 //! | 8 NMI window                        | interrupt.rs    | inject the pending NMI    |
@@ -39,6 +40,8 @@ pub(crate) mod dr;
 pub(crate) mod cr;
 pub(crate) mod ept;
 pub(crate) mod entry_failure;
+pub(crate) mod exception;
+pub(crate) mod exception_rules;
 pub(crate) mod hlt;
 pub(crate) mod interrupt;
 pub(crate) mod io;
@@ -73,6 +76,10 @@ pub(crate) enum Action {
     /// Leave the guest section and load the PDPTEs from the table at this
     /// guest-physical CR3 (PAE paging was turned on; may sleep).
     LoadPdptes(u64),
+    /// Leave the guest section and let the kernel handle a split lock the
+    /// guest's instruction at `rip` raised (#AC with error code `code`;
+    /// may sleep: exceptions.rs).
+    SplitLock { rip: u64, code: u32 },
 }
 
 /// Instruction state left open by an exit to userspace, finished at the
@@ -111,8 +118,17 @@ pub(crate) struct ExitCtx<'a, 'b> {
 }
 
 impl ExitCtx<'_, '_> {
-    /// Moves RIP past the instruction that caused the exit.
+    /// Completes the instruction that caused the exit, which rvmx
+    /// emulated: RIP moves past it, and with RFLAGS.TF set the guest gets
+    /// its single-step #DB, as after any instruction (exception.rs).
     pub(crate) fn skip_instruction(&mut self) -> Result {
+        self.advance_rip()?;
+        exception::single_step_after_emulation(self.vmcs, &mut self.guest.debug)
+    }
+
+    /// Moves RIP past the instruction that caused the exit, ending an STI
+    /// or MOV SS shadow, and nothing else.
+    pub(crate) fn advance_rip(&mut self) -> Result {
         let len = self.vmcs.read(EXIT_INSTRUCTION_LEN);
         let rip = self.vmcs.read(GUEST_RIP).0;
         self.vmcs.write(GUEST_RIP, Natural(rip.wrapping_add(u64::from(len))))?;
@@ -155,11 +171,7 @@ impl ExitCtx<'_, '_> {
     /// Vol. 3C §27.6, "Event Injection"): vector, type 3 (hardware
     /// exception), error code if `code` is given, valid bit.
     pub(crate) fn inject_exception(&mut self, vector: u8, code: Option<u32>) -> Result<Action> {
-        let (info, code) = exception_info(vector, code, self.vmcs.read(GUEST_CR0).0);
-        if let Some(c) = code {
-            self.vmcs.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
-        }
-        self.vmcs.write(ENTRY_INTR_INFO, info)?;
+        queue_new_exception(self.vmcs, vector, code)?;
         Ok(Action::Resume)
     }
 
@@ -201,11 +213,7 @@ impl EmulCtx<'_> {
     /// the instruction, as for any fault; a #PF also sets the guest's CR2.
     pub(crate) fn queue_exception(&mut self, vector: u8, code: Option<u32>, cr2: Option<u64>) -> Result {
         let mut v = self.vmcs.load()?;
-        let (info, code) = exception_info(vector, code, v.read(GUEST_CR0).0);
-        if let Some(c) = code {
-            v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
-        }
-        v.write(ENTRY_INTR_INFO, info)?;
+        queue_new_exception(&mut v, vector, code)?;
         if let Some(a) = cr2 {
             *self.cr2 = a;
         }
@@ -233,7 +241,7 @@ pub(crate) fn report_internal_error(run: RunPage, suberror: u32, reason: u32) {
     run.exit_internal_error(suberror, &[u64::from(reason), u64::from(raw_cpu())]);
 }
 
-fn raw_cpu() -> u32 {
+pub(crate) fn raw_cpu() -> u32 {
     // SAFETY: reads the current CPU's number.
     unsafe { rvmx_glue_raw_cpu_id() }
 }
@@ -252,6 +260,23 @@ pub(crate) fn exception_info(vector: u8, code: Option<u32>, guest_cr0: u64) -> (
     } else {
         (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, false), None)
     }
+}
+
+/// Queues hardware exception `vector`, which rvmx raises itself (rather
+/// than re-injecting one the guest's delivery was interrupted in), for the
+/// next VM entry. For a fault the guest's RFLAGS gets RF, as the CPU sets
+/// it in the image it pushes (exception_rules.rs), as KVM does when it
+/// injects a new fault: VM entry's injection pushes RFLAGS as it is.
+fn queue_new_exception(v: &mut Loaded<'_>, vector: u8, code: Option<u32>) -> Result {
+    let (info, code) = exception_info(vector, code, v.read(GUEST_CR0).0);
+    if let Some(c) = code {
+        v.write(ENTRY_EXCEPTION_ERROR_CODE, c)?;
+    }
+    if exception_rules::is_fault(vector) {
+        let rflags = v.read(GUEST_RFLAGS).0;
+        v.write(GUEST_RFLAGS, Natural(rflags | exception_rules::RFLAGS_RF))?;
+    }
+    v.write(ENTRY_INTR_INFO, info)
 }
 
 /// A handler for one basic exit reason.
@@ -303,7 +328,7 @@ pub(crate) mod reason {
 /// The dispatch table: basic exit reason → handler.
 static HANDLERS: [Option<Handler>; reason::COUNT] = {
     let mut t: [Option<Handler>; reason::COUNT] = [None; reason::COUNT];
-    t[reason::EXCEPTION_OR_NMI as usize] = Some(interrupt::exception_or_nmi);
+    t[reason::EXCEPTION_OR_NMI as usize] = Some(exception::exception_or_nmi);
     t[reason::EXTERNAL_INTERRUPT as usize] = Some(interrupt::external_interrupt);
     t[reason::TRIPLE_FAULT as usize] = Some(interrupt::triple_fault);
     t[reason::PREEMPTION_TIMER as usize] = Some(interrupt::preemption_timer);

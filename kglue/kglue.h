@@ -69,6 +69,8 @@ bool rvmx_glue_slot_notifier_read_retry(struct rvmx_slot_notifier *n,
 void rvmx_glue_mmu_interval_set_seq(struct mmu_interval_notifier *mni,
 				    unsigned long cur_seq);
 void rvmx_glue_restore_host_breakpoints(void);
+bool rvmx_glue_split_lock_detect(void);
+bool rvmx_glue_handle_guest_split_lock(unsigned long ip);
 void rvmx_glue_machine_check(void);
 int rvmx_glue_l1d_flush_mode(void);
 int rvmx_glue_l1d_flush_alloc(void);

@@ -14,6 +14,8 @@
 #include <linux/smp.h>
 #include <linux/user-return-notifier.h>
 #include <asm/debugreg.h>
+#include <asm/cpu.h>
+#include <asm/cpufeature.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
 #include <asm/gsseg.h>
@@ -129,6 +131,23 @@ void rvmx_glue_restore_host_breakpoints(void)
 	if (hw_breakpoint_active())
 		hw_breakpoint_restore();
 #endif
+}
+
+/*
+ * Split-lock detection (Intel, since Ice Lake): the host traps a locked
+ * access across two cache lines as #AC, in the guest too. Whether this
+ * CPU does, and the kernel's own handling of a guest's, which warns and
+ * slows the task down or refuses (returns false): as KVM's
+ * handle_exception_nmi. May sleep.
+ */
+bool rvmx_glue_split_lock_detect(void)
+{
+	return boot_cpu_has(X86_FEATURE_SPLIT_LOCK_DETECT);
+}
+
+bool rvmx_glue_handle_guest_split_lock(unsigned long ip)
+{
+	return handle_guest_split_lock(ip);
 }
 
 /*

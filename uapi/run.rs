@@ -7,7 +7,7 @@
 //! else changes it): every access is one volatile load or store of one
 //! field through a raw pointer, and a value read from it is used once.
 
-use super::{kvm_run, rvmx_fail_entry, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HYPERCALL, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_MMIO};
+use super::{kvm_run, rvmx_fail_entry, KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HYPERCALL, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_MMIO};
 use core::ptr::addr_of_mut;
 
 /// A vCPU's run page.
@@ -114,6 +114,13 @@ impl RunPage {
         put!(self, __bindgen_anon_1.hypercall.ret, 0);
         put!(self, __bindgen_anon_1.hypercall.__bindgen_anon_1.flags, flags);
         self.set_exit_reason(KVM_EXIT_HYPERCALL);
+    }
+
+    /// KVM_EXIT_EXCEPTION: a guest exception rvmx cannot deliver.
+    pub(crate) fn exit_exception(self, exception: u32, error_code: u32) {
+        put!(self, __bindgen_anon_1.ex.exception, exception);
+        put!(self, __bindgen_anon_1.ex.error_code, error_code);
+        self.set_exit_reason(KVM_EXIT_EXCEPTION);
     }
 
     /// KVM_EXIT_INTERNAL_ERROR: a suberror and up to 16 words of data.

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::kglue::{
-    rvmx_glue_cond_resched, rvmx_glue_fpu_begin, rvmx_glue_fpu_end, rvmx_glue_ibpb_on_vcpu_switch,
+    rvmx_glue_cond_resched, rvmx_glue_fpu_begin, rvmx_glue_fpu_end, rvmx_glue_handle_guest_split_lock, rvmx_glue_ibpb_on_vcpu_switch,
     rvmx_glue_irq_disable, rvmx_glue_irq_enable, rvmx_glue_need_resched, rvmx_glue_raw_cpu_id,
     rvmx_glue_restore_host_breakpoints, rvmx_glue_restore_host_descriptor_limits,
     rvmx_glue_restore_host_segments, rvmx_glue_save_host_segments, rvmx_glue_sigmask_activate,
@@ -173,6 +173,19 @@ impl Vcpu {
                         return Ok(());
                     }
                 },
+                // The host's split-lock detection trapped a guest
+                // instruction (exits/exception.rs): the kernel warns and
+                // lets it go on, or says no, and then the VMM hears of the
+                // #AC, as from KVM (KVM_EXIT_EXCEPTION).
+                Section::SplitLock { rip, code } => {
+                    // SAFETY: the kernel's handler for exactly this case,
+                    // called outside the guest section, where it may sleep.
+                    let handled = unsafe { rvmx_glue_handle_guest_split_lock(rip) };
+                    if !handled {
+                        run.exit_exception(u32::from(crate::vmcs::intr::vector::AC), code);
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -232,6 +245,7 @@ impl Vcpu {
                 let rip = v.read(GUEST_RIP).0;
                 v.write(GUEST_RIP, Natural(rip.wrapping_add(st.rip_advance)))?;
                 clear_interrupt_shadow(&mut v)?;
+                exits::exception::single_step_after_emulation(&mut v, &mut st.guest.debug)?;
                 st.rip_advance = 0;
             }
             let mut resume = 0u32;
@@ -341,6 +355,7 @@ impl Vcpu {
                     Action::EptViolation(f) => Section::EptViolation(f),
                     Action::StringIo(s) => Section::StringIo(s),
                     Action::LoadPdptes(cr3) => Section::LoadPdptes(cr3),
+                    Action::SplitLock { rip, code } => Section::SplitLock { rip, code },
                 };
                 self.publish_exit_info(&v, st.exits, Default::default());
                 break section;
@@ -449,4 +464,6 @@ enum Section {
     StringIo(exits::io::StringIo),
     /// PAE paging was turned on: load the PDPTEs from this CR3 (sleeps).
     LoadPdptes(u64),
+    /// A split-lock #AC for the kernel's handler (may sleep).
+    SplitLock { rip: u64, code: u32 },
 }

@@ -120,7 +120,7 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     let exit_ctl = adjust(
         &caps.exit,
         "VM-exit",
-        exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
+        exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_DEBUG_CONTROLS | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
         exit::SAVE_IA32_PAT | exit::LOAD_IA32_PAT,
     )?;
     let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER | entry::LOAD_DEBUG_CONTROLS, entry::LOAD_IA32_PAT)?;
@@ -139,9 +139,11 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     v.write(SECONDARY_PROC_CONTROLS, proc2_ctl)?;
     v.write(EXIT_CONTROLS, exit_ctl)?;
     v.write(ENTRY_CONTROLS, entry_ctl & !entry::IA32E_MODE_GUEST)?;
-    // The only guest exception rvmx intercepts: #MC, a hardware error the
-    // host must handle (exits/interrupt.rs).
-    v.write(EXCEPTION_BITMAP, 1u32 << crate::exits::interrupt::MC_VECTOR)?;
+    // The guest exceptions that exit: #MC, a hardware error the host must
+    // handle (exits/interrupt.rs), and #DB and #AC, whose delivery a guest
+    // can make endless, which would keep this CPU from the host for good
+    // (exits/exception.rs says how).
+    v.write(EXCEPTION_BITMAP, crate::exits::exception::INTERCEPTED)?;
     v.write(CR3_TARGET_COUNT, 0)?;
     v.write(EXIT_MSR_STORE_COUNT, 0)?;
     v.write(EXIT_MSR_LOAD_COUNT, 0)?;

@@ -63,6 +63,9 @@ pub(crate) mod proc2 {
 
 /// VM-exit controls.
 pub(crate) mod exit {
+    /// VM exit saves DR7 and IA32_DEBUGCTL into the guest fields, so that
+    /// the next entry loads them as the guest left them.
+    pub(crate) const SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     /// The host runs in 64-bit mode after a VM exit.
     pub(crate) const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
     pub(crate) const SAVE_IA32_PAT: u32 = 1 << 18;

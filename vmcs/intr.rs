@@ -20,6 +20,8 @@
 /// The exception vectors rvmx itself raises in a guest (SDM Vol. 3A
 /// §6.3.1), one home for all the exit handlers.
 pub(crate) mod vector {
+    /// Debug exception.
+    pub(crate) const DB: u8 = 1;
     /// Invalid opcode.
     pub(crate) const UD: u8 = 6;
     /// Stack-segment fault.
@@ -28,6 +30,10 @@ pub(crate) mod vector {
     pub(crate) const GP: u8 = 13;
     /// Page fault.
     pub(crate) const PF: u8 = 14;
+    /// Alignment check.
+    pub(crate) const AC: u8 = 17;
+    /// Machine check.
+    pub(crate) const MC: u8 = 18;
 }
 
 /// The type of an event (bits 10:8).

@@ -18,9 +18,10 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..32"
+echo "1..34"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
+sub "exceptions rvmx delivers itself: single step, RF, DR6, DR7.GD, #AC (subtests)" exceptions /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
 sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
@@ -83,6 +84,7 @@ fi
 if rmmod rvmx; then ok "rvmx unloads after the VMs are closed"; else not_ok "rvmx unloads after the VMs are closed" "$(grep ^rvmx /proc/modules)"; fi
 if modprobe kvm_intel; then ok "modprobe kvm_intel"; else not_ok "modprobe kvm_intel"; fi
 sub "the same guests on KVM (subtests)" guests /dev/kvm
+sub "the same exceptions on KVM (subtests)" exceptions /dev/kvm
 sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
 sub "the same SMP guests on KVM (subtests)" smp /dev/kvm
 sub "the same events on KVM (subtests)" events /dev/kvm

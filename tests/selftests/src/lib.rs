@@ -152,6 +152,95 @@ impl TestVm {
     }
 }
 
+/// A flat segment for KVM_SET_SREGS: code (type 11) or data (type 3), 64-bit
+/// code with `l`, 32-bit with `db`.
+pub fn flat_segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_bindings::kvm_segment {
+    kvm_bindings::kvm_segment {
+        base: 0, limit: 0xffff_ffff, selector, type_, present: 1, dpl: 0, db, s: 1, l, g: 1,
+        avl: 0, unusable: 0, padding: 0,
+    }
+}
+
+impl TestVm {
+    /// Puts `vcpu` in 32-bit protected mode: flat code at selector 8, flat
+    /// data at 16, paging off.
+    pub fn protected_mode(&self, vcpu: &kvm_ioctls::VcpuFd) {
+        let mut s = vcpu.get_sregs().expect("KVM_GET_SREGS");
+        s.cs = flat_segment(8, 11, 0, 1);
+        s.ds = flat_segment(16, 3, 0, 1);
+        (s.es, s.ss) = (s.ds, s.ds);
+        s.cr0 |= 1;
+        vcpu.set_sregs(&s).expect("KVM_SET_SREGS");
+    }
+
+    /// Puts `vcpu` in 64-bit mode with the first GiB identity-mapped by
+    /// 2 MiB pages (PML4 at 0x10000, PDPT at 0x11000, PD at 0x12000): code
+    /// at selector 8, data at 16. The VM needs 0x13000 bytes at least.
+    pub fn long_mode(&self, vcpu: &kvm_ioctls::VcpuFd) {
+        self.write(0x10000, &(0x11000u64 | 3).to_le_bytes());
+        self.write(0x11000, &(0x12000u64 | 3).to_le_bytes());
+        for i in 0..512u64 {
+            self.write(0x12000 + i * 8, &((i << 21) | 0x83).to_le_bytes());
+        }
+        let mut s = vcpu.get_sregs().expect("KVM_GET_SREGS");
+        s.cs = flat_segment(8, 11, 1, 0);
+        s.ds = flat_segment(16, 3, 0, 1);
+        (s.es, s.ss) = (s.ds, s.ds);
+        s.cr3 = 0x10000;
+        s.cr4 = 1 << 5; // PAE
+        s.efer = (1 << 8) | (1 << 10); // LME, LMA
+        s.cr0 = 0x8000_0031; // PG, NE, ET, PE
+        vcpu.set_sregs(&s).expect("KVM_SET_SREGS");
+    }
+}
+
+/// A hardware watchpoint on writes to `target` (perf, PERF_TYPE_BREAKPOINT)
+/// for this thread: the kernel programs DR0-DR7 for it; the count (read
+/// with `read_count`) says how often it fired.
+pub fn watchpoint(target: *const u64) -> Result<i32, i32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct PerfEventAttr {
+        type_: u32,
+        size: u32,
+        config: u64,
+        sample_period: u64,
+        sample_type: u64,
+        read_format: u64,
+        flags: u64,
+        wakeup_events: u32,
+        bp_type: u32,
+        bp_addr: u64,
+        bp_len: u64,
+        rest: [u64; 10],
+    }
+    let attr = PerfEventAttr {
+        type_: 5, // PERF_TYPE_BREAKPOINT
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        flags: 1 << 5 | 1 << 6, // exclude_kernel, exclude_hv
+        bp_type: 2,             // HW_BREAKPOINT_W
+        bp_addr: target as u64,
+        bp_len: 8,
+        ..Default::default()
+    };
+    // SAFETY: perf_event_open with a fully initialized attribute: this
+    // thread, any CPU.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const _, 0, -1, -1, 0) };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(fd as i32)
+    }
+}
+
+/// A perf counter's value.
+pub fn read_count(fd: i32) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into `v`.
+    unsafe { libc::read(fd, &mut v as *mut u64 as *mut _, 8) };
+    v
+}
+
 // SAFETY: the mapping's address is shared between test threads, which
 // synchronize through the guest (atomic instructions) or join first.
 unsafe impl Sync for TestVm {}

@@ -28,6 +28,9 @@ pub mod msr_bitmap;
 #[path = "../../../msrs/emulated.rs"]
 pub mod emulated;
 
+#[path = "../../../exits/exception_rules.rs"]
+pub mod exception_rules;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -52,6 +55,9 @@ mod msr_bitmap_tests;
 
 #[cfg(test)]
 mod emulated_msr_tests;
+
+#[cfg(test)]
+mod exception_rules_tests;
 
 /// The fuzz seed: `RVMX_SEED` if set (to reproduce a failure), else the
 /// clock, so that every run explores new inputs. Printed by each fuzz test.

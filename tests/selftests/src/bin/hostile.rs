@@ -32,7 +32,7 @@
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use rvmx_selftests::{install_empty_handler, Rng, Tap};
+use rvmx_selftests::{install_empty_handler, read_count, watchpoint, Rng, Tap};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::thread::JoinHandleExt;
@@ -526,52 +526,6 @@ fn vmm_state(canary: &[u64]) -> VmmState {
         xcr0,
         pkru,
     }
-}
-
-/// A hardware watchpoint on `target` (perf, PERF_TYPE_BREAKPOINT): the
-/// kernel programs DR0-DR7 for this thread; the count tells whether they
-/// still work.
-fn watchpoint(target: *const u64) -> Result<i32, i32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct PerfEventAttr {
-        type_: u32,
-        size: u32,
-        config: u64,
-        sample_period: u64,
-        sample_type: u64,
-        read_format: u64,
-        flags: u64,
-        wakeup_events: u32,
-        bp_type: u32,
-        bp_addr: u64,
-        bp_len: u64,
-        rest: [u64; 10],
-    }
-    let attr = PerfEventAttr {
-        type_: 5, // PERF_TYPE_BREAKPOINT
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
-        flags: 1 << 5 | 1 << 6, // exclude_kernel, exclude_hv
-        bp_type: 2,             // HW_BREAKPOINT_W
-        bp_addr: target as u64,
-        bp_len: 8,
-        ..Default::default()
-    };
-    // SAFETY: perf_event_open with a fully initialized attribute: this
-    // thread, any CPU.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const _, 0, -1, -1, 0) };
-    if fd < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(fd as i32)
-    }
-}
-
-fn read_count(fd: i32) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into `v`.
-    unsafe { libc::read(fd, &mut v as *mut u64 as *mut _, 8) };
-    v
 }
 
 fn main() {
