@@ -15,14 +15,16 @@
 ;   4 MOV from DR0 with DR7.GD set: #DB (DR6.BD) at the MOV, GD clear in
 ;     the handler
 ;   5 ICEBP (INT1): #DB after it
-;   6 a misaligned load in ring 3 with CR0.AM and EFLAGS.AC: #AC(0) at the
+;   6 HLT with TF set (and IF): the HLT exit goes to the VMM, and the
+;     #DB after the HLT comes when the vCPU runs again (DR6.BS)
+;   7 a misaligned load in ring 3 with CR0.AM and EFLAGS.AC: #AC(0) at the
 ;     load, into a ring-0 handler (TSS stack), RF set
 bits 32
 org 0x1000
 TSS_ADDR equ tss - $$ + 0x1000
 	jmp short start
 align 4, db 0
-	dd after_nop, after_cpuid, mov_cr4, mov_dr0, after_icebp, misaligned
+	dd after_nop, after_cpuid, mov_cr4, mov_dr0, after_icebp, after_hlt, misaligned
 
 start:
 	lgdt [gdtr]
@@ -93,8 +95,19 @@ after_icebp:
 	jmp fail
 
 step6:
-	mov dword [resume], done
+	mov dword [resume], step7
 	mov al, 6
+	out 0xe1, al
+	pushfd
+	or dword [esp], 0x300		; TF, IF
+	popfd
+	hlt
+after_hlt:
+	jmp fail
+
+step7:
+	mov dword [resume], done
+	mov al, 7
 	out 0xe1, al
 	mov eax, cr0
 	or eax, 1 << 18			; AM

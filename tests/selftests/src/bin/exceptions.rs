@@ -2,9 +2,10 @@
 //! /dev/rvmx (or /dev/kvm, the first argument). Prints TAP.
 //!
 //! `exceptions DEVICE` (in tests/guest/vm.sh): guests/debug.asm raises
-//! six exceptions that the hypervisor delivers, not the CPU (the single
-//! step after an emulated instruction, a #GP for a refused MOV to CR4, the
-//! #DB of DR7.GD, ICEBP's #DB, a reinjected #AC), and the frame, DR6 and
+//! seven exceptions that the hypervisor delivers, not the CPU (the single
+//! step after an emulated instruction, and after a HLT that went to the
+//! VMM, a #GP for a refused MOV to CR4, the #DB of DR7.GD, ICEBP's #DB, a
+//! reinjected #AC), and the frame, DR6 and
 //! DR7 its handler sees must be what bare metal gives: RF set for faults,
 //! DR6.BS / BD, DR7.GD cleared. Then a hardware watchpoint in this (host)
 //! thread, on the CPU where the guest single-stepped, must fire once and
@@ -49,9 +50,11 @@ struct Report {
     dr7: u32,
 }
 
-/// Runs debug.asm to its end: the reports, and how it ended.
-fn run_debug(vcpu: &mut VcpuFd) -> (Vec<Report>, Result<u8, String>) {
+/// Runs debug.asm to its end: the reports, the HLT exits, and how it
+/// ended.
+fn run_debug(vcpu: &mut VcpuFd) -> (Vec<Report>, u32, Result<u8, String>) {
     let mut reports = Vec::new();
+    let mut hlts = 0;
     let mut words = Vec::new();
     let mut step = 0;
     // SAFETY: alarm(2) only schedules SIGALRM, which ends a stuck KVM_RUN
@@ -72,13 +75,15 @@ fn run_debug(vcpu: &mut VcpuFd) -> (Vec<Report>, Result<u8, String>) {
                 words.clear();
             }
             Ok(VcpuExit::IoOut(0xe2, d)) => break Ok(d[0]),
+            // The VMM's part of a HLT: nothing to wait for; run again.
+            Ok(VcpuExit::Hlt) => hlts += 1,
             Ok(e) => break Err(format!("step {step}: unexpected exit {e:?}")),
             Err(e) => break Err(format!("step {step}: KVM_RUN: {e}")),
         }
     };
     // SAFETY: cancels the alarm.
     unsafe { libc::alarm(0) };
-    (reports, end)
+    (reports, hlts, end)
 }
 
 static SIGTRAPS: AtomicU32 = AtomicU32::new(0);
@@ -106,9 +111,9 @@ fn guest_checks(kvm: &Kvm, t: &mut Tap) {
     let mut vcpu = vm.real_mode_vcpu(kvm, 0, CODE);
     vm.protected_mode(&vcpu);
     let addr = |i: usize| u32::from_le_bytes(DEBUG[4 + 4 * i..8 + 4 * i].try_into().unwrap());
-    let (after_nop, after_cpuid, mov_cr4, mov_dr0, after_icebp, misaligned) =
-        (addr(0), addr(1), addr(2), addr(3), addr(4), addr(5));
-    let (reports, end) = run_debug(&mut vcpu);
+    let (after_nop, after_cpuid, mov_cr4, mov_dr0, after_icebp, after_hlt, misaligned) =
+        (addr(0), addr(1), addr(2), addr(3), addr(4), addr(5), addr(6));
+    let (reports, hlts, end) = run_debug(&mut vcpu);
     for r in &reports {
         println!("# step {}: vector {} code {:#x} eip {:#x} eflags {:#x} dr6 {:#x} dr7 {:#x}",
                  r.step, r.vector, r.code, r.eip, r.eflags, r.dr6, r.dr7);
@@ -128,10 +133,12 @@ fn guest_checks(kvm: &Kvm, t: &mut Tap) {
           "MOV from DR0 with DR7.GD set: #DB at the MOV, DR6 = 0xffff2ff0 (BD), DR7.GD cleared");
     check(5, &|r| r.vector == 1 && r.eip == after_icebp && r.eflags & RF == 0,
           "ICEBP: #DB after it");
-    check(6, &|r| r.vector == 17 && r.code == 0 && r.eip == misaligned && r.eflags & (RF | AC) == RF | AC,
+    check(6, &|r| r.vector == 1 && r.eip == after_hlt && r.dr6 == 0xffff_4ff0 && hlts == 1,
+          "HLT with TF set: KVM_EXIT_HLT, then at the next KVM_RUN the #DB after the HLT (DR6.BS)");
+    check(7, &|r| r.vector == 17 && r.code == 0 && r.eip == misaligned && r.eflags & (RF | AC) == RF | AC,
           "misaligned load in ring 3 with CR0.AM and EFLAGS.AC: #AC(0) at the load, RF set");
-    t.check(end == Ok(0) && reports.len() == 6, "the guest ran every step to its end",
-            format!("{end:?}, {} reports", reports.len()));
+    t.check(end == Ok(0) && reports.len() == 7, "the guest ran every step to its end",
+            format!("{end:?}, {} reports, {hlts} HLT exits", reports.len()));
 
     // The host's watchpoint, after the guest single-stepped on this CPU.
     let target: *mut u64 = Box::into_raw(Box::new(0u64));
@@ -244,7 +251,7 @@ fn main() {
         wedge_checks(&kvm, &mut t, is_kvm);
         t.finish();
     }
-    let mut t = Tap::plan(8);
+    let mut t = Tap::plan(9);
     guest_checks(&kvm, &mut t);
     t.finish();
 }

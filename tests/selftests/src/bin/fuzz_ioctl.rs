@@ -3,7 +3,10 @@
 //! made up), sizes and arguments (NULL, unmapped, kernel addresses,
 //! read-only memory, buffers of random bytes ending at an unmapped page),
 //! random memory-slot layouts, KVM_RUN, mmap of the vCPU pages, and fds
-//! closed and created again in between. Then rvmx must still run a guest.
+//! closed and created again in between; statistics fds that outlive the
+//! VM or vCPU they belong to; events (exceptions, interrupt shadows, NMIs)
+//! set by KVM_SET_VCPU_EVENTS and RFLAGS.TF set before KVM_RUN, for the
+//! exceptions rvmx delivers itself. Then rvmx must still run a guest.
 //! The kernel log is checked by tools/vm-run (any oops, WARN, BUG or
 //! lockdep report fails the run), and tests/guest/vm.sh checks that rvmx
 //! unloads afterwards.
@@ -133,6 +136,8 @@ fn requests() -> Vec<(Kind, u64, usize, &'static str)> {
         (Vm, io(0x47), 0, "SET_TSS_ADDR"),
         (Vm, iow(0x48, 8), 8, "SET_IDENTITY_MAP_ADDR"),
         (Vm, io(0x03), 0, "CHECK_EXTENSION"),
+        (Vm, io(0xce), 0, "GET_STATS_FD"),
+        (Vcpu, io(0xce), 0, "GET_STATS_FD"),
         (Vcpu, io(0x80), 0, "RUN"),
         (Vcpu, ior(0x81, size_of::<kvm_regs>()), 144, "GET_REGS"),
         (Vcpu, iow(0x82, size_of::<kvm_regs>()), 144, "SET_REGS"),
@@ -165,6 +170,28 @@ struct State {
     dev: i32,
     vms: Vec<i32>,
     vcpus: Vec<Vcpu>,
+    /// Statistics fds (KVM_GET_STATS_FD), kept past their VM or vCPU.
+    stats: Vec<i32>,
+}
+
+/// KVM_SET_VCPU_EVENTS's argument with each field drawn from values that
+/// matter: the exceptions rvmx intercepts or raises, both interrupt
+/// shadows at once, NMIs injected, pending and masked.
+fn random_events(rng: &mut Rng) -> kvm_vcpu_events {
+    let mut e = kvm_vcpu_events::default();
+    e.exception.injected = rng.below(2) as u8;
+    e.exception.nr = rng.pick(&[0, 1, 2, 3, 6, 8, 13, 14, 17, 18, 31, 32, 255]);
+    e.exception.has_error_code = rng.below(2) as u8;
+    e.exception.error_code = rng.pick(&[0, 1, 0xffff_ffff]);
+    e.interrupt.injected = rng.below(2) as u8;
+    e.interrupt.nr = rng.below(256) as u8;
+    e.interrupt.soft = u8::from(rng.below(8) == 0);
+    e.interrupt.shadow = rng.below(4) as u8;
+    e.nmi.injected = rng.below(2) as u8;
+    e.nmi.pending = rng.below(2) as u8;
+    e.nmi.masked = rng.below(2) as u8;
+    e.flags = rng.below(64) as u32 & (KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW) | rng.pick(&[0, 0, 0, 1 << 6]);
+    e
 }
 
 fn close(fd: i32) {
@@ -199,11 +226,14 @@ fn main() {
     let dev = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     assert!(dev >= 0, "open {path}");
     let mmap_size = ioctl(dev, io(0x04), 0).unwrap_or(4096 * 4) as usize;
-    let mut st = State { dev, vms: Vec::new(), vcpus: Vec::new() };
+    let mut st = State { dev, vms: Vec::new(), vcpus: Vec::new(), stats: Vec::new() };
     let mut outcomes: BTreeMap<(Kind, i32), u64> = BTreeMap::new();
     let started = std::time::Instant::now();
     let mut runs = 0u64;
-    for _ in 0..calls {
+    for call in 0..calls {
+        if call % 10_000 == 0 && call > 0 {
+            println!("# {call} calls, {:.1} s", started.elapsed().as_secs_f64());
+        }
         arena.randomize(&mut rng);
         // Keep some VMs and vCPUs around; sometimes close one.
         if st.vms.is_empty() || rng.below(200) == 0 {
@@ -224,6 +254,18 @@ fn main() {
                 unsafe { libc::munmap(v.run as *mut _, mmap_size) };
             }
             close(v.fd);
+        }
+        if st.stats.len() > 8 || (rng.below(100) == 0 && !st.stats.is_empty()) {
+            let i = rng.below(st.stats.len() as u64) as usize;
+            close(st.stats.swap_remove(i));
+        } else if rng.below(20) == 0 && !st.stats.is_empty() {
+            // A statistics read at any offset, after its VM or vCPU may
+            // have gone.
+            let fd = st.stats[rng.below(st.stats.len() as u64) as usize];
+            let any = rng.below(1 << 16) as i64;
+            let off = rng.pick(&[0, 24, 4096, any, i64::MAX]);
+            // SAFETY: reads at most SCRATCH bytes into the scratch buffer.
+            unsafe { libc::pread(fd, arena.scratch as *mut _, rng.below(SCRATCH as u64) as usize, off) };
         }
         let kind = match rng.below(10) {
             0 => Kind::Dev,
@@ -279,7 +321,21 @@ fn main() {
             arena.scratch as u64
         } else if ty == KVMIO && kind == Kind::Vm && nr == 0x41 {
             rng.pick(&[0, 1, 2, 7, 63, 64, 1000, u32::MAX as u64, u64::MAX])
+        } else if ty == KVMIO && kind == Kind::Vcpu && nr == 0xa0 && rng.below(2) == 0 {
+            // SAFETY: the scratch buffer holds at least 64 bytes.
+            unsafe { (arena.scratch as *mut kvm_vcpu_events).write_unaligned(random_events(&mut rng)) };
+            arena.scratch as u64
         } else if ty == KVMIO && kind == Kind::Vcpu && nr == 0x80 {
+            // Sometimes with RFLAGS.TF (and AC) set: every HLT rvmx then
+            // skips raises a single-step #DB, through whatever IDT the
+            // guest has.
+            if rng.below(8) == 0 {
+                let mut regs = kvm_regs::default();
+                if ioctl(fd, ior(0x81, size_of::<kvm_regs>()), &mut regs as *mut _ as u64).is_ok() {
+                    regs.rflags |= 0x100 | rng.pick(&[0, 1 << 18]);
+                    let _ = ioctl(fd, iow(0x82, size_of::<kvm_regs>()), &regs as *const _ as u64);
+                }
+            }
             // KVM_RUN: with immediate_exit sometimes, and a timer signal so
             // that nothing blocks for long.
             if let Some(v) = st.vcpus.iter().find(|v| v.fd == fd) {
@@ -313,6 +369,8 @@ fn main() {
                 st.vms.push(newfd);
             } else if ty == KVMIO && nr == 0x41 && kind == Kind::Vm && (req >> 30) == 0 {
                 st.add_vcpu(newfd, mmap_size);
+            } else if ty == KVMIO && nr == 0xce && (req >> 30) == 0 && kind != Kind::Dev {
+                st.stats.push(newfd);
             }
         }
         // Sometimes poke the shared run page as a hostile VMM would.
@@ -333,7 +391,7 @@ fn main() {
     for v in st.vcpus.drain(..) {
         close(v.fd);
     }
-    for fd in st.vms.drain(..) {
+    for fd in st.vms.drain(..).chain(st.stats.drain(..)) {
         close(fd);
     }
     t.check(true, &format!("{calls} random ioctls on {path} returned (seed {seed})"), "");
@@ -355,7 +413,7 @@ fn main() {
         let vcpu = ioctl(vm, io(0x41), 0);
         let ran = match (set, vcpu) {
             (Ok(_), Ok(v)) => {
-                let mut s = State { dev, vms: vec![], vcpus: vec![] };
+                let mut s = State { dev, vms: vec![], vcpus: vec![], stats: vec![] };
                 s.add_vcpu(v, mmap_size);
                 let run = s.vcpus[0].run;
                 if run.is_null() {
