@@ -23,7 +23,9 @@
 //! VMCS loaded across preemption and uses preempt notifiers to VMCLEAR it
 //! on the old CPU by IPI when the thread moves; rvmx pays a VMCLEAR and
 //! VMPTRLD per section for not needing any of that.) What a move does
-//! need is a VPID flush on the new CPU (vpid.rs), done at section start.
+//! need is a flush of the vCPU's EPT and VPID contexts on the new CPU, which
+//! may hold stale translations of them (vpid.rs, vm.rs `RemoteFlush`), done
+//! at section start.
 //!
 //! Lock order: the run token, then `Vm::mem`.
 
@@ -139,6 +141,9 @@ pub(crate) struct VcpuState {
     last_cpu: Option<u32>,
     /// The guest's linear translations must be flushed before it runs.
     flush_tlb: bool,
+    /// The VM's EPT flush generation this vCPU last flushed at (vm.rs,
+    /// `RemoteFlush`).
+    ept_gen: u64,
     /// Pages for the EPT tables the next fault may need (ept.rs): filled
     /// before the VM's memory lock, which must not allocate.
     ept_tables: crate::ept::TableCache,
@@ -269,6 +274,7 @@ impl Vcpu {
             vpid,
             last_cpu: None,
             flush_tlb: true,
+            ept_gen: 0,
             ept_tables: crate::ept::TableCache::new(),
             ran: false,
             run_state_published: false,
