@@ -187,19 +187,6 @@ impl Slot {
     }
 }
 
-/// Removes a slot's pages from EPT and requests a flush; the caller waits
-/// for it after the memory lock, and only then drops the slot (unpins the
-/// pages): no CPU may still reach a page once it is unpinned.
-fn unmap_slot(ept: &mut Ept, slot: Slot, flush: &mut RemoteFlush<'_>) -> Slot {
-    for (&index, _) in slot.pinned.iter() {
-        ept.unmap(slot.page_gpa(index));
-    }
-    if slot.pinned.iter().next().is_some() {
-        flush.request();
-    }
-    slot
-}
-
 /// Pages the MMU notifier took out of EPT, unpinned on drop without folio
 /// locks (`PinnedPage::unpin_in_notifier`), after the flush.
 struct NotifierUnpins(RBTree<u64, PinnedPage>);
@@ -260,6 +247,17 @@ pub(crate) struct Vm {
     /// `ept_gen` before a VM entry and the VM exit after it (`InGuest`).
     /// As KVM's vcpu->mode == IN_GUEST_MODE: only those CPUs get an IPI.
     in_guest: KVec<AtomicBool>,
+    /// Running figures for KVM_GET_STATS_FD, changed under `mem` where
+    /// pages are pinned and unpinned, tables added and slots made or
+    /// deleted, and read without it: a read walks nothing (as KVM's stats).
+    counts: VmCounts,
+}
+
+/// See `Vm::counts`.
+struct VmCounts {
+    pages_pinned: AtomicU64,
+    ept_tables: AtomicU64,
+    memory_slots: AtomicU64,
 }
 
 /// An EPT flush of one VM, requested under the memory lock and waited for
@@ -387,25 +385,35 @@ impl Vm {
                 vcpu_ids <- new_mutex!(KVec::new(), "rvmx:vm.vcpu_ids"),
                 ept_gen: AtomicU64::new(0),
                 in_guest,
+                counts: VmCounts {
+                    pages_pinned: AtomicU64::new(0),
+                    ept_tables: AtomicU64::new(1),
+                    memory_slots: AtomicU64::new(0),
+                },
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Whether the caller is the process that created the VM (KVM answers
-    /// EIO to any other: its memory is not this VM's memory).
-    /// The VM's statistics (KVM_GET_STATS_FD), counted now.
+    /// The VM's statistics (KVM_GET_STATS_FD): the running counts, read
+    /// without the memory lock.
     pub(crate) fn stats(&self) -> crate::stats::VmStats {
-        let mem = self.mem.lock();
-        let pinned = mem.slots.iter().map(|s| s.pinned.iter().count()).fold(0usize, usize::saturating_add);
+        let c = &self.counts;
         crate::stats::VmStats {
-            // CAST: counts of pages and slots fit in 64 bits.
-            pages_pinned: pinned as u64,
-            ept_tables: mem.ept.tables(),
-            memory_slots: mem.slots.len() as u64,
+            pages_pinned: c.pages_pinned.load(Ordering::Relaxed),
+            ept_tables: c.ept_tables.load(Ordering::Relaxed),
+            memory_slots: c.memory_slots.load(Ordering::Relaxed),
         }
     }
 
+    /// Publishes the slot count after a change (under the memory lock).
+    fn count_slots(&self, mem: &Memory) {
+        // CAST: at most MAX_SLOTS.
+        self.counts.memory_slots.store(mem.slots.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the caller is the process that created the VM (KVM answers
+    /// EIO to any other: its memory is not this VM's memory).
     pub(crate) fn is_owner(&self) -> bool {
         // SAFETY: compares pointers only.
         unsafe { rvmx_glue_mm_is_current(self.mm.0) }
@@ -504,7 +512,8 @@ impl Vm {
             // Delete.
             let pos = existing.ok_or(EINVAL)?;
             let slot = crate::kpage::swap_remove(&mut mem.slots, pos);
-            gone = Some(unmap_slot(&mut mem.ept, slot, &mut flush));
+            gone = Some(self.unmap_slot(&mut mem.ept, slot, &mut flush));
+            self.count_slots(&mem);
             drop(mem);
             flush.wait();
             drop(gone);
@@ -567,12 +576,29 @@ impl Vm {
         if let Some(pos) = existing {
             // A move: the old placement goes away (and its mappings).
             let old = crate::kpage::swap_remove(&mut mem.slots, pos);
-            gone = Some(unmap_slot(&mut mem.ept, old, &mut flush));
+            gone = Some(self.unmap_slot(&mut mem.ept, old, &mut flush));
         }
+        self.count_slots(&mem);
         drop(mem);
         flush.wait();
         drop(gone);
         Ok(())
+    }
+
+    /// Removes a slot's pages from EPT and requests a flush; the caller waits
+    /// for it after the memory lock, and only then drops the slot (unpins
+    /// the pages): no CPU may still reach a page once it is unpinned.
+    fn unmap_slot(&self, ept: &mut Ept, slot: Slot, flush: &mut RemoteFlush<'_>) -> Slot {
+        let mut n = 0u64;
+        for (&index, _) in slot.pinned.iter() {
+            ept.unmap(slot.page_gpa(index));
+            n += 1;
+        }
+        if n != 0 {
+            self.counts.pages_pinned.fetch_sub(n, Ordering::Relaxed);
+            flush.request();
+        }
+        slot
     }
 
     /// The MMU notifier of slot `mni` says the VMM's mapping of [start,
@@ -609,6 +635,7 @@ impl Vm {
             ept.unmap(slot.page_gpa(index));
             if let Some(node) = slot.pinned.remove_node(&index) {
                 unpins.0.insert(node);
+                self.counts.pages_pinned.fetch_sub(1, Ordering::Relaxed);
             }
         }
         if unpins.0.iter().next().is_some() {
@@ -683,8 +710,12 @@ impl Vm {
         // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the next
         // fault would take it for mapped and the guest would fault for ever.
         // So on an error it is not inserted, and `node` unpins it.
-        ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache)?;
+        let mapped = ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache);
+        // Tables it added stay, mapped or not.
+        self.counts.ept_tables.store(ept.tables(), Ordering::Relaxed);
+        mapped?;
         slot.pinned.insert(node);
+        self.counts.pages_pinned.fetch_add(1, Ordering::Relaxed);
         if write {
             slot.mark_dirty(index);
         }
