@@ -111,7 +111,7 @@ impl SlotNotifier {
             return Err(Error::from_errno(err));
         }
         // On failure the value is dropped, which removes the notifier.
-        Ok(Arc::new(Self { ptr }, GFP_KERNEL)?)
+        Ok(Arc::new(Self { ptr }, GFP_KERNEL_ACCOUNT)?)
     }
 
     /// The sequence count a fault reads before pinning (may sleep while an
@@ -206,7 +206,7 @@ impl Drop for NotifierUnpins {
 fn new_bitmap(pages: u64) -> Result<KVVec<u64>> {
     // CAST: a slot has at most 2^31 pages, so at most 2^25 words.
     let words = pages.div_ceil(64) as usize;
-    Ok(KVVec::from_elem(0, words, GFP_KERNEL | kernel::alloc::flags::__GFP_NOWARN)?)
+    Ok(KVVec::from_elem(0, words, GFP_KERNEL_ACCOUNT | kernel::alloc::flags::__GFP_NOWARN)?)
 }
 
 /// Guest memory: the slots and the EPT that maps them.
@@ -258,6 +258,33 @@ struct VmCounts {
     pages_pinned: AtomicU64,
     ept_tables: AtomicU64,
     memory_slots: AtomicU64,
+}
+
+/// A vCPU id reserved in its VM (`Vm::reserve_vcpu_id`), released when
+/// this is dropped: with the vCPU that holds it, once nothing refers to it
+/// any more (its fd, its statistics fd, an ioctl in progress), or when the
+/// vCPU's creation fails. Never at the close of one fd while another
+/// still reaches the vCPU: two live vCPUs never share an id, and no more
+/// than MAX_VCPUS exist.
+pub(crate) struct VcpuId {
+    vm: Arc<Vm>,
+    id: u32,
+}
+
+impl VcpuId {
+    pub(crate) fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for VcpuId {
+    fn drop(&mut self) {
+        self.vm.remove_vcpu_id(self.id);
+    }
 }
 
 /// An EPT flush of one VM, requested under the memory lock and waited for
@@ -367,12 +394,12 @@ impl Vm {
         let eptp = ept.eptp();
         // Room for every slot now, so that adding one under the memory lock
         // never allocates (see `set_memory_region`).
-        let slots = KVec::with_capacity(MAX_SLOTS as usize, GFP_KERNEL)?;
+        let slots = KVec::with_capacity(MAX_SLOTS as usize, GFP_KERNEL_ACCOUNT)?;
         // SAFETY: a plain read of a boot-time constant.
         let cpus = unsafe { kglue::rvmx_glue_nr_cpu_ids() } as usize;
-        let mut in_guest = KVec::with_capacity(cpus, GFP_KERNEL)?;
+        let mut in_guest = KVec::with_capacity(cpus, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..cpus {
-            in_guest.push(AtomicBool::new(false), GFP_KERNEL)?;
+            in_guest.push(AtomicBool::new(false), GFP_KERNEL_ACCOUNT)?;
         }
         // SAFETY: called from an ioctl, so `current->mm` is the caller's.
         let mm = MmRef(unsafe { rvmx_glue_mm_grab_current() });
@@ -391,7 +418,7 @@ impl Vm {
                     memory_slots: AtomicU64::new(0),
                 },
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -435,17 +462,25 @@ impl Vm {
         Some(InGuest { flag, gen: self.ept_gen.load(Ordering::SeqCst) })
     }
 
-    /// Reserves a vCPU id (KVM_CREATE_VCPU).
-    pub(crate) fn add_vcpu_id(&self, id: u32) -> Result {
+    /// Reserves a vCPU id (KVM_CREATE_VCPU), with KVM's errors and in
+    /// its order (kvm_vm_ioctl_create_vcpu): an id of MAX_VCPUS (the
+    /// KVM_CAP_MAX_VCPU_ID rvmx reports) or more, or MAX_VCPUS vCPUs
+    /// alive already, is EINVAL; an id a live vCPU has, EEXIST. The id is
+    /// the vCPU's until the reservation is dropped (`VcpuId`).
+    pub(crate) fn reserve_vcpu_id(self: &Arc<Self>, id: u32) -> Result<VcpuId> {
         if id >= MAX_VCPUS {
             return Err(EINVAL);
         }
         let mut ids = self.vcpu_ids.lock();
+        // CAST: at most MAX_VCPUS ids.
+        if ids.len() as u32 >= MAX_VCPUS {
+            return Err(EINVAL);
+        }
         if ids.contains(&id) {
             return Err(EEXIST);
         }
-        ids.push(id, GFP_KERNEL)?;
-        Ok(())
+        ids.push(id, GFP_KERNEL_ACCOUNT)?;
+        Ok(VcpuId { vm: self.clone(), id })
     }
 
     /// Whether any vCPU was created (and is alive).
@@ -453,8 +488,8 @@ impl Vm {
         !self.vcpu_ids.lock().is_empty()
     }
 
-    /// Releases a vCPU id (the vCPU was freed, or its creation failed).
-    pub(crate) fn remove_vcpu_id(&self, id: u32) {
+    /// Releases a vCPU id (`VcpuId`'s drop).
+    fn remove_vcpu_id(&self, id: u32) {
         let mut ids = self.vcpu_ids.lock();
         if let Some(pos) = ids.iter().position(|&i| i == id) {
             crate::kpage::swap_remove(&mut ids, pos);
@@ -688,7 +723,7 @@ impl Vm {
         let pinned = PinnedPage { page, mm: self.mm.0, writable };
         // SAFETY: `page` is a pinned page.
         let hpa = Hpa(unsafe { rvmx_glue_page_to_phys(page) });
-        let node = RBTreeNode::new(index, pinned, GFP_KERNEL)?;
+        let node = RBTreeNode::new(index, pinned, GFP_KERNEL_ACCOUNT)?;
         cache.top_up()?;
 
         // 3. Under the lock again: map it, unless the slot changed meanwhile

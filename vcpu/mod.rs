@@ -176,6 +176,8 @@ static NEXT_VCPU_UID: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 pub(crate) struct Vcpu {
     vm: Arc<Vm>,
     id: u32,
+    /// Holds `id` in the VM until the vCPU is freed.
+    _id: crate::vm::VcpuId,
     /// The pages userspace maps (page N of the vCPU fd is `pages[N]`).
     pages: [KernelPage; MMAP_PAGES],
     /// IA32_VMX_BASIC[54] (see exits/io.rs).
@@ -223,7 +225,8 @@ impl RunToken<'_> {
 
 impl Vcpu {
     /// KVM_CREATE_VCPU: a vCPU in the reset state (real mode at F000:FFF0).
-    pub(crate) fn new(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+    pub(crate) fn new(vcpu_id: crate::vm::VcpuId) -> Result<Arc<Self>> {
+        let (vm, id) = (vcpu_id.vm().clone(), vcpu_id.get());
         let caps = vmxon::caps().ok_or(EIO)?;
         // The guest's XSAVE image lives in one page.
         if hw::xsave_size() > 4096 {
@@ -295,6 +298,7 @@ impl Vcpu {
             pin_init!(Vcpu {
                 vm,
                 id,
+                _id: vcpu_id,
                 pages,
                 ins_outs_info: caps.ins_outs_info,
                 virtual_nmis: caps.virtual_nmis(),
@@ -304,7 +308,7 @@ impl Vcpu {
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         Ok(vcpu)
     }

@@ -28,6 +28,9 @@ pub mod msr_bitmap;
 #[path = "../../../msrs/emulated.rs"]
 pub mod emulated;
 
+#[path = "../../../vpid.rs"]
+pub mod vpid;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -37,6 +40,9 @@ extern crate std;
 
 #[cfg(test)]
 mod decode_tests;
+
+#[cfg(test)]
+mod vpid_tests;
 
 #[cfg(test)]
 mod walk_tests;
