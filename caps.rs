@@ -54,6 +54,8 @@ const VPID_INVVPID: u64 = 1 << 32;
 const VPID_INVVPID_SINGLE: u64 = 1 << 41;
 /// IA32_VMX_EPT_VPID_CAP bit 25: INVEPT single-context is supported.
 pub(crate) const EPT_INVEPT_SINGLE: u64 = 1 << 25;
+/// IA32_VMX_EPT_VPID_CAP bit 26: INVEPT all-context is supported.
+pub(crate) const EPT_INVEPT_ALL: u64 = 1 << 26;
 
 /// The VMX capabilities of the CPU, read once from the IA32_VMX_* MSRs.
 ///

@@ -59,7 +59,7 @@ fn read_arg_boxed<T: FromBytes>(arg: usize) -> Result<KBox<T>> {
 
 /// A zeroed ABI struct on the heap, never on the stack.
 fn zeroed_box<T: FromBytes>() -> Result<KBox<T>> {
-    let mut b = KBox::<T>::new_uninit(GFP_KERNEL)?;
+    let mut b = KBox::<T>::new_uninit(GFP_KERNEL_ACCOUNT)?;
     // SAFETY: `T: FromBytes`: all-zero bytes are a valid `T`.
     unsafe {
         core::ptr::write_bytes(b.as_mut_ptr(), 0, 1);
@@ -70,9 +70,9 @@ fn zeroed_box<T: FromBytes>() -> Result<KBox<T>> {
 /// Reads an array of `n` ABI structs from userspace address `uaddr`.
 fn read_array<T: FromBytes>(uaddr: usize, n: usize) -> Result<KVec<T>> {
     let mut reader = UserSlice::new(uaddr as _, n * core::mem::size_of::<T>()).reader();
-    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut v = KVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
     for _ in 0..n {
-        v.push(reader.read()?, GFP_KERNEL)?;
+        v.push(reader.read()?, GFP_KERNEL_ACCOUNT)?;
     }
     Ok(v)
 }
@@ -208,17 +208,12 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
         uapi::KVM_CREATE_VCPU => {
             // CAST: KVM takes the id as the ioctl argument.
             let id = u32::try_from(arg).map_err(|_| EINVAL)?;
-            vm.add_vcpu_id(id)?;
-            let vcpu = match Vcpu::new(vm.clone(), id) {
-                Ok(v) => v,
-                Err(e) => {
-                    vm.remove_vcpu_id(id);
-                    return Err(e);
-                }
-            };
-            // If no fd can be installed (EMFILE), the vCPU is gone: so is
+            // The id is the vCPU's until the vCPU is freed (vm.rs, `VcpuId`):
+            // a failed creation releases it at once.
+            let vcpu = Vcpu::new(vm.reserve_vcpu_id(id)?)?;
+            // If no fd can be installed (EMFILE), the vCPU is freed: so is
             // its id, which a later KVM_CREATE_VCPU may use again (as in KVM).
-            install_fd(vcpu, rvmx_glue_vcpu_fd).inspect_err(|_| vm.remove_vcpu_id(id))
+            install_fd(vcpu, rvmx_glue_vcpu_fd)
         }
         uapi::KVM_CHECK_EXTENSION => Ok(check_extension(arg)),
         // The file holds a reference to the VM (stats.rs).
@@ -373,8 +368,8 @@ extern "C" fn rvmx_vcpu_ioctl(vcpu: *const core::ffi::c_void, cmd: core::ffi::c_
 #[no_mangle]
 extern "C" fn rvmx_vcpu_release(vcpu: *const core::ffi::c_void) {
     // SAFETY: the reference the fd owned since `into_foreign`.
-    let vcpu = unsafe { Arc::<Vcpu>::from_foreign(vcpu) };
-    vcpu.vm().remove_vcpu_id(vcpu.id());
+    // The vCPU (and its id) lives on while its statistics file holds it.
+    drop(unsafe { Arc::<Vcpu>::from_foreign(vcpu) });
 }
 
 /// `read` of a VM's statistics file (KVM_GET_STATS_FD; stats.rs).

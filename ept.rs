@@ -38,6 +38,9 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// and by nothing else.
 pub(crate) struct Ept {
     root: KernelPage,
+    /// The paging-structure pages, the root included: counted as they are
+    /// added (`leaf`), for the VM's statistics; none is freed before `Drop`.
+    tables: u64,
 }
 
 /// Pages for the tables one `Ept::map` may add (at most one per level
@@ -79,7 +82,7 @@ fn index(gpa: Gpa, level: u32) -> usize {
 
 impl Ept {
     pub(crate) fn new() -> Result<Self> {
-        Ok(Self { root: KernelPage::new()? })
+        Ok(Self { root: KernelPage::new()?, tables: 1 })
     }
 
     /// The EPT pointer for the VMCS: root, 4-level walk, write-back paging
@@ -101,6 +104,7 @@ impl Ept {
                 // INVARIANT: the page is ours from now on, freed by `Drop`.
                 let _ = t.into_raw();
                 e.store(v, Ordering::Release);
+                self.tables += 1;
             }
             // SAFETY: `v` points at one of our tables (type invariant).
             table = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
@@ -162,29 +166,11 @@ fn free_tables(table: *mut u64, level: u32) {
     }
 }
 
-/// Counts the tables below `table` at `level` (as `free_tables` walks).
-fn count_tables(table: *mut u64, level: u32) -> u64 {
-    if level == 0 {
-        return 0;
-    }
-    let mut n = 0u64;
-    for i in 0..512 {
-        let v = entry(table, i).load(Ordering::Acquire);
-        if v & READ != 0 {
-            // SAFETY: as in `free_tables`; the caller holds the VM's memory
-            // lock, so no table goes away during the walk.
-            let child: *mut u64 = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
-            n = n.saturating_add(1).saturating_add(count_tables(child, level - 1));
-        }
-    }
-    n
-}
-
 impl Ept {
     /// The paging-structure pages of this EPT, the root included (for the
-    /// VM's statistics; walks the tree).
+    /// VM's statistics; a running count, no walk).
     pub(crate) fn tables(&self) -> u64 {
-        1 + count_tables(self.root.as_ptr(), 3)
+        self.tables
     }
 }
 

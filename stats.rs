@@ -156,9 +156,9 @@ impl VcpuStats {
     }
 }
 
-/// A VM's figures, counted when the file is read (stats.rs has no writer
-/// on any path of the guest: `Vm::stats` walks the slots and EPT under the
-/// memory lock).
+/// A VM's figures when the file is read: running counts the VM keeps
+/// where pages are pinned and unpinned, EPT tables added and slots made
+/// (`Vm::stats`, read without the memory lock: a read walks nothing).
 pub(crate) struct VmStats {
     /// Guest pages pinned and mapped in EPT now.
     pub(crate) pages_pinned: u64,

@@ -22,6 +22,8 @@ use crate::kglue::{self,
 use crate::addr::{Gpa, Hpa};
 use crate::ept::{Ept, TableCache};
 use crate::uapi;
+use crate::kglue::rvmx_glue_kick_cpus;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::sync::Arc;
 use kernel::sync::{Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock, prelude::*, rbtree::{RBTree, RBTreeNode}, uaccess::UserSlice};
@@ -109,7 +111,7 @@ impl SlotNotifier {
             return Err(Error::from_errno(err));
         }
         // On failure the value is dropped, which removes the notifier.
-        Ok(Arc::new(Self { ptr }, GFP_KERNEL)?)
+        Ok(Arc::new(Self { ptr }, GFP_KERNEL_ACCOUNT)?)
     }
 
     /// The sequence count a fault reads before pinning (may sleep while an
@@ -185,13 +187,26 @@ impl Slot {
     }
 }
 
+/// Pages the MMU notifier took out of EPT, unpinned on drop without folio
+/// locks (`PinnedPage::unpin_in_notifier`), after the flush.
+struct NotifierUnpins(RBTree<u64, PinnedPage>);
+
+impl Drop for NotifierUnpins {
+    fn drop(&mut self) {
+        while let Some(c) = self.0.cursor_front() {
+            let (_, node) = c.remove_current();
+            node.to_key_value().1.unpin_in_notifier();
+        }
+    }
+}
+
 /// A cleared dirty bitmap for `pages` pages (64 per word, as KVM sizes it).
 /// Up to 256 MiB for the largest slot, so kvmalloc (vmalloc when large),
 /// and a failure is ENOMEM for the caller, not a warning in the log.
 fn new_bitmap(pages: u64) -> Result<KVVec<u64>> {
     // CAST: a slot has at most 2^31 pages, so at most 2^25 words.
     let words = pages.div_ceil(64) as usize;
-    Ok(KVVec::from_elem(0, words, GFP_KERNEL | kernel::alloc::flags::__GFP_NOWARN)?)
+    Ok(KVVec::from_elem(0, words, GFP_KERNEL_ACCOUNT | kernel::alloc::flags::__GFP_NOWARN)?)
 }
 
 /// Guest memory: the slots and the EPT that maps them.
@@ -213,6 +228,7 @@ pub(crate) enum Fault {
 /// # Invariants
 ///
 /// `eptp` is the EPT pointer of `mem.ept`, whose root never changes.
+/// `in_guest` has an entry for every possible CPU number (nr_cpu_ids).
 #[pin_data(PinnedDrop)]
 pub(crate) struct Vm {
     mm: MmRef,
@@ -222,16 +238,153 @@ pub(crate) struct Vm {
     /// Ids of the vCPUs created so far.
     #[pin]
     vcpu_ids: Mutex<KVec<u32>>,
+    /// The EPT flush generation: bumped (under `mem`) each time a
+    /// translation is taken away or narrowed. A vCPU that last flushed at
+    /// an older one flushes (INVEPT single-context) before its next VM
+    /// entry, as KVM's KVM_REQ_TLB_FLUSH (see `RemoteFlush`).
+    ept_gen: AtomicU64,
+    /// By CPU number: whether a vCPU of this VM is between the check of
+    /// `ept_gen` before a VM entry and the VM exit after it (`InGuest`).
+    /// As KVM's vcpu->mode == IN_GUEST_MODE: only those CPUs get an IPI.
+    in_guest: KVec<AtomicBool>,
+    /// Running figures for KVM_GET_STATS_FD, changed under `mem` where
+    /// pages are pinned and unpinned, tables added and slots made or
+    /// deleted, and read without it: a read walks nothing (as KVM's stats).
+    counts: VmCounts,
 }
 
-/// Invalidates, on every CPU, the cached EPT translations of one VM.
-fn invept_everywhere(eptp: u64) {
-    extern "C" fn one(info: *mut core::ffi::c_void) {
-        // CAST: `info` carries the EPTP value, not a pointer.
-        let _ = crate::hw::vmx::invept_single(info as u64);
+/// See `Vm::counts`.
+struct VmCounts {
+    pages_pinned: AtomicU64,
+    ept_tables: AtomicU64,
+    memory_slots: AtomicU64,
+}
+
+/// A vCPU id reserved in its VM (`Vm::reserve_vcpu_id`), released when
+/// this is dropped: with the vCPU that holds it, once nothing refers to it
+/// any more (its fd, its statistics fd, an ioctl in progress), or when the
+/// vCPU's creation fails. Never at the close of one fd while another
+/// still reaches the vCPU: two live vCPUs never share an id, and no more
+/// than MAX_VCPUS exist.
+pub(crate) struct VcpuId {
+    vm: Arc<Vm>,
+    id: u32,
+}
+
+impl VcpuId {
+    pub(crate) fn vm(&self) -> &Arc<Vm> {
+        &self.vm
     }
-    // SAFETY: `one` runs INVEPT only, safe in IPI context.
-    unsafe { crate::vmxon::on_each_cpu(one, eptp as *mut core::ffi::c_void) };
+
+    pub(crate) fn get(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for VcpuId {
+    fn drop(&mut self) {
+        self.vm.remove_vcpu_id(self.id);
+    }
+}
+
+/// An EPT flush of one VM, requested under the memory lock and waited for
+/// after it (as KVM's kvm_flush_remote_tlbs, without its wait under a
+/// spinlock).
+///
+/// Why no CPU uses a stale translation once `wait` returns, which is what
+/// makes it safe to unpin (and let the kernel reuse) a page EPT no longer
+/// maps, or to copy out a dirty bitmap whose pages were write-protected:
+///
+/// - EPT translations are used only in VMX non-root operation, tagged by
+///   the EPTP's root (EP4TA): a CPU outside this VM's guests cannot use
+///   them, whatever it caches.
+/// - Before every VM entry a vCPU marks its CPU in `Vm::in_guest` (an
+///   atomic swap, a full barrier) and then reads `ept_gen`; if the
+///   generation moved since it last flushed, or it arrives on a CPU other
+///   than the one it last ran on, it runs INVEPT single-context first
+///   (vcpu/run.rs). The flusher bumps `ept_gen` (SeqCst) after changing the
+///   tables, then reads `in_guest`. Either the flusher sees the CPU marked,
+///   and waits for it, or the vCPU sees the new generation and flushes
+///   before it enters: never neither (the two orders are both sequentially
+///   consistent).
+/// - `wait` interrupts every CPU marked, and returns once each has taken
+///   the interrupt, which a CPU in the guest does only after the VM exit
+///   it causes: by then it has left the guest, and it flushes before it
+///   enters again (the generation moved). Only CPUs running this VM's
+///   vCPUs are asked, and without `Vm::mem` held: a CPU that does not
+///   answer (a wedged guest) stalls this VM's flush alone, never the
+///   memory lock and, through it, every vCPU, the MMU notifier and the
+///   host's reclaim.
+/// - CPUs that ran a vCPU earlier keep stale translations, unused: any
+///   vCPU of this VM entering there flushes first (a new generation, or a
+///   CPU it did not last run on), and a later VM whose EPT root is the same
+///   page (the same tag) has only new vCPUs, which flush on their first
+///   entry on each CPU. So a VM's end needs no flush either (`Vm`'s drop).
+///
+/// Declared before the memory lock's guard and after whatever must outlive
+/// the stale translations (the pages to unpin), so that it is dropped
+/// after the lock and before them; its drop waits.
+struct RemoteFlush<'a> {
+    vm: &'a Vm,
+    requested: bool,
+}
+
+impl<'a> RemoteFlush<'a> {
+    fn new(vm: &'a Vm) -> Self {
+        Self { vm, requested: false }
+    }
+
+    /// Asks every vCPU to flush before its next entry. Called under the
+    /// memory lock, after the EPT change.
+    fn request(&mut self) {
+        self.vm.ept_gen.fetch_add(1, Ordering::SeqCst);
+        self.requested = true;
+    }
+
+    /// Interrupts the CPUs now in one of this VM's guests and waits until
+    /// each has left it. Must not be called under the memory lock.
+    fn wait(&mut self) {
+        if !core::mem::take(&mut self.requested) {
+            return;
+        }
+        extern "C" fn in_guest(cpu: core::ffi::c_int, info: *mut core::ffi::c_void) -> bool {
+            // SAFETY: `info` is the `Vm` of the `RemoteFlush` waiting below.
+            let vm = unsafe { &*info.cast::<Vm>() };
+            // CAST: a CPU number from the kernel, never negative.
+            vm.in_guest.get(cpu as usize).is_some_and(|f| f.load(Ordering::SeqCst))
+        }
+        // SAFETY: `in_guest` reads an atomic of the VM, which outlives the
+        // call (we borrow it); the IPI function does nothing. No lock of
+        // ours is held (see the type's comment).
+        unsafe { rvmx_glue_kick_cpus(Some(in_guest), (self.vm as *const Vm).cast_mut().cast()) };
+    }
+}
+
+impl Drop for RemoteFlush<'_> {
+    fn drop(&mut self) {
+        self.wait();
+    }
+}
+
+/// This CPU is in (or about to enter) one of the VM's guests; dropped
+/// right after the VM exit (see `RemoteFlush`).
+pub(crate) struct InGuest<'a> {
+    flag: &'a AtomicBool,
+    gen: u64,
+}
+
+impl InGuest<'_> {
+    /// The flush generation at the time of marking: the vCPU must have
+    /// flushed at this one before it enters.
+    pub(crate) fn gen(&self) -> u64 {
+        self.gen
+    }
+}
+
+impl Drop for InGuest<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::Release);
+    }
 }
 
 impl Vm {
@@ -241,34 +394,53 @@ impl Vm {
         let eptp = ept.eptp();
         // Room for every slot now, so that adding one under the memory lock
         // never allocates (see `set_memory_region`).
-        let slots = KVec::with_capacity(MAX_SLOTS as usize, GFP_KERNEL)?;
+        let slots = KVec::with_capacity(MAX_SLOTS as usize, GFP_KERNEL_ACCOUNT)?;
+        // SAFETY: a plain read of a boot-time constant.
+        let cpus = unsafe { kglue::rvmx_glue_nr_cpu_ids() } as usize;
+        let mut in_guest = KVec::with_capacity(cpus, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..cpus {
+            in_guest.push(AtomicBool::new(false), GFP_KERNEL_ACCOUNT)?;
+        }
         // SAFETY: called from an ioctl, so `current->mm` is the caller's.
         let mm = MmRef(unsafe { rvmx_glue_mm_grab_current() });
+        // INVARIANT: one `in_guest` entry per possible CPU number.
         Arc::pin_init(
             pin_init!(Vm {
                 mm,
                 eptp,
                 mem <- new_spinlock!(Memory { ept, slots, next_serial: 0 }, "rvmx:vm.mem"),
                 vcpu_ids <- new_mutex!(KVec::new(), "rvmx:vm.vcpu_ids"),
+                ept_gen: AtomicU64::new(0),
+                in_guest,
+                counts: VmCounts {
+                    pages_pinned: AtomicU64::new(0),
+                    ept_tables: AtomicU64::new(1),
+                    memory_slots: AtomicU64::new(0),
+                },
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
+    }
+
+    /// The VM's statistics (KVM_GET_STATS_FD): the running counts, read
+    /// without the memory lock.
+    pub(crate) fn stats(&self) -> crate::stats::VmStats {
+        let c = &self.counts;
+        crate::stats::VmStats {
+            pages_pinned: c.pages_pinned.load(Ordering::Relaxed),
+            ept_tables: c.ept_tables.load(Ordering::Relaxed),
+            memory_slots: c.memory_slots.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes the slot count after a change (under the memory lock).
+    fn count_slots(&self, mem: &Memory) {
+        // CAST: at most MAX_SLOTS.
+        self.counts.memory_slots.store(mem.slots.len() as u64, Ordering::Relaxed);
     }
 
     /// Whether the caller is the process that created the VM (KVM answers
     /// EIO to any other: its memory is not this VM's memory).
-    /// The VM's statistics (KVM_GET_STATS_FD), counted now.
-    pub(crate) fn stats(&self) -> crate::stats::VmStats {
-        let mem = self.mem.lock();
-        let pinned = mem.slots.iter().map(|s| s.pinned.iter().count()).fold(0usize, usize::saturating_add);
-        crate::stats::VmStats {
-            // CAST: counts of pages and slots fit in 64 bits.
-            pages_pinned: pinned as u64,
-            ept_tables: mem.ept.tables(),
-            memory_slots: mem.slots.len() as u64,
-        }
-    }
-
     pub(crate) fn is_owner(&self) -> bool {
         // SAFETY: compares pointers only.
         unsafe { rvmx_glue_mm_is_current(self.mm.0) }
@@ -278,17 +450,37 @@ impl Vm {
         self.eptp
     }
 
-    /// Reserves a vCPU id (KVM_CREATE_VCPU).
-    pub(crate) fn add_vcpu_id(&self, id: u32) -> Result {
+    /// Marks CPU `cpu` (the caller's, with interrupts off) as about to enter
+    /// one of this VM's guests, until the value is dropped after the VM
+    /// exit; `None` for a CPU number beyond nr_cpu_ids (never). The caller
+    /// must flush (INVEPT) before the entry unless it already did at the
+    /// generation this returns (see `RemoteFlush`).
+    pub(crate) fn enter_guest(&self, cpu: u32) -> Option<InGuest<'_>> {
+        let flag = self.in_guest.get(cpu as usize)?;
+        // A full barrier between the mark and the read of the generation.
+        flag.swap(true, Ordering::SeqCst);
+        Some(InGuest { flag, gen: self.ept_gen.load(Ordering::SeqCst) })
+    }
+
+    /// Reserves a vCPU id (KVM_CREATE_VCPU), with KVM's errors and in
+    /// its order (kvm_vm_ioctl_create_vcpu): an id of MAX_VCPUS (the
+    /// KVM_CAP_MAX_VCPU_ID rvmx reports) or more, or MAX_VCPUS vCPUs
+    /// alive already, is EINVAL; an id a live vCPU has, EEXIST. The id is
+    /// the vCPU's until the reservation is dropped (`VcpuId`).
+    pub(crate) fn reserve_vcpu_id(self: &Arc<Self>, id: u32) -> Result<VcpuId> {
         if id >= MAX_VCPUS {
             return Err(EINVAL);
         }
         let mut ids = self.vcpu_ids.lock();
+        // CAST: at most MAX_VCPUS ids.
+        if ids.len() as u32 >= MAX_VCPUS {
+            return Err(EINVAL);
+        }
         if ids.contains(&id) {
             return Err(EEXIST);
         }
-        ids.push(id, GFP_KERNEL)?;
-        Ok(())
+        ids.push(id, GFP_KERNEL_ACCOUNT)?;
+        Ok(VcpuId { vm: self.clone(), id })
     }
 
     /// Whether any vCPU was created (and is alive).
@@ -296,8 +488,8 @@ impl Vm {
         !self.vcpu_ids.lock().is_empty()
     }
 
-    /// Releases a vCPU id (the vCPU was freed, or its creation failed).
-    pub(crate) fn remove_vcpu_id(&self, id: u32) {
+    /// Releases a vCPU id (`VcpuId`'s drop).
+    fn remove_vcpu_id(&self, id: u32) {
         let mut ids = self.vcpu_ids.lock();
         if let Some(pos) = ids.iter().position(|&i| i == id) {
             crate::kpage::swap_remove(&mut ids, pos);
@@ -347,14 +539,18 @@ impl Vm {
         // A slot that goes away: dropped (unpinned, its notifier removed)
         // after the lock, being declared before it.
         let mut gone: Option<Slot> = None;
+        // Waited for after the lock, before `gone` is dropped.
+        let mut flush = RemoteFlush::new(self);
         let mut mem = self.mem.lock();
         let existing = mem.slots.iter().position(|s| s.id == r.slot);
         if r.memory_size == 0 {
             // Delete.
             let pos = existing.ok_or(EINVAL)?;
             let slot = crate::kpage::swap_remove(&mut mem.slots, pos);
-            gone = Some(self.unmap_slot(&mut mem.ept, slot));
+            gone = Some(self.unmap_slot(&mut mem.ept, slot, &mut flush));
+            self.count_slots(&mem);
             drop(mem);
+            flush.wait();
             drop(gone);
             return Ok(());
         }
@@ -378,7 +574,9 @@ impl Vm {
                         for (&index, _) in slot.pinned.iter() {
                             ept.set_writable(slot.page_gpa(index), false);
                         }
-                        invept_everywhere(self.eptp);
+                        if slot.pinned.iter().next().is_some() {
+                            flush.request();
+                        }
                     }
                     (true, false) => {
                         // Freed after the lock: kvfree may sleep.
@@ -413,21 +611,28 @@ impl Vm {
         if let Some(pos) = existing {
             // A move: the old placement goes away (and its mappings).
             let old = crate::kpage::swap_remove(&mut mem.slots, pos);
-            gone = Some(self.unmap_slot(&mut mem.ept, old));
+            gone = Some(self.unmap_slot(&mut mem.ept, old, &mut flush));
         }
+        self.count_slots(&mem);
         drop(mem);
+        flush.wait();
         drop(gone);
         Ok(())
     }
 
-    /// Removes a slot's pages from EPT and flushes every CPU's cached
-    /// translations; the caller drops the slot (unpins the pages) after
-    /// the memory lock: no CPU may still reach a page once it is unpinned.
-    fn unmap_slot(&self, ept: &mut Ept, slot: Slot) -> Slot {
+    /// Removes a slot's pages from EPT and requests a flush; the caller waits
+    /// for it after the memory lock, and only then drops the slot (unpins
+    /// the pages): no CPU may still reach a page once it is unpinned.
+    fn unmap_slot(&self, ept: &mut Ept, slot: Slot, flush: &mut RemoteFlush<'_>) -> Slot {
+        let mut n = 0u64;
         for (&index, _) in slot.pinned.iter() {
             ept.unmap(slot.page_gpa(index));
+            n += 1;
         }
-        invept_everywhere(self.eptp);
+        if n != 0 {
+            self.counts.pages_pinned.fetch_sub(n, Ordering::Relaxed);
+            flush.request();
+        }
         slot
     }
 
@@ -437,6 +642,12 @@ impl Vm {
     /// new pages, as under KVM. Called with the notifier's sequence count
     /// `seq` to publish under the memory lock (mmu_interval_set_seq).
     fn invalidate(&self, mni: *mut kglue::mmu_interval_notifier, start: u64, end: u64, seq: core::ffi::c_ulong) {
+        // The pages leave the slot under the lock and are unpinned after
+        // it, once no CPU can use a translation to them (`RemoteFlush`):
+        // declared in that order, dropped in the reverse. Moving a tree
+        // node allocates nothing.
+        let mut unpins = NotifierUnpins(RBTree::new());
+        let mut flush = RemoteFlush::new(self);
         let mut mem = self.mem.lock();
         // SAFETY: `mni` is the notifier the core is calling; under our lock.
         unsafe { rvmx_glue_mmu_interval_set_seq(mni, seq) };
@@ -453,21 +664,17 @@ impl Vm {
         }
         let (first, last) = ((lo - slot.uaddr) / PAGE, (hi - 1 - slot.uaddr) / PAGE);
         let in_range = |k: &u64| (first..=last).contains(k);
-        let mut any = false;
-        for (index, _) in slot.pinned.iter().filter(|(k, _)| in_range(k)) {
-            ept.unmap(slot.page_gpa(*index));
-            any = true;
-        }
-        if !any {
-            return;
-        }
-        invept_everywhere(self.eptp);
         loop {
             let next = slot.pinned.cursor_lower_bound(&first).map(|c| *c.current().0).filter(in_range);
             let Some(index) = next else { break };
-            if let Some(p) = slot.pinned.remove(&index) {
-                p.unpin_in_notifier();
+            ept.unmap(slot.page_gpa(index));
+            if let Some(node) = slot.pinned.remove_node(&index) {
+                unpins.0.insert(node);
+                self.counts.pages_pinned.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        if unpins.0.iter().next().is_some() {
+            flush.request();
         }
     }
 
@@ -516,7 +723,7 @@ impl Vm {
         let pinned = PinnedPage { page, mm: self.mm.0, writable };
         // SAFETY: `page` is a pinned page.
         let hpa = Hpa(unsafe { rvmx_glue_page_to_phys(page) });
-        let node = RBTreeNode::new(index, pinned, GFP_KERNEL)?;
+        let node = RBTreeNode::new(index, pinned, GFP_KERNEL_ACCOUNT)?;
         cache.top_up()?;
 
         // 3. Under the lock again: map it, unless the slot changed meanwhile
@@ -538,8 +745,12 @@ impl Vm {
         // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the next
         // fault would take it for mapped and the guest would fault for ever.
         // So on an error it is not inserted, and `node` unpins it.
-        ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache)?;
+        let mapped = ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache);
+        // Tables it added stay, mapped or not.
+        self.counts.ept_tables.store(ept.tables(), Ordering::Relaxed);
+        mapped?;
         slot.pinned.insert(node);
+        self.counts.pages_pinned.fetch_add(1, Ordering::Relaxed);
         if write {
             slot.mark_dirty(index);
         }
@@ -624,6 +835,7 @@ impl Vm {
         // The fresh bitmap is allocated before the memory lock (the MMU
         // notifier takes it from inside reclaim), for the slot's size then;
         // if the slot changed meanwhile, again.
+        let mut flush = RemoteFlush::new(self);
         let bits = loop {
             let pages = {
                 let mem = self.mem.lock();
@@ -655,10 +867,14 @@ impl Vm {
                 }
             }
             if any {
-                invept_everywhere(self.eptp);
+                flush.request();
             }
             break bits;
         };
+        // A write through a translation that was writable before is in
+        // memory once every CPU in the guest has left it; from then on a
+        // write faults and lands in the next bitmap.
+        flush.wait();
         let len = bits.len() * 8;
         // SAFETY: `bits` is `len` bytes of plain integers, initialized.
         let bytes = unsafe { core::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), len) };
@@ -708,11 +924,11 @@ impl Vm {
 #[pinned_drop]
 impl PinnedDrop for Vm {
     fn drop(self: Pin<&mut Self>) {
-        // No vCPU is left (each holds the VM), so no CPU runs this EPT; but
+        // No vCPU is left (each holds the VM), so no CPU runs this EPT.
         // CPUs may still cache its translations, tagged by this EPTP, which
-        // a future VM could reuse. Flush them before the tables and pages go.
-        invept_everywhere(self.eptp);
-        // Then the slots, before any other field: their notifiers call back
+        // a later VM could reuse; that VM's vCPUs flush on their first entry
+        // on each CPU (`RemoteFlush`), so nothing is flushed here.
+        // The slots go first, before any other field: their notifiers call back
         // into this `Vm` until removed, and their pages are accounted to
         // `mm`. Dropped outside the lock (see `SlotNotifier`).
         let slots = core::mem::take(&mut self.mem.lock().slots);

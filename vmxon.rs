@@ -120,16 +120,6 @@ pub(crate) fn caps() -> Option<VmxCaps> {
     unsafe { p.as_ref() }.map(|r| r.caps)
 }
 
-/// Runs `f(info)` on every online CPU (in IPI context) and waits for all.
-///
-/// # Safety
-///
-/// `f` must be safe to run in IPI context with `info`.
-pub(crate) unsafe fn on_each_cpu(f: extern "C" fn(*mut core::ffi::c_void), info: *mut core::ffi::c_void) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { rvmx_glue_on_each_cpu(Some(f), info) };
-}
-
 /// Why a CPU could not enter VMX root operation.
 fn refuse(cpu: u32, why: &str, err: Error) -> core::ffi::c_int {
     pr_err!("CPU{}: cannot enter VMX root operation: {}\n", cpu, why);
@@ -180,6 +170,14 @@ extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
     // this CPU's hotplug thread, pinned to it.
     match unsafe { vmx::vmxon(me.region_pa) } {
         Ok(()) => {
+            // This CPU may cache EPT translations from before: from when it
+            // went offline, or from an earlier VMX user (KVM) whose EPT
+            // root page rvmx may reuse. Drop them all, as KVM does at
+            // VMXON; vCPUs also flush their own on arrival (vm.rs,
+            // `RemoteFlush`), which covers CPUs without all-context INVEPT.
+            if root.caps.ept_vpid & crate::caps::EPT_INVEPT_ALL != 0 && vmx::invept_global().is_err() {
+                pr_warn!("CPU{}: INVEPT all-context failed\n", cpu);
+            }
             me.in_vmx.store(true, Ordering::Release);
             0
         }

@@ -9,6 +9,11 @@
 //! sit there), and after userspace rewrites its paging registers
 //! (vcpu/run.rs, `flush_tlb`). Each vCPU has its own, from this allocator.
 //!
+//! VPIDs can run out (one user may hold many vCPUs): a vCPU created then
+//! gets none and runs with "enable VPID" off, so that every VM entry and
+//! exit flushes the linear and combined translations of VPID 0 (SDM Vol. 3C
+//! §29.4.3.1), as KVM's vCPUs without one: slower, never less isolated.
+//!
 //! A fixed bitmap of atomics rather than the kernel's IDA, which 6.12's
 //! Rust bindings do not wrap: 65535 ids, allocated and freed lock-free.
 

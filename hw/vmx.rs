@@ -165,6 +165,14 @@ pub(crate) fn invept_single(eptp: u64) -> Result<(), VmxError> {
     unsafe { vmx_insn!("invept {t}, [{d}]", t = in(reg) 1u64, d = in(reg) desc.as_ptr()) }
 }
 
+/// INVEPT all-context (type 2): drops every cached translation derived
+/// from any EPT on this CPU.
+pub(crate) fn invept_global() -> Result<(), VmxError> {
+    let desc: [u64; 2] = [0, 0];
+    // SAFETY: as `invept_single`.
+    unsafe { vmx_insn!("invept {t}, [{d}]", t = in(reg) 2u64, d = in(reg) desc.as_ptr()) }
+}
+
 /// INVVPID single-context (type 1): drops every cached linear translation
 /// tagged with `vpid` on this CPU (SDM Vol. 3C §31.3, "INVVPID").
 pub(crate) fn invvpid_single(vpid: u16) -> Result<(), VmxError> {

@@ -201,6 +201,22 @@ void rvmx_glue_on_each_cpu(void (*fn)(void *), void *info)
 	on_each_cpu(fn, info, 1);
 }
 
+static void rvmx_kick_noop(void *info)
+{
+}
+
+/*
+ * Interrupts each online CPU for which cond(cpu, info) holds, and waits until
+ * each has taken the interrupt. A CPU running a guest takes it only after the
+ * VM exit it causes (external-interrupt exiting), so the return means each
+ * chosen CPU has left the guest once since cond() was asked (vm.rs,
+ * RemoteFlush). Only those CPUs are waited for, never every CPU.
+ */
+void rvmx_glue_kick_cpus(bool (*cond)(int cpu, void *info), void *info)
+{
+	on_each_cpu_cond(cond, rvmx_kick_noop, info, true);
+}
+
 unsigned int rvmx_glue_num_online_cpus(void)
 {
 	return num_online_cpus();

@@ -30,6 +30,7 @@ u64 rvmx_glue_page_to_phys(struct page *page);
 int rvmx_glue_cpuhp_setup(void);
 void rvmx_glue_cpuhp_remove(int state);
 void rvmx_glue_on_each_cpu(void (*fn)(void *), void *info);
+void rvmx_glue_kick_cpus(bool (*cond)(int cpu, void *info), void *info);
 bool rvmx_glue_kvm_loaded(void);
 int rvmx_glue_guards_register(void);
 void rvmx_glue_guards_unregister(void);

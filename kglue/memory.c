@@ -153,7 +153,7 @@ struct rvmx_slot_notifier *rvmx_glue_slot_notifier_new(const void *vm,
 						       u64 start, u64 length,
 						       int *err)
 {
-	struct rvmx_slot_notifier *n = kzalloc(sizeof(*n), GFP_KERNEL);
+	struct rvmx_slot_notifier *n = kzalloc(sizeof(*n), GFP_KERNEL_ACCOUNT);
 
 	if (!n) {
 		*err = -ENOMEM;

@@ -192,7 +192,7 @@ impl GuestMsrs {
     /// The reset values (as KVM's kvm_vcpu_reset).
     pub(crate) fn new(vcpu_id: u32, pat_in_vmcs: bool) -> Result<Self> {
         // Built in place: no 1.4 KiB value on the kernel stack.
-        let mut emulated = KBox::init(kernel::init::zeroed::<EmulatedMsrs>(), GFP_KERNEL)?;
+        let mut emulated = KBox::init(kernel::init::zeroed::<EmulatedMsrs>(), GFP_KERNEL_ACCOUNT)?;
         emulated.reset(crate::hw::cpuid(0x8000_0008, 0)[0] & 0xff);
         Ok(GuestMsrs {
             emulated,

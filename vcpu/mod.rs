@@ -23,7 +23,9 @@
 //! VMCS loaded across preemption and uses preempt notifiers to VMCLEAR it
 //! on the old CPU by IPI when the thread moves; rvmx pays a VMCLEAR and
 //! VMPTRLD per section for not needing any of that.) What a move does
-//! need is a VPID flush on the new CPU (vpid.rs), done at section start.
+//! need is a flush of the vCPU's EPT and VPID contexts on the new CPU, which
+//! may hold stale translations of them (vpid.rs, vm.rs `RemoteFlush`), done
+//! at section start.
 //!
 //! Lock order: the run token, then `Vm::mem`.
 
@@ -139,6 +141,9 @@ pub(crate) struct VcpuState {
     last_cpu: Option<u32>,
     /// The guest's linear translations must be flushed before it runs.
     flush_tlb: bool,
+    /// The VM's EPT flush generation this vCPU last flushed at (vm.rs,
+    /// `RemoteFlush`).
+    ept_gen: u64,
     /// Pages for the EPT tables the next fault may need (ept.rs): filled
     /// before the VM's memory lock, which must not allocate.
     ept_tables: crate::ept::TableCache,
@@ -171,6 +176,8 @@ static NEXT_VCPU_UID: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 pub(crate) struct Vcpu {
     vm: Arc<Vm>,
     id: u32,
+    /// Holds `id` in the VM until the vCPU is freed.
+    _id: crate::vm::VcpuId,
     /// The pages userspace maps (page N of the vCPU fd is `pages[N]`).
     pages: [KernelPage; MMAP_PAGES],
     /// IA32_VMX_BASIC[54] (see exits/io.rs).
@@ -218,7 +225,8 @@ impl RunToken<'_> {
 
 impl Vcpu {
     /// KVM_CREATE_VCPU: a vCPU in the reset state (real mode at F000:FFF0).
-    pub(crate) fn new(vm: Arc<Vm>, id: u32) -> Result<Arc<Self>> {
+    pub(crate) fn new(vcpu_id: crate::vm::VcpuId) -> Result<Arc<Self>> {
+        let (vm, id) = (vcpu_id.vm().clone(), vcpu_id.get());
         let caps = vmxon::caps().ok_or(EIO)?;
         // The guest's XSAVE image lives in one page.
         if hw::xsave_size() > 4096 {
@@ -269,6 +277,7 @@ impl Vcpu {
             vpid,
             last_cpu: None,
             flush_tlb: true,
+            ept_gen: 0,
             ept_tables: crate::ept::TableCache::new(),
             ran: false,
             run_state_published: false,
@@ -289,6 +298,7 @@ impl Vcpu {
             pin_init!(Vcpu {
                 vm,
                 id,
+                _id: vcpu_id,
                 pages,
                 ins_outs_info: caps.ins_outs_info,
                 virtual_nmis: caps.virtual_nmis(),
@@ -298,7 +308,7 @@ impl Vcpu {
                 token_free <- new_condvar!("rvmx:vcpu.token_free"),
                 state: UnsafeCell::new(state),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         Ok(vcpu)
     }

@@ -236,6 +236,9 @@ impl Vcpu {
                     st.flush_tlb = false;
                 }
             }
+            // A CPU the vCPU did not last run on may hold stale
+            // translations of this VM's EPT (vm.rs, `RemoteFlush`).
+            let mut flush_ept = st.last_cpu != Some(cpu);
             st.last_cpu = Some(cpu);
             if let Some(p) = st.pdptes.take() {
                 write_pdptes(&mut v, &p)?;
@@ -268,6 +271,17 @@ impl Vcpu {
                 // Before the L1D flush, which must be the last thing that
                 // touches memory before the entry.
                 crate::trace::entry(&v, self.id, resume == 0);
+                // From here to the exit this CPU counts as in the guest for
+                // the VM's EPT flushes, which the vCPU honours here.
+                let in_guest = self.vm.enter_guest(cpu).ok_or(EIO)?;
+                if flush_ept || in_guest.gen() != st.ept_gen {
+                    crate::hw::vmx::invept_single(self.vm.eptp()).map_err(|_| {
+                        pr_err!("INVEPT failed\n");
+                        EIO
+                    })?;
+                    st.ept_gen = in_guest.gen();
+                    flush_ept = false;
+                }
                 match self.l1d_flush {
                     crate::caps::L1dFlush::NotNeeded => {}
                     // SAFETY: caps.rs saw IA32_FLUSH_CMD on this CPU; the
@@ -293,6 +307,7 @@ impl Vcpu {
                 // is this CPU's, `regs` and `host_rsp` are ours.
                 let r = unsafe { rvmx_vmenter(st.regs.as_mut_ptr(), resume, &mut st.host_rsp) };
                 let exit_tsc = crate::msrs::read_tsc();
+                drop(in_guest);
                 st.cr2 = hw::read_cr2();
                 if guest_breakpoints {
                     st.guest.debug.set_dr6_from_cpu(hw::read_dr6());

@@ -44,7 +44,8 @@ pub(crate) struct Vmcs {
 impl Vmcs {
     /// Allocates a VMCS region for a CPU with VMCS revision `revision_id`.
     pub(crate) fn new(revision_id: u32) -> Result<Self> {
-        let page = Page::alloc_page(flags::GFP_KERNEL | flags::__GFP_ZERO)?;
+        // Charged to the VMM's memory cgroup, as KVM's.
+        let page = Page::alloc_page(flags::GFP_KERNEL_ACCOUNT | flags::__GFP_ZERO)?;
         // SAFETY: `page` is a valid page we own; 4 bytes at offset 0.
         unsafe { page.write_raw(revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
         // SAFETY: `as_ptr()` is the page we own.

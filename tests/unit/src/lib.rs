@@ -31,6 +31,9 @@ pub mod emulated;
 #[path = "../../../exits/exception_rules.rs"]
 pub mod exception_rules;
 
+#[path = "../../../vpid.rs"]
+pub mod vpid;
+
 #[path = "../../rng.rs"]
 mod rng;
 pub use rng::Rng;
@@ -40,6 +43,9 @@ extern crate std;
 
 #[cfg(test)]
 mod decode_tests;
+
+#[cfg(test)]
+mod vpid_tests;
 
 #[cfg(test)]
 mod walk_tests;

@@ -1,5 +1,6 @@
 //! Guest memory under change, on /dev/rvmx or (first argument) /dev/kvm:
-//! dirty logging, a slot replaced while a vCPU runs, and the FPU/XSAVE
+//! dirty logging, a slot replaced while a vCPU runs, EPT flushes that spare
+//! CPUs not running the VM, and the FPU/XSAVE
 //! state across VM exits and host-CPU migration. Prints TAP.
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
@@ -53,6 +54,13 @@ fn dirty_round(vm: &TestVm, vcpu: &mut kvm_ioctls::VcpuFd, list: &[u64]) -> Stri
     }
 }
 
+/// CPU `cpu`'s count of function-call IPIs ("CAL" in /proc/interrupts).
+fn function_call_ipis(cpu: usize) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").ok()?;
+    let line = text.lines().find(|l| l.trim_start().starts_with("CAL:"))?;
+    line.split_whitespace().nth(1 + cpu)?.parse().ok()
+}
+
 fn set_affinity(tid: i32, cpu: usize) {
     // SAFETY: a cpu_set_t built with the libc macros, for our own thread.
     unsafe {
@@ -66,7 +74,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(17);
+    let mut t = Tap::plan(18);
 
     // --- Dirty logging: exactly the pages written since the last call.
     let vm = TestVm::new(&kvm, LOG_GPA as usize);
@@ -157,6 +165,61 @@ fn main() {
     });
     t.check(seen_old > 0 && seen_new > 0 && stale == 0, "slot replaced while the vCPU runs: no stale read after the ioctl returned",
             format!("old {seen_old}, new {seen_new}, stale {stale}, runs {runs}"));
+
+    // --- EPT flushes interrupt only the CPUs running the VM's vCPUs (as
+    // KVM's kvm_flush_remote_tlbs), never every CPU: with this thread on
+    // CPU 0 and no vCPU running, turning dirty logging on (which takes
+    // write access from the mapped pages and must flush) sends CPU 1 no
+    // function-call IPIs. rvmx used to run INVEPT on every CPU, and wait
+    // for each, under the VM's memory spinlock: one IPI per flush.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        t.skip("EPT flushes with no vCPU running send no IPI to other CPUs", "one CPU");
+    } else {
+        const TOGGLES: u64 = 300;
+        set_affinity(0, 0);
+        let vm = TestVm::new(&kvm, LOG_GPA as usize);
+        vm.write(CODE, DIRTY);
+        let mem = anon((LOG_PAGES * 4096) as usize, 0);
+        let set = |flags| {
+            // SAFETY: `mem` lives as long as the process.
+            unsafe { vm.vm.set_user_memory_region(region(1, LOG_GPA, LOG_PAGES * 4096, mem, flags)) }.map_err(|e| e.errno())
+        };
+        set(0).unwrap();
+        let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+        let mapped = dirty_round(&vm, &mut vcpu, &[1, 2, 3]);
+        // CPU 1 busy in user mode meanwhile: an idle CPU may take a
+        // function call without an interrupt (it polls), and then an IPI
+        // would not show in its count.
+        let spin = AtomicBool::new(true);
+        let (errors, ipis) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                set_affinity(0, 1);
+                while spin.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let before = function_call_ipis(1);
+            let mut errors = 0;
+            for _ in 0..TOGGLES {
+                errors += u32::from(set(KVM_MEM_LOG_DIRTY_PAGES).is_err()) + u32::from(set(0).is_err());
+            }
+            let ipis = function_call_ipis(1).zip(before).map(|(a, b)| a.saturating_sub(b));
+            spin.store(false, Ordering::Relaxed);
+            (errors, ipis)
+        });
+        t.check(mapped == "out" && errors == 0 && ipis.is_some_and(|n| n < TOGGLES / 4),
+                "EPT flushes with no vCPU running send no IPI to other CPUs",
+                format!("{mapped}, {errors} errors, {ipis:?} function-call IPIs to CPU 1 in {TOGGLES} flushes"));
+        println!("# {ipis:?} function-call IPIs to CPU 1 during {TOGGLES} dirty-logging flushes");
+        // SAFETY: a cpu_set_t with every CPU, for this thread.
+        unsafe {
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            (0..cpus).for_each(|c| libc::CPU_SET(c, &mut all));
+            libc::sched_setaffinity(0, std::mem::size_of_val(&all), &all);
+        }
+    }
 
     // --- FPU state: KVM_SET_FPU's XMM values survive VM exits and moves
     // between host CPUs (while this process uses its own XMM registers).

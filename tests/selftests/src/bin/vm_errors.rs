@@ -30,7 +30,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(26);
+    let mut t = Tap::plan(30);
 
     t.check(kvm.check_extension(Cap::UserMemory), "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) = 1", "");
     t.check(kvm.get_nr_memslots() >= 32, "KVM_CAP_NR_MEMSLOTS >= 32", kvm.get_nr_memslots());
@@ -75,6 +75,57 @@ fn main() {
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
         t.expect_eq(r, Err(libc::EMFILE), "KVM_CREATE_VCPU with no free fd: EMFILE");
         t.check(vm.create_vcpu(7).is_ok(), "the id of a vCPU whose fd failed can be used again", "");
+    }
+
+    // vCPU ids and their number, as KVM's kvm_vm_ioctl_create_vcpu: an id
+    // of KVM_CAP_MAX_VCPU_ID or more is EINVAL, a live id EEXIST, and no
+    // more than KVM_CAP_MAX_VCPUS vCPUs exist (EINVAL past them). A vCPU
+    // lives while its stats fd does, and keeps its id (issue 23: rvmx
+    // freed the id when the vCPU fd was closed; 256 live vCPUs with id 0).
+    {
+        const KVM_GET_STATS_FD: u64 = 0xaece;
+        let max = kvm.get_max_vcpus();
+        let max_id = kvm.get_max_vcpu_id();
+        let vm3 = kvm.create_vm().unwrap();
+        let v0 = vm3.create_vcpu(0).unwrap();
+        let stats = ioctl(v0.as_raw_fd(), KVM_GET_STATS_FD, 0);
+        drop(v0);
+        let again = vm3.create_vcpu(0).map(|_| ()).map_err(|e| e.errno());
+        t.expect_eq((stats.is_ok(), again), (true, Err(libc::EEXIST)),
+                    "vCPU fd closed, its stats fd open: KVM_CREATE_VCPU with its id is EEXIST");
+        if let Ok(fd) = stats {
+            // SAFETY: closes the stats fd made above.
+            unsafe { libc::close(fd) };
+        }
+        t.expect_eq(vm3.create_vcpu(max_id as u64).map(|_| ()).map_err(|e| e.errno()), Err(libc::EINVAL),
+                    "vCPU id KVM_CAP_MAX_VCPU_ID: EINVAL");
+        // KVM_CAP_MAX_VCPUS vCPUs (1024 on KVM: room for their fds first).
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let want = (max as u64 + 64).max(lim.rlim_cur);
+        let more = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &more) };
+        let vm4 = kvm.create_vm().unwrap();
+        let mut fds = Vec::new();
+        let mut first_err = None;
+        for id in 0..max as u64 {
+            match vm4.create_vcpu(id) {
+                Ok(v) => fds.push(v),
+                Err(e) => {
+                    first_err = Some((id, e.errno()));
+                    break;
+                }
+            }
+        }
+        t.expect_eq((fds.len(), first_err), (max, None), "KVM_CAP_MAX_VCPUS vCPUs in one VM");
+        // The next one: EINVAL, whichever free id it asks for (on rvmx the
+        // ids end at the same number, so the id is refused too).
+        let next = vm4.create_vcpu(max as u64).map(|_| ()).map_err(|e| e.errno());
+        t.expect_eq(next, Err(libc::EINVAL), "one vCPU more than KVM_CAP_MAX_VCPUS: EINVAL");
+        drop(fds);
+        drop(vm4);
     }
 
     // Another process (a forked child) may not use the VM: EIO.
