@@ -921,13 +921,31 @@ impl Vm {
     }
 }
 
+/// INVEPT single-context for `eptp` on every CPU, waiting for all: at a
+/// VM's end only (never under a lock; the flushes of a live VM are
+/// `RemoteFlush`'s).
+fn invept_everywhere(eptp: u64) {
+    extern "C" fn one(info: *mut core::ffi::c_void) {
+        // CAST: `info` carries the EPTP value, not a pointer.
+        let _ = crate::hw::vmx::invept_single(info as u64);
+    }
+    // SAFETY: `one` runs INVEPT only, which is safe in IPI context on a CPU
+    // in VMX operation (every online CPU, while rvmx is loaded).
+    unsafe { kglue::rvmx_glue_on_each_cpu(Some(one), eptp as *mut core::ffi::c_void) };
+}
+
 #[pinned_drop]
 impl PinnedDrop for Vm {
     fn drop(self: Pin<&mut Self>) {
         // No vCPU is left (each holds the VM), so no CPU runs this EPT.
         // CPUs may still cache its translations, tagged by this EPTP, which
-        // a later VM could reuse; that VM's vCPUs flush on their first entry
-        // on each CPU (`RemoteFlush`), so nothing is flushed here.
+        // a later VM could reuse once its root page is freed. That VM's
+        // vCPUs flush on their first entry on each CPU (`RemoteFlush`);
+        // and, so that no stale translation to a freed page or table
+        // outlives this VM on any CPU whatever happens later, every CPU
+        // drops them now, before the tables and pages go. No lock of ours
+        // is held, and this is once per VM.
+        invept_everywhere(self.eptp);
         // The slots go first, before any other field: their notifiers call back
         // into this `Vm` until removed, and their pages are accounted to
         // `mm`. Dropped outside the lock (see `SlotNotifier`).

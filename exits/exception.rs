@@ -77,14 +77,6 @@ fn debug_exception(ctx: &mut ExitCtx<'_, '_>, info: IntrInfo) -> Result<Action> 
     let payload = ctx.vmcs.read(EXIT_QUALIFICATION).0;
     if info.kind() == kind::PRIVILEGED_SOFTWARE_EXCEPTION {
         ctx.advance_rip()?;
-    } else if ctx.vmcs.read(GUEST_RFLAGS).0 & RFLAGS_TF != 0
-        && ctx.vmcs.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS != 0
-    {
-        // In an STI or MOV SS shadow with TF set, VM entry requires a
-        // pending single step (SDM Vol. 3C §27.3.1.5), which a #DB exit
-        // does not leave behind as other exits do.
-        let p = ctx.vmcs.read(GUEST_PENDING_DBG_EXCEPTIONS).0;
-        ctx.vmcs.write(GUEST_PENDING_DBG_EXCEPTIONS, Natural(p | DR6_BS))?;
     }
     queue_debug_exception(ctx.vmcs, &mut ctx.guest.debug, payload)?;
     Ok(Action::Resume)
@@ -99,7 +91,20 @@ pub(crate) fn queue_debug_exception(v: &mut Loaded<'_>, debug: &mut DebugRegs, p
         debug.dr7 &= !DR7_GD;
         v.write(GUEST_DR7, Natural(debug.dr7))?;
     }
+    pending_single_step_for_injection(v)?;
     v.write(ENTRY_INTR_INFO, IntrInfo::event(kind::HARDWARE_EXCEPTION, vector::DB, false))
+}
+
+/// Before a #DB is injected: in an STI or MOV SS shadow with RFLAGS.TF
+/// set, VM entry requires a pending single step (SDM Vol. 3C §27.3.1.5),
+/// which a #DB exit, unlike other exits, does not leave behind; without
+/// it the entry would fail. As KVM's vmx_inject_exception.
+pub(crate) fn pending_single_step_for_injection(v: &mut Loaded<'_>) -> Result {
+    if v.read(GUEST_RFLAGS).0 & RFLAGS_TF != 0 && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI_MOVSS != 0 {
+        let p = v.read(GUEST_PENDING_DBG_EXCEPTIONS).0;
+        v.write(GUEST_PENDING_DBG_EXCEPTIONS, Natural(p | DR6_BS))?;
+    }
+    Ok(())
 }
 
 /// After rvmx moved RIP past an instruction it emulated: with RFLAGS.TF

@@ -256,7 +256,10 @@ pub(crate) fn raw_cpu() -> u32 {
 /// kvm_inject_exception drops it in real mode, and is 0 where one must be.
 pub(crate) fn exception_info(vector: u8, code: Option<u32>, guest_cr0: u64) -> (IntrInfo, Option<u32>) {
     if guest_cr0 & 1 != 0 && matches!(vector, 8 | 10..=14 | 17) {
-        (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, true), Some(code.unwrap_or(0)))
+        // Bits 31:16 of the entry's error code must be 0 (SDM Vol. 3C
+        // §27.2.1.3); a VMM may ask for any 32 bits (KVM_SET_VCPU_EVENTS),
+        // and KVM drops the high half, as here.
+        (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, true), Some(code.unwrap_or(0) & 0xffff))
     } else {
         (IntrInfo::event(kind::HARDWARE_EXCEPTION, vector, false), None)
     }

@@ -287,9 +287,13 @@ pub(crate) unsafe fn l1d_flush_software() {
 /// Interrupts are off until the host's debug registers are put back after
 /// the VM exit (the host's #DB handler must not see these).
 pub(crate) unsafe fn load_guest_debug_regs(dr: &[u64; 4], dr6: u64) {
-    // SAFETY: MOV to DR0-3 and DR6 only changes breakpoint state, which the
-    // caller restores; DR7 (what arms them) is 0x400 outside the guest.
+    // SAFETY: MOV to DR0-3, DR6 and DR7 only changes breakpoint state,
+    // which the caller restores. DR7 goes to its idle 0x400 first: the
+    // host's may arm breakpoints (perf, ptrace), which must not fire at
+    // the guest's addresses until the entry loads the guest's DR7 (as
+    // KVM's vcpu_enter_guest).
     unsafe {
+        asm!("mov dr7, {}", in(reg) 0x400u64, options(nomem, nostack, preserves_flags));
         asm!("mov dr0, {}", in(reg) dr[0], options(nomem, nostack, preserves_flags));
         asm!("mov dr1, {}", in(reg) dr[1], options(nomem, nostack, preserves_flags));
         asm!("mov dr2, {}", in(reg) dr[2], options(nomem, nostack, preserves_flags));

@@ -72,6 +72,9 @@ const INFO_PAGE: usize = uapi::RVMX_EXIT_INFO_PAGE_OFFSET as usize;
 pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
 
 /// RFLAGS bit 1 is always 1.
+/// `VcpuState::ept_gen` of a vCPU that has not flushed its EPT context on
+/// the CPU it is on: never a VM's generation, which counts up from 0.
+const EPT_NEVER_FLUSHED: u64 = u64::MAX;
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
 /// The guest state that neither the VMCS nor `regs` holds, which exit
@@ -141,8 +144,8 @@ pub(crate) struct VcpuState {
     last_cpu: Option<u32>,
     /// The guest's linear translations must be flushed before it runs.
     flush_tlb: bool,
-    /// The VM's EPT flush generation this vCPU last flushed at (vm.rs,
-    /// `RemoteFlush`).
+    /// The VM's EPT flush generation this vCPU last flushed at on
+    /// `last_cpu` (vm.rs, `RemoteFlush`), or `EPT_NEVER_FLUSHED`.
     ept_gen: u64,
     /// Pages for the EPT tables the next fault may need (ept.rs): filled
     /// before the VM's memory lock, which must not allocate.
@@ -277,7 +280,7 @@ impl Vcpu {
             vpid,
             last_cpu: None,
             flush_tlb: true,
-            ept_gen: 0,
+            ept_gen: EPT_NEVER_FLUSHED,
             ept_tables: crate::ept::TableCache::new(),
             ran: false,
             run_state_published: false,

@@ -237,8 +237,14 @@ impl Vcpu {
                 }
             }
             // A CPU the vCPU did not last run on may hold stale
-            // translations of this VM's EPT (vm.rs, `RemoteFlush`).
-            let mut flush_ept = st.last_cpu != Some(cpu);
+            // translations of this VM's EPT (vm.rs, `RemoteFlush`): the
+            // flush is owed until an entry makes it. It is kept in
+            // `ept_gen` ("never flushed here"), not in a local, so that a
+            // section that ends before its first entry (a signal, say)
+            // does not forget it now that `last_cpu` says this CPU.
+            if st.last_cpu != Some(cpu) {
+                st.ept_gen = EPT_NEVER_FLUSHED;
+            }
             st.last_cpu = Some(cpu);
             if let Some(p) = st.pdptes.take() {
                 write_pdptes(&mut v, &p)?;
@@ -274,13 +280,12 @@ impl Vcpu {
                 // From here to the exit this CPU counts as in the guest for
                 // the VM's EPT flushes, which the vCPU honours here.
                 let in_guest = self.vm.enter_guest(cpu).ok_or(EIO)?;
-                if flush_ept || in_guest.gen() != st.ept_gen {
+                if in_guest.gen() != st.ept_gen {
                     crate::hw::vmx::invept_single(self.vm.eptp()).map_err(|_| {
                         pr_err!("INVEPT failed\n");
                         EIO
                     })?;
                     st.ept_gen = in_guest.gen();
-                    flush_ept = false;
                 }
                 match self.l1d_flush {
                     crate::caps::L1dFlush::NotNeeded => {}
