@@ -12,11 +12,15 @@
 //! - String I/O checks segment types (guests/strio.asm): OUTS from an
 //!   execute-only CS, INS into a read-only data segment or a code segment
 //!   is #GP(0), as KVM's emulator (`__linearize`) and the CPU do.
+//! - CR4.MCE: the guest clears and sets it, reads its own value back, and
+//!   KVM_GET_SREGS shows it; every write that changes it exits to the
+//!   hypervisor (which keeps the real CR4.MCE set, as KVM's vmx_set_cr4).
 
 use kvm_bindings::{kvm_msr_entry, kvm_segment, CpuId, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use rvmx_selftests::{Tap, TestVm};
 use std::ffi::CString;
+use std::os::unix::io::AsRawFd;
 
 const FEATURES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/features.bin"));
 const STRIO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/strio.bin"));
@@ -25,6 +29,11 @@ const IA32_TSC: u32 = 0x10;
 const IA32_TSC_ADJUST: u32 = 0x3b;
 const IA32_EFER: u32 = 0xc000_0080;
 const IA32_TSC_AUX: u32 = 0xc000_0103;
+
+/// The launcher's reader of KVM's statistics format.
+#[allow(dead_code)]
+#[path = "../../../../samples/rvmx-run/src/stats.rs"]
+mod reader;
 
 /// Register of a CPUID entry.
 #[derive(Clone, Copy)]
@@ -185,7 +194,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(11);
+    let mut t = Tap::plan(13);
     let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).expect("KVM_GET_SUPPORTED_CPUID");
 
     // --- Every CR4 bit the table offers: MOV to CR4 sets it and reads back.
@@ -343,5 +352,43 @@ fn main() {
     t.expect_eq(faults, vec![(0, 0), (13, 0), (0, 0), (13, 0), (13, 0), (0, 0)],
                 "OUTS from an execute-only CS, INS into a read-only data or a code segment: #GP(0), nothing moved");
 
+    // --- CR4.MCE: the guest's own value, while the real one stays set.
+    // Real mode: mov eax, cr4; or eax, 0x40; mov cr4, eax; mov eax, cr4;
+    // out 0x10, eax; then 100 times clear and set it; clear it; mov eax, cr4;
+    // out 0x11, eax; hlt.
+    const TOGGLES: u64 = 100;
+    let vm = TestVm::new(&kvm, 2 << 20);
+    vm.write(CODE, &[
+        0x0f, 0x20, 0xe0, 0x66, 0x83, 0xc8, 0x40, 0x0f, 0x22, 0xe0, 0x0f, 0x20, 0xe0, 0x66, 0xe7, 0x10,
+        0xb9, TOGGLES as u8, 0x00,
+        0x66, 0x83, 0xe0, 0xbf, 0x0f, 0x22, 0xe0, 0x66, 0x83, 0xc8, 0x40, 0x0f, 0x22, 0xe0, 0xe2, 0xf0,
+        0x66, 0x83, 0xe0, 0xbf, 0x0f, 0x22, 0xe0, 0x0f, 0x20, 0xe0, 0x66, 0xe7, 0x11, 0xf4,
+    ]);
+    let mut vcpu = vm.real_mode_vcpu(&kvm, 0, CODE);
+    let out = |v: &mut VcpuFd| match v.run() {
+        Ok(VcpuExit::IoOut(port, d)) => Ok((port, u32::from_le_bytes(d.try_into().unwrap_or([0; 4])) & 0x40)),
+        Ok(e) => Err(format!("{e:?}")),
+        Err(e) => Err(format!("errno {}", e.errno())),
+    };
+    let set = out(&mut vcpu);
+    let sregs_set = vcpu.get_sregs().map(|s| s.cr4 & 0x40).unwrap_or(1 << 63);
+    let stats = reader::open(vcpu.as_raw_fd());
+    let before = stats.clone().and_then(reader::read).map(|s| s.values.get("exits").copied().unwrap_or(0));
+    let cleared = out(&mut vcpu);
+    let sregs_cleared = vcpu.get_sregs().map(|s| s.cr4 & 0x40).unwrap_or(1 << 63);
+    let end = run_to_end(&mut vcpu);
+    let after = stats.clone().and_then(reader::read).map(|s| s.values.get("exits").copied().unwrap_or(0));
+    t.expect_eq((set, sregs_set, cleared, sregs_cleared, end.as_str()), (Ok((0x10, 0x40)), 0x40, Ok((0x11, 0)), 0, "Hlt"),
+                "the guest sets and clears CR4.MCE and reads its own value back; KVM_GET_SREGS shows it");
+    let made = match (&before, &after) {
+        (Ok(b), Ok(a)) => a.saturating_sub(*b),
+        _ => 0,
+    };
+    t.check(made > 2 * TOGGLES, &format!("each of the guest's {} writes that change CR4.MCE exits (the host keeps it set while the guest runs)", 2 * TOGGLES + 1),
+            format!("exits counted across them: {made} ({before:?} -> {after:?})"));
+    if let Ok(fd) = stats {
+        // SAFETY: closes the stats fd we own.
+        unsafe { libc::close(fd) };
+    }
     t.finish();
 }
