@@ -4,7 +4,7 @@
 //! load into a typed `VmxCaps` (SDM Vol. 3D, Appendix A "VMX Capability
 //! Reporting Facility"), and the checks that decide whether rvmx can run.
 
-use crate::kglue::rvmx_glue_l1d_flush_mode;
+use crate::kglue::{rvmx_glue_exit_mitigations, rvmx_glue_l1d_flush_mode};
 use crate::hw::{
     self,
     msr::{self, rdmsr, Msr},
@@ -279,7 +279,11 @@ impl VmxCaps {
             L1dFlush::Software => "yes (by software: a 64 KiB read, as KVM without IA32_FLUSH_CMD)",
             L1dFlush::NotNeeded => "not needed",
         };
-        pr_info!("mitigations on VM entry: CPU buffers cleared with VERW where the kernel clears them, IBPB between vCPUs where the kernel uses IBPB, L1D flush {}\n", l1d);
+        // SAFETY: reads the kernel's own mitigation choices.
+        let exit = unsafe { rvmx_glue_exit_mitigations() };
+        let bhb = if exit & 1 != 0 { "yes (clear_bhb_loop, as the kernel does on VM exit)" } else { "no (the kernel does not clear it on VM exit)" };
+        let ibrs = if exit & 2 != 0 { "yes (legacy IBRS)" } else { "no (the kernel does not use legacy IBRS)" };
+        pr_info!("mitigations on VM entry: CPU buffers cleared with VERW where the kernel clears them, IBPB between vCPUs where the kernel uses IBPB, L1D flush {}; on VM exit: branch history cleared {}, host SPEC_CTRL written back {}\n", l1d, bhb, ibrs);
     }
 }
 

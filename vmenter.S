@@ -32,7 +32,9 @@
  */
 #include <linux/linkage.h>
 #include <asm/asm.h>
+#include <asm/msr-index.h>
 #include <asm/nospec-branch.h>
+#include <asm/percpu.h>
 
 #define WORD 8
 #define R_RAX  (0 * WORD)
@@ -162,9 +164,37 @@ SYM_INNER_LABEL_ALIGN(rvmx_vmexit, SYM_L_GLOBAL)
 	xor %r14d, %r14d
 	xor %r15d, %r15d
 
-	/* The guest may have filled the return-stack buffer: refill it. */
+	/*
+	 * The guest may have filled the return-stack buffer: refill it. This,
+	 * the SPEC_CTRL write and the branch-history clearing below must come
+	 * before the first RET without its CALL (KVM's __vmx_vcpu_run).
+	 */
 	FILL_RETURN_BUFFER %rcx, RSB_CLEAR_LOOPS, X86_FEATURE_RSB_VMEXIT, \
 			   X86_FEATURE_RSB_VMEXIT_LITE
+
+	/*
+	 * Legacy IBRS (the host sets SPEC_CTRL.IBRS on each kernel entry, no
+	 * eIBRS): IBRS protects only if written after the switch from the less
+	 * privileged predictor mode, the guest's, so write the host's value
+	 * back now, as KVM's vmx_spec_ctrl_restore_host does. The guest cannot
+	 * write SPEC_CTRL (rvmx does not offer it), so on other hosts the MSR
+	 * still holds the host's value. Patched in at load by alternatives.
+	 */
+	ALTERNATIVE "jmp .Lspec_ctrl_done", "", X86_FEATURE_KERNEL_IBRS
+	mov $MSR_IA32_SPEC_CTRL, %ecx
+	mov PER_CPU_VAR(x86_spec_ctrl_current), %eax
+	mov PER_CPU_VAR(x86_spec_ctrl_current + 4), %edx
+	wrmsr
+	lfence
+.Lspec_ctrl_done:
+
+	/*
+	 * Spectre-BHI: where the host clears the branch history on VM exit
+	 * (X86_FEATURE_CLEAR_BHB_LOOP_ON_VMEXIT, spectre_bhi=vmexit or a CPU
+	 * without BHI_DIS_S), run the kernel's clear_bhb_loop, as KVM's
+	 * CLEAR_BRANCH_HISTORY_VMEXIT. It clobbers RAX and RCX only.
+	 */
+	CLEAR_BRANCH_HISTORY_VMEXIT
 
 	mov %rbx, %rax
 	pop %rbx

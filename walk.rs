@@ -150,6 +150,24 @@ pub(crate) fn segment_room(seg: Segment, addr_mask: u64, offset: u64, size: u64,
     Some(((high - offset + 1) / size).min(count).max(1))
 }
 
+/// Whether a data access through a segment of these access rights is one
+/// its type allows (SDM Vol. 3A §5.5 "Privilege levels" table 3-1 types,
+/// §5.6 "Privilege level checking when accessing data segments" and the
+/// checks of §5.4.1 for each access): a write needs a writable data segment
+/// (type bit 3 clear, bit 1 set), a read a data segment or a readable code
+/// segment (bit 1 set). Checked outside 64-bit mode only, as limits are. In
+/// real mode (and virtual-8086 mode's cached types being data anyway), KVM's
+/// emulator (`__linearize`, arch/x86/kvm/emulate.c) lets a write through a
+/// readable code segment's cached type pass, and so does this. The access
+/// that fails faults: #GP(0), #SS(0) through SS. What the CPU checks when
+/// the selector is loaded (present, S bit, DPL) is not rechecked here.
+pub(crate) fn segment_type_allows(access_rights: u32, write: bool, real_mode: bool) -> bool {
+    let code = access_rights & (1 << 3) != 0;
+    // Bit 1: writable (data) or readable (code).
+    let rw = access_rights & (1 << 1) != 0;
+    if write { rw && (!code || real_mode) } else { !code || rw }
+}
+
 /// One entry used by the walk: where it is and what it held.
 #[derive(Clone, Copy)]
 struct Used {

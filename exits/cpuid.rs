@@ -11,7 +11,8 @@
 //! without what a guest of rvmx cannot use, because rvmx does not
 //! virtualize it (VMX itself: no nested virtualization), or because using
 //! it would need state VM entry and exit do not switch (PKRU, debug and
-//! performance-monitoring MSRs), or an execution control rvmx leaves off
+//! performance-monitoring MSRs; the CR4 bits hw/cr.rs refuses: PKU, LA57,
+//! CET, PKS), or an execution control rvmx leaves off
 //! (INVPCID, XSAVES), plus the "hypervisor present" bit and leaf
 //! 0x40000000 naming rvmx.
 //!
@@ -95,13 +96,18 @@ fn filtered(leaf: u32, sub: u32, host_xcr0: u64) -> [u32; 4] {
             // EBX: SGX, INVPCID (#UD without its execution control),
             // MPX (BNDCFGS is not switched), Intel PT.
             r[1] &= !((1 << 2) | (1 << 10) | (1 << 14) | (1 << 25));
-            // ECX: PKU, OSPKE (PKRU is not switched), WAITPKG.
-            r[2] &= !((1 << 3) | (1 << 4) | (1 << 5));
+            // ECX: PKU, OSPKE (PKRU is not switched), WAITPKG, CET shadow
+            // stacks, LA57 (5-level paging) and PKS: CR4.PKE, CR4.CET,
+            // CR4.LA57 and CR4.PKS are refused (hw/cr.rs
+            // CR4_NOT_VIRTUALIZED), so offering them would promise what a
+            // MOV to CR4 then refuses.
+            r[2] &= !((1 << 3) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 16) | (1 << 31));
             if !rdtscp_allowed() {
                 r[2] &= !(1 << 22); // RDPID
             }
-            // EDX: speculation-control MSRs rvmx does not have.
-            r[3] &= !(0x3f << 26);
+            // EDX: CET indirect-branch tracking (CR4.CET, as above), and
+            // the speculation-control MSRs rvmx does not have.
+            r[3] &= !((1 << 20) | (0x3f << 26));
         }
         0xd if sub == 1 => r[0] &= !((1 << 3) | (1 << 4)), // XSAVES, XFD
         0xd if sub == 0 => {

@@ -3,8 +3,10 @@
 //! Control-register accesses (reason 28). With EPT and unrestricted guest
 //! the guest owns nearly all of CR0, CR3 and CR4. What exits is a MOV to
 //! CR0 or CR4 that would change a bit the host owns (the guest/host masks,
-//! vcpu/setup.rs): CR0.NE, CD, NW (VMX pins NE to 1; rvmx keeps caching on) and
-//! CR4.VMXE (pinned to 1, hidden from the guest). rvmx then performs the
+//! vcpu/setup.rs): CR0.NE, CD, NW (VMX pins NE to 1; rvmx keeps caching on),
+//! CR4.VMXE (pinned to 1, hidden from the guest) and CR4.MCE (the host's
+//! value while the guest runs, the guest's in the shadow, as KVM's
+//! vmx_set_cr4). rvmx then performs the
 //! whole write: the guest's value goes to the read shadow, the adjusted one
 //! to the VMCS, and turning paging on or off with EFER.LME set enters or
 //! leaves long mode (EFER.LMA and the "IA-32e mode guest" entry control),

@@ -14,7 +14,10 @@
 //! port-I/O page before the exit, INS copies them from there into guest
 //! memory at the next KVM_RUN; `kvm_run.io.count` says how many, as in KVM.
 //! A REP instruction with elements left is not skipped: the guest executes
-//! it again and it exits again.
+//! it again and it exits again. The CPU checks the memory operand only when
+//! it executes the instruction, which the exit replaces (SDM Vol. 3C
+//! §26.1.1), so rvmx makes its checks: the segment's type and limit outside
+//! 64-bit mode, canonical addresses in it, then the page walk.
 
 use super::{Action, EmulCtx, ExitCtx, Pending};
 use crate::addr::Linear;
@@ -43,6 +46,9 @@ pub(crate) struct StringIo {
     stack_seg: bool,
     /// Its limit and access rights, checked outside 64-bit mode.
     seg_limits: Option<walk::Segment>,
+    /// CR0.PE is clear: a write through a code segment's cached type is let
+    /// through (`walk::segment_type_allows`).
+    real_mode: bool,
     /// RFLAGS.DF: addresses go down.
     down: bool,
     len: u64,
@@ -101,10 +107,17 @@ pub(crate) fn start_string(cx: &mut EmulCtx<'_>, s: &StringIo) -> Result<bool> {
     let index = if s.is_in { reg::RDI } else { reg::RSI };
     let (old_index, old_rcx) = (cx.regs[index], cx.regs[reg::RCX]);
     let offset = old_index & m;
-    // Outside 64-bit mode each element must lie within the segment's limit
-    // and below the address-size wrap: the first one that does not faults
-    // (after the ones before it were done, as the CPU does them one by one).
+    // Outside 64-bit mode the segment's type must allow the access (no
+    // OUTS from an execute-only code segment, no INS into a read-only data
+    // segment or any code segment), and each element must lie within the
+    // segment's limit and below the address-size wrap: the first one that
+    // does not faults (after the ones before it were done, as the CPU does
+    // them one by one).
     if let Some(seg) = s.seg_limits {
+        if !walk::segment_type_allows(seg.access_rights, s.is_in, s.real_mode) {
+            cx.queue_exception(if s.stack_seg { vector::SS } else { vector::GP }, Some(0), None)?;
+            return Ok(false);
+        }
         match walk::segment_room(seg, m, offset, u64::from(s.size), count) {
             Some(k) => count = k,
             None => {
@@ -238,6 +251,7 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             seg_base: ctx.vmcs.read(fields.base).0,
             stack_seg: seg == 2,
             seg_limits,
+            real_mode: ctx.vmcs.guest_cr0() & crate::hw::cr::CR0_PE == 0,
             down: ctx.vmcs.read(GUEST_RFLAGS).0 & (1 << 10) != 0,
             len: u64::from(ctx.vmcs.read(EXIT_INSTRUCTION_LEN)),
             paging,

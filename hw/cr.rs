@@ -16,6 +16,9 @@ pub(crate) const CR0_NW: u64 = 1 << 29;
 pub(crate) const CR0_CD: u64 = 1 << 30;
 pub(crate) const CR0_PG: u64 = 1 << 31;
 pub(crate) const CR4_PAE: u64 = 1 << 5;
+/// Machine-check enable: owned by the host while the guest runs (see
+/// vcpu/setup.rs `set_cr4`), the guest's own value kept in the read shadow.
+pub(crate) const CR4_MCE: u64 = 1 << 6;
 pub(crate) const CR4_VMXE: u64 = 1 << 13;
 pub(crate) const CR4_PCIDE: u64 = 1 << 17;
 pub(crate) const CR4_FRED: u64 = 1 << 32;

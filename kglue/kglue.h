@@ -78,6 +78,7 @@ int rvmx_glue_l1d_flush_alloc(void);
 void rvmx_glue_l1d_flush_free(void);
 void rvmx_glue_l1d_flush_sw(void);
 void rvmx_glue_ibpb_on_vcpu_switch(u64 uid);
+int rvmx_glue_exit_mitigations(void);
 /* MSRs restored on the return to user mode (kglue/run.c). */
 int rvmx_glue_uret_setup(const u32 *msrs, unsigned int count);
 void rvmx_glue_uret_cpu_online(void);

@@ -275,6 +275,24 @@ void rvmx_glue_ibpb_on_vcpu_switch(u64 uid)
 }
 
 
+/*
+ * What vmenter.S does after each VM exit, as the host kernel chose it
+ * (patched in by alternatives): bit 0, the branch history is cleared
+ * (Spectre-BHI, X86_FEATURE_CLEAR_BHB_LOOP_ON_VMEXIT); bit 1, the host's
+ * SPEC_CTRL is written back (legacy IBRS, X86_FEATURE_KERNEL_IBRS). For the
+ * load-time log line.
+ */
+int rvmx_glue_exit_mitigations(void)
+{
+	int m = 0;
+
+	if (cpu_feature_enabled(X86_FEATURE_CLEAR_BHB_LOOP_ON_VMEXIT))
+		m |= 1;
+	if (cpu_feature_enabled(X86_FEATURE_KERNEL_IBRS))
+		m |= 2;
+	return m;
+}
+
 /* ---- MSRs restored on the return to user mode ---------------------------- */
 
 /*

@@ -13,7 +13,9 @@
 //! Where each value lives:
 //! - in the VMCS guest-state area, loaded by VM entry and saved by VM exit:
 //!   EFER, PAT, SYSENTER_CS/ESP/EIP, FS and GS base (segment base fields);
-//!   the TSC is the host's TSC plus the VMCS's TSC offset;
+//!   the TSC is the host's TSC plus the VMCS's TSC offset, and TSC_ADJUST
+//!   is kept in `GuestMsrs` with KVM's rules (`set`): the guest's write of
+//!   one moves the other, the VMM's writes do not;
 //! - in `GuestMsrs`, written into the CPU by rvmx because VM entry and exit
 //!   do not switch them:
 //!   - KERNEL_GS_BASE, swapped around every guest section (vcpu/run.rs): the
@@ -48,6 +50,7 @@ use kernel::{error::to_result, prelude::*};
 
 pub(crate) const IA32_TSC: u32 = 0x10;
 pub(crate) const IA32_APIC_BASE: u32 = 0x1b;
+pub(crate) const IA32_TSC_ADJUST: u32 = 0x3b;
 pub(crate) const IA32_SYSENTER_CS: u32 = 0x174;
 pub(crate) const IA32_SYSENTER_ESP: u32 = 0x175;
 pub(crate) const IA32_SYSENTER_EIP: u32 = 0x176;
@@ -77,8 +80,8 @@ pub(crate) const DEFERRED: [u32; 5] = [IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_F
 /// restore with KVM_GET_MSRS/KVM_SET_MSRS to migrate a vCPU. As in KVM,
 /// the ones KVM_GET_SREGS already carries (EFER, APIC_BASE, and FS/GS base
 /// in the segments) are not listed, though KVM_GET_MSRS reads them too.
-pub(crate) const INDEX_LIST: [u32; 14] = [
-    IA32_TSC, IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, emulated::IA32_MISC_ENABLE, IA32_PAT,
+pub(crate) const INDEX_LIST: [u32; 15] = [
+    IA32_TSC, IA32_TSC_ADJUST, IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, emulated::IA32_MISC_ENABLE, IA32_PAT,
     IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_TSC_AUX,
     emulated::MSR_PLATFORM_INFO, emulated::MSR_MISC_FEATURES_ENABLES,
 ];
@@ -100,6 +103,9 @@ pub(crate) struct GuestMsrs {
     /// The guest's KERNEL_GS_BASE while it does not run.
     kernel_gs_base: u64,
     pub(crate) apic_base: u64,
+    /// IA32_TSC_ADJUST (CPUID 7.0:EBX bit 1, which KVM_GET_SUPPORTED_CPUID
+    /// passes on): the sum of the guest's own TSC writes, as on a CPU.
+    tsc_adjust: u64,
     /// Whether VM entry and exit switch PAT (optional controls); if not,
     /// the guest's PAT is only remembered here.
     pat_in_vmcs: bool,
@@ -199,6 +205,7 @@ impl GuestMsrs {
             deferred: [0; DEFERRED.len()],
             deferred_count: deferred_count(),
             kernel_gs_base: 0,
+            tsc_adjust: 0,
             apic_base: 0xfee0_0000 | (1 << 11) | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
             pat_in_vmcs,
             pat: 0x0007_0406_0007_0406,
@@ -284,6 +291,7 @@ impl GuestMsrs {
             IA32_KERNEL_GS_BASE if live => unsafe { msr::rdmsr(Msr(index)) },
             IA32_KERNEL_GS_BASE => self.kernel_gs_base,
             IA32_TSC => read_tsc().wrapping_add(v.read(TSC_OFFSET)),
+            IA32_TSC_ADJUST => self.tsc_adjust,
             IA32_APIC_BASE => self.apic_base,
             IA32_SYSENTER_CS => u64::from(v.read(GUEST_SYSENTER_CS)),
             IA32_SYSENTER_ESP => v.read(GUEST_SYSENTER_ESP).0,
@@ -337,7 +345,27 @@ impl GuestMsrs {
                 self.kernel_gs_base = value;
                 Ok(())
             }
-            IA32_TSC => w(v.write(TSC_OFFSET, value.wrapping_sub(read_tsc()))),
+            // KVM's rules (x86.c kvm_set_msr_common): the guest's write of
+            // the TSC moves TSC_ADJUST by as much as the TSC moved, and its
+            // write of TSC_ADJUST moves the TSC by as much as TSC_ADJUST
+            // moved; the VMM's writes (restoring state) set one without
+            // touching the other. All modulo 2^64, as the CPU's counters.
+            IA32_TSC => {
+                let offset = value.wrapping_sub(read_tsc());
+                if !host {
+                    let moved = offset.wrapping_sub(v.read(TSC_OFFSET));
+                    self.tsc_adjust = self.tsc_adjust.wrapping_add(moved);
+                }
+                w(v.write(TSC_OFFSET, offset))
+            }
+            IA32_TSC_ADJUST => {
+                if !host {
+                    let moved = value.wrapping_sub(self.tsc_adjust);
+                    w(v.write(TSC_OFFSET, v.read(TSC_OFFSET).wrapping_add(moved)))?;
+                }
+                self.tsc_adjust = value;
+                Ok(())
+            }
             IA32_APIC_BASE => {
                 // Reserved: bits 0-7 and 9, and anything above 52 bits.
                 if value & 0xfff0_0000_0000_02ff != 0 {

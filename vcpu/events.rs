@@ -37,15 +37,17 @@ fn shadow_to_kvm(s: u32) -> u8 {
     k
 }
 
+/// KVM's encoding back to VMX's. Both bits at once is a state no CPU is in
+/// (VM entry fails with "invalid guest state" if both are set, SDM Vol. 3C
+/// §27.3.1.5): MOV SS wins, as in KVM's vmx_set_interrupt_shadow.
 fn shadow_from_kvm(k: u8) -> u32 {
-    let mut s = 0;
     if u32::from(k) & uapi::KVM_X86_SHADOW_INT_MOV_SS != 0 {
-        s |= BLOCKING_MOVSS;
+        BLOCKING_MOVSS
+    } else if u32::from(k) & uapi::KVM_X86_SHADOW_INT_STI != 0 {
+        BLOCKING_STI
+    } else {
+        0
     }
-    if u32::from(k) & uapi::KVM_X86_SHADOW_INT_STI != 0 {
-        s |= BLOCKING_STI;
-    }
-    s
 }
 
 /// Whether the guest can take an external interrupt at the next VM entry:

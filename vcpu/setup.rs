@@ -158,9 +158,10 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     }
     // CR0/CR4 bits the host owns: reads return the shadow, writes that
     // would change them exit (exits/cr.rs). CR0.NE must stay 1 and CD/NW 0
-    // in VMX; CR4.VMXE must stay 1 but the guest must not see it.
+    // in VMX; CR4.VMXE must stay 1 but the guest must not see it; CR4.MCE
+    // stays the host's (`set_cr4`).
     v.write(CR0_GUEST_HOST_MASK, Natural(CR0_NE | CR0_CD | CR0_NW | (caps.cr0_fixed0 & !(CR0_PE | CR0_PG))))?;
-    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | CR4_NOT_VIRTUALIZED | !caps.cr4_fixed1))
+    v.write(CR4_GUEST_HOST_MASK, Natural(caps.cr4_fixed0 | CR4_VMXE | CR4_MCE | CR4_NOT_VIRTUALIZED | !caps.cr4_fixed1))
 }
 
 /// Host state that is the same on every CPU and for every thread.
@@ -211,10 +212,16 @@ pub(crate) fn set_cr0(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr0: u64)
     v.write(GUEST_CR0, Natural((cr0 & !(CR0_CD | CR0_NW)) | forced))
 }
 
-/// Writes the guest's CR4 (VMXE forced on but hidden by the shadow).
+/// Writes the guest's CR4 (VMXE forced on but hidden by the shadow). CR4.MCE
+/// is the host's while the guest runs, whatever the guest wrote: with it
+/// clear, a machine check in non-root operation would shut the host CPU
+/// down (SDM Vol. 3B §16.10), and the exit that delivers it to the host
+/// needs it set. The guest reads its own value from the shadow, as in KVM's
+/// vmx_set_cr4.
 pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64) -> Result {
     v.write(CR4_READ_SHADOW, Natural(cr4))?;
-    v.write(GUEST_CR4, Natural(cr4 | caps.cr4_fixed0))
+    let hw = (cr4 & !CR4_MCE) | (hw::cr4_shadow() & CR4_MCE) | caps.cr4_fixed0;
+    v.write(GUEST_CR4, Natural(hw))
 }
 
 /// Whether the guest uses 32-bit PAE paging (CR0.PG, CR4.PAE, not long

@@ -18,7 +18,7 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..34"
+echo "1..36"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "exceptions rvmx delivers itself: single step, RF, DR6, DR7.GD, #AC (subtests)" exceptions /dev/rvmx
@@ -26,6 +26,7 @@ sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
 sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
 sub "what QEMU 7.2 needs: capabilities, MP state, its MSRs, firmware instructions on rvmx (subtests)" qemu_abi /dev/rvmx
+sub "the CPU the supported CPUID promises, string-I/O segment types, CR4.MCE on rvmx (subtests)" cpu_rules /dev/rvmx
 sub "dirty logging, slot changes, FPU state on rvmx (subtests)" memory /dev/rvmx
 sub "guest memory follows the VMM's mapping; pinning accounted on rvmx (subtests)" mapping /dev/rvmx
 sub "exit-path benchmark on rvmx" bench /dev/rvmx
@@ -89,6 +90,7 @@ sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
 sub "the same SMP guests on KVM (subtests)" smp /dev/kvm
 sub "the same events on KVM (subtests)" events /dev/kvm
 sub "the same QEMU needs on KVM (subtests)" qemu_abi /dev/kvm
+sub "the same CPU promises on KVM (subtests)" cpu_rules /dev/kvm
 sub "the same memory tests on KVM (subtests)" memory /dev/kvm
 sub "the same mapping changes on KVM (subtests)" mapping /dev/kvm
 sub "the same benchmark on KVM" bench /dev/kvm

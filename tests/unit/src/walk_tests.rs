@@ -379,3 +379,47 @@ fn segment_limits_fuzz() {
     }
     println!("segment fuzz: {n} string accesses, each checked against a per-element reference");
 }
+
+/// The segment types of SDM Vol. 3A table 3-1 ("Code- and Data-Segment
+/// Types"), written out, against `walk::segment_type_allows`: every one of
+/// the 16 types, for reads and writes, in protected and real mode, with
+/// the accessed bit and the other access-rights bits both ways.
+#[test]
+fn segment_types() {
+    // (type, name, readable by a data access, writable)
+    const TYPES: [(u32, &str, bool, bool); 16] = [
+        (0x0, "data read-only", true, false),
+        (0x1, "data read-only, accessed", true, false),
+        (0x2, "data read/write", true, true),
+        (0x3, "data read/write, accessed", true, true),
+        (0x4, "data read-only, expand-down", true, false),
+        (0x5, "data read-only, expand-down, accessed", true, false),
+        (0x6, "data read/write, expand-down", true, true),
+        (0x7, "data read/write, expand-down, accessed", true, true),
+        (0x8, "code execute-only", false, false),
+        (0x9, "code execute-only, accessed", false, false),
+        (0xa, "code execute/read", true, false),
+        (0xb, "code execute/read, accessed", true, false),
+        (0xc, "code execute-only, conforming", false, false),
+        (0xd, "code execute-only, conforming, accessed", false, false),
+        (0xe, "code execute/read, conforming", true, false),
+        (0xf, "code execute/read, conforming, accessed", true, false),
+    ];
+    for (t, name, read, write) in TYPES {
+        for other in [0u32, (1 << 4) | (1 << 7), (1 << 4) | (1 << 7) | (1 << 14) | (3 << 5)] {
+            let ar = t | other;
+            assert_eq!(walk::segment_type_allows(ar, false, false), read, "read through {name}");
+            assert_eq!(walk::segment_type_allows(ar, true, false), write, "write through {name}");
+            assert_eq!(walk::segment_type_allows(ar, false, true), read, "real mode: read through {name}");
+            // KVM's emulator in real mode: a write needs only the type's
+            // bit 1 (a readable code segment's cached type passes).
+            assert_eq!(walk::segment_type_allows(ar, true, true), t & 2 != 0, "real mode: write through {name}");
+        }
+    }
+    // The cases of string I/O: OUTS reads, INS writes.
+    assert!(!walk::segment_type_allows(0x98, false, false), "OUTS from an execute-only CS");
+    assert!(walk::segment_type_allows(0x9a, false, false), "OUTS from a readable CS");
+    assert!(!walk::segment_type_allows(0x91, true, false), "INS into a read-only ES");
+    assert!(!walk::segment_type_allows(0x9b, true, false), "INS into a code segment in ES");
+    assert!(walk::segment_type_allows(0x93, true, false), "INS into a writable ES");
+}

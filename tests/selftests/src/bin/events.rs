@@ -109,7 +109,7 @@ fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| "/dev/rvmx".into());
     let is_kvm = path.ends_with("kvm");
     let kvm = Kvm::new_with_path(CString::new(path).unwrap()).expect("open device");
-    let mut t = Tap::plan(36);
+    let mut t = Tap::plan(37);
 
     // --- Interrupts through the interrupt-window protocol, into the
     // real-mode IVT and into a 32-bit IDT.
@@ -220,6 +220,29 @@ fn main() {
     let _ = interrupt(&vcpu, 0x30);
     let ev = vcpu.get_vcpu_events().map(|e| (e.interrupt.injected, e.interrupt.nr)).map_err(|e| e.errno());
     t.expect_eq(ev, Ok((1, 0x30)), "KVM_GET_VCPU_EVENTS shows the interrupt KVM_INTERRUPT queued");
+
+    // --- KVM_SET_VCPU_EVENTS with both shadow bits (MOV SS = 1, STI = 2):
+    // no CPU is in both, and VM entry refuses the pair; KVM keeps MOV SS
+    // only (vmx_set_interrupt_shadow), and the guest runs on to its HLT.
+    let svm = TestVm::new(&kvm, 2 << 20);
+    svm.write(CODE, &[0x90, 0xf4]); // nop; hlt
+    let mut sv = svm.real_mode_vcpu(&kvm, 0, CODE);
+    let mut regs = sv.get_regs().unwrap();
+    regs.rflags = 0x202; // IF = 1: an STI shadow needs it
+    sv.set_regs(&regs).unwrap();
+    let mut ev = sv.get_vcpu_events().unwrap_or_default();
+    ev.flags = kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW;
+    ev.interrupt.shadow = 3;
+    let set = sv.set_vcpu_events(&ev).map_err(|e| e.errno());
+    let shadow = sv.get_vcpu_events().map(|e| e.interrupt.shadow).map_err(|e| e.errno());
+    let end = match sv.run() {
+        Ok(VcpuExit::FailEntry(reason, cpu)) => format!("FailEntry({reason:#x}, cpu {cpu})"),
+        Ok(e) => format!("{e:?}"),
+        Err(e) => format!("errno {}", e.errno()),
+    };
+    t.expect_eq((set, shadow, end.as_str()), (Ok(()), Ok(1), "Hlt"),
+                "KVM_SET_VCPU_EVENTS with STI and MOV SS shadows: MOV SS only is kept, the guest runs to HLT");
+    drop(sv);
 
     // --- MSRs from the VMM.
     let list = kvm.get_msr_index_list().map(|l| l.as_slice().to_vec()).unwrap_or_default();
