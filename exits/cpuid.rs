@@ -149,7 +149,7 @@ pub(crate) fn supported() -> Result<KVec<kvm_cpuid_entry2>> {
             ..Default::default()
         };
         if v.len() < MAX_ENTRIES {
-            v.push(e, GFP_KERNEL)?;
+            v.push(e, GFP_KERNEL_ACCOUNT)?;
         }
         Ok(())
     };

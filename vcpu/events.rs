@@ -263,6 +263,12 @@ impl Vcpu {
             shadow = (shadow & !BLOCKING_STI_MOVSS) | shadow_from_kvm(e.interrupt.shadow);
         }
         shadow = if e.nmi.masked != 0 { shadow | BLOCKING_NMI } else { shadow & !BLOCKING_NMI };
-        v.write(GUEST_INTERRUPTIBILITY, shadow)
+        v.write(GUEST_INTERRUPTIBILITY, shadow)?;
+        // A #DB injected in a shadow with TF set needs its single step
+        // pending, or the entry fails (exits/exception.rs).
+        if info.is(kind::HARDWARE_EXCEPTION) && info.vector() == crate::vmcs::intr::vector::DB {
+            exits::exception::pending_single_step_for_injection(&mut v)?;
+        }
+        Ok(())
     }
 }
