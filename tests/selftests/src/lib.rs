@@ -161,17 +161,18 @@ pub fn flat_segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_bindings::kv
     }
 }
 
+/// Puts `vcpu` in 32-bit protected mode: flat code at selector 8, flat data
+/// at 16, paging off.
+pub fn protected_mode(vcpu: &kvm_ioctls::VcpuFd) {
+    let mut s = vcpu.get_sregs().expect("KVM_GET_SREGS");
+    s.cs = flat_segment(8, 11, 0, 1);
+    s.ds = flat_segment(16, 3, 0, 1);
+    (s.es, s.ss) = (s.ds, s.ds);
+    s.cr0 |= 1;
+    vcpu.set_sregs(&s).expect("KVM_SET_SREGS");
+}
+
 impl TestVm {
-    /// Puts `vcpu` in 32-bit protected mode: flat code at selector 8, flat
-    /// data at 16, paging off.
-    pub fn protected_mode(&self, vcpu: &kvm_ioctls::VcpuFd) {
-        let mut s = vcpu.get_sregs().expect("KVM_GET_SREGS");
-        s.cs = flat_segment(8, 11, 0, 1);
-        s.ds = flat_segment(16, 3, 0, 1);
-        (s.es, s.ss) = (s.ds, s.ds);
-        s.cr0 |= 1;
-        vcpu.set_sregs(&s).expect("KVM_SET_SREGS");
-    }
 
     /// Puts `vcpu` in 64-bit mode with the first GiB identity-mapped by
     /// 2 MiB pages (PML4 at 0x10000, PDPT at 0x11000, PD at 0x12000): code

@@ -18,7 +18,7 @@
 
 use kvm_bindings::{kvm_msr_entry, kvm_segment, CpuId, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use rvmx_selftests::{Tap, TestVm};
+use rvmx_selftests::{protected_mode, Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 
@@ -96,21 +96,6 @@ struct Found {
     end: String,
     faults: Vec<u32>,
     values: Vec<u64>,
-}
-
-/// Puts the vCPU in 32-bit protected mode, flat segments, paging off.
-fn protected_mode(vcpu: &VcpuFd) {
-    let mut s = vcpu.get_sregs().unwrap();
-    let seg = |selector, type_| kvm_segment {
-        base: 0, limit: 0xffff_ffff, selector, type_, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1,
-        avl: 0, unusable: 0, padding: 0,
-    };
-    s.cs = seg(8, 11);
-    s.ds = seg(16, 3);
-    s.es = s.ds;
-    s.ss = s.ds;
-    s.cr0 |= 1;
-    vcpu.set_sregs(&s).unwrap();
 }
 
 fn run_to_end(vcpu: &mut VcpuFd) -> String {

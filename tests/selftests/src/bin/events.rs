@@ -14,9 +14,9 @@
 //! - CPUID: the guest sees exactly the table KVM_SET_CPUID2 set.
 //! - KVM_SET_SIGNAL_MASK, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR.
 
-use kvm_bindings::{kvm_msr_entry, kvm_sregs, Msrs};
+use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use rvmx_selftests::{install_empty_handler, ioctl, Tap, TestVm};
+use rvmx_selftests::{install_empty_handler, ioctl, protected_mode, Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -88,21 +88,6 @@ fn irq_protocol(vm: &TestVm, vcpu: &mut VcpuFd, n: u32) -> (Option<String>, u32,
 fn msrs(entries: &[(u32, u64)]) -> Msrs {
     let e: Vec<_> = entries.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
     Msrs::from_entries(&e).unwrap()
-}
-
-/// Puts the vCPU in 32-bit protected mode, flat segments, paging off.
-fn protected_mode(vcpu: &VcpuFd) {
-    let mut s: kvm_sregs = vcpu.get_sregs().unwrap();
-    let seg = |selector, type_| kvm_bindings::kvm_segment {
-        base: 0, limit: 0xffff_ffff, selector, type_, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1,
-        avl: 0, unusable: 0, padding: 0,
-    };
-    s.cs = seg(8, 11);
-    s.ds = seg(16, 3);
-    s.es = s.ds;
-    s.ss = s.ds;
-    s.cr0 |= 1;
-    vcpu.set_sregs(&s).unwrap();
 }
 
 fn main() {

@@ -20,7 +20,7 @@
 //! result: the boot ends by its time-out, a failure.
 
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use rvmx_selftests::{install_empty_handler, ioctl, read_count, watchpoint, Tap, TestVm};
+use rvmx_selftests::{install_empty_handler, ioctl, protected_mode, read_count, watchpoint, Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,7 +109,7 @@ fn guest_checks(kvm: &Kvm, t: &mut Tap) {
     let vm = TestVm::new(kvm, MEM);
     vm.write(CODE, DEBUG);
     let mut vcpu = vm.real_mode_vcpu(kvm, 0, CODE);
-    vm.protected_mode(&vcpu);
+    protected_mode(&vcpu);
     let addr = |i: usize| u32::from_le_bytes(DEBUG[4 + 4 * i..8 + 4 * i].try_into().unwrap());
     let (after_nop, after_cpuid, mov_cr4, mov_dr0, after_icebp, after_hlt, misaligned) =
         (addr(0), addr(1), addr(2), addr(3), addr(4), addr(5), addr(6));
@@ -166,7 +166,7 @@ fn wedge_checks(kvm: &Kvm, t: &mut Tap, is_kvm: bool) {
     let vm = TestVm::new(kvm, MEM);
     vm.write(CODE, AC_LOOP);
     let mut vcpu = vm.real_mode_vcpu(kvm, 0, CODE);
-    vm.protected_mode(&vcpu);
+    protected_mode(&vcpu);
     println!("# #AC loop: running");
     // SAFETY: see run_debug.
     unsafe { libc::alarm(10) };
