@@ -9,12 +9,13 @@ use crate::hw::{
     self,
     msr::{self, rdmsr, Msr},
 };
+use crate::vmcs::controls::{pin, proc, proc2};
 use kernel::prelude::*;
 
 /// Allowed settings of one 32-bit VMX control field, from its capability
 /// MSR: bits 31:0 are the *allowed 0-settings* (a 1 there means the control
 /// must be 1) and bits 63:32 the *allowed 1-settings* (a 0 there means the
-/// control must be 0). SDM Vol. 3D §A.3. `vmcs::controls::adjust` uses
+/// control must be 0). SDM Vol. 3D §A.3. `ControlCaps::adjust` uses
 /// them to compute every control field.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ControlCaps {
@@ -25,6 +26,19 @@ pub(crate) struct ControlCaps {
 }
 
 impl ControlCaps {
+    /// Computes the value of a control field: `required` bits must be
+    /// allowed to be 1, the CPU's must-be-one bits are added, and `optional`
+    /// bits are kept where the CPU allows them. A CPU that forbids a required
+    /// control fails here, at vCPU creation, not at VM entry.
+    pub(crate) fn adjust(&self, what: &str, required: u32, optional: u32) -> Result<u32> {
+        let missing = required & !self.may_be_one;
+        if missing != 0 {
+            pr_err!("this CPU does not allow {} controls {:#x}\n", what, missing);
+            return Err(eopnotsupp());
+        }
+        Ok(self.must_be_one | required | (optional & self.may_be_one))
+    }
+
     fn from_msr(v: u64) -> Self {
         // CAST: the two halves of the MSR are the two 32-bit masks.
         Self { must_be_one: v as u32, may_be_one: (v >> 32) as u32 }
@@ -38,12 +52,6 @@ impl ControlCaps {
 
 // Bits rvmx looks at, named as in the SDM (Vol. 3C §25.6 and Appendix A).
 const BASIC_TRUE_CTLS: u64 = 1 << 55;
-const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
-const PROC_ACTIVATE_SECONDARY: u32 = 1 << 31;
-const PROC2_EPT: u32 = 1 << 1;
-const PROC2_VPID: u32 = 1 << 5;
-const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
-const PROC2_PML: u32 = 1 << 17;
 const EPT_WALK_4: u64 = 1 << 6;
 const EPT_WB: u64 = 1 << 14;
 const EPT_2M_PAGES: u64 = 1 << 16;
@@ -176,12 +184,12 @@ impl VmxCaps {
         let true_ctls = basic & BASIC_TRUE_CTLS != 0;
         let ctl = |plain: Msr, tru: Msr| ControlCaps::from_msr(read(if true_ctls { tru } else { plain }));
         let proc = ctl(msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS);
-        let proc2 = if proc.allows(PROC_ACTIVATE_SECONDARY) {
+        let proc2 = if proc.allows(proc::ACTIVATE_SECONDARY) {
             ControlCaps::from_msr(read(msr::IA32_VMX_PROCBASED_CTLS2))
         } else {
             ControlCaps::default()
         };
-        let ept_vpid = if proc2.allows(PROC2_EPT) || proc2.allows(PROC2_VPID) {
+        let ept_vpid = if proc2.allows(proc2::ENABLE_EPT) || proc2.allows(proc2::ENABLE_VPID) {
             read(msr::IA32_VMX_EPT_VPID_CAP)
         } else {
             0
@@ -228,9 +236,9 @@ impl VmxCaps {
 
     fn check_required(&self) -> Result<(), Unsupported> {
         let need = [
-            (self.proc.allows(PROC_ACTIVATE_SECONDARY), "secondary processor-based controls"),
-            (self.proc2.allows(PROC2_EPT), "EPT"),
-            (self.proc2.allows(PROC2_UNRESTRICTED_GUEST), "unrestricted guest"),
+            (self.proc.allows(proc::ACTIVATE_SECONDARY), "secondary processor-based controls"),
+            (self.proc2.allows(proc2::ENABLE_EPT), "EPT"),
+            (self.proc2.allows(proc2::UNRESTRICTED_GUEST), "unrestricted guest"),
             (self.ept_vpid & EPT_WALK_4 != 0, "4-level EPT page walks"),
             (self.ept_vpid & EPT_WB != 0, "write-back EPT paging structures"),
             (self.ept_vpid & EPT_INVEPT != 0, "INVEPT"),
@@ -249,14 +257,14 @@ impl VmxCaps {
     /// VPID's translations (what a vCPU needs when it moves to another
     /// CPU, vcpu/run.rs).
     pub(crate) fn vpid_usable(&self) -> bool {
-        self.proc2.allows(PROC2_VPID) && self.ept_vpid & VPID_INVVPID != 0 && self.ept_vpid & VPID_INVVPID_SINGLE != 0
+        self.proc2.allows(proc2::ENABLE_VPID) && self.ept_vpid & VPID_INVVPID != 0 && self.ept_vpid & VPID_INVVPID_SINGLE != 0
     }
 
     /// Whether NMIs can be injected into guests: the "virtual NMIs" control
     /// (the CPU tracks the guest's NMI blocking) and NMI-window exits.
     pub(crate) fn virtual_nmis(&self) -> bool {
-        self.pin.allows(crate::vmcs::controls::pin::VIRTUAL_NMIS)
-            && self.proc.allows(crate::vmcs::controls::proc::NMI_WINDOW_EXITING)
+        self.pin.allows(pin::VIRTUAL_NMIS)
+            && self.proc.allows(proc::NMI_WINDOW_EXITING)
     }
 
     /// Logs one readable line of what the CPU offers.
@@ -271,8 +279,8 @@ impl VmxCaps {
             yn(self.ept_vpid & EPT_AD != 0),
             yn(self.vpid_usable()),
             yn(self.virtual_nmis()),
-            yn(self.pin.allows(PIN_PREEMPTION_TIMER)),
-            yn(self.proc2.allows(PROC2_PML)),
+            yn(self.pin.allows(pin::PREEMPTION_TIMER)),
+            yn(self.proc2.allows(proc2::ENABLE_PML)),
         );
         let l1d = match self.l1d_flush {
             L1dFlush::Msr => "yes (IA32_FLUSH_CMD)",

@@ -15,6 +15,7 @@ mod ept;
 mod exits;
 mod gmem;
 mod guards;
+mod guest;
 mod kglue;
 mod hw;
 mod kpage;

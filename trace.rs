@@ -71,7 +71,7 @@ pub(crate) fn exit(v: &Loaded<'_>, vcpu: u32, reason: u32) {
 
 #[cold]
 fn exit_fields(v: &Loaded<'_>, vcpu: u32, reason: u32) {
-    use crate::exits::reason::{EPT_MISCONFIG, EPT_VIOLATION};
+    use crate::vmcs::exit_reason::{EPT_MISCONFIG, EPT_VIOLATION};
     let basic = reason & 0xffff;
     // The guest-physical address is an EPT exit's only (SDM Vol. 3C
     // §28.2.1); 0 for the others.

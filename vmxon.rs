@@ -77,6 +77,9 @@ impl VmxRoot {
         let mut state = KBox::new(PerCpuVmx { caps, cpus }, flags::GFP_KERNEL)?;
 
         REBOOTING.store(false, Ordering::Relaxed);
+        // SAFETY: no CPU is in VMX operation by rvmx yet: the per-CPU lists
+        // of active VMCSs start empty.
+        unsafe { crate::kglue::rvmx_glue_active_vmcs_init() };
         RVMX_ROOT.store(&mut *state, Ordering::Release);
         // SAFETY: `RVMX_ROOT` is valid (set above) for the callbacks this
         // registers; they are removed in `drop` before `state` is freed.
@@ -189,9 +192,13 @@ extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
     }
 }
 
-/// Leaves VMX root operation on this CPU if rvmx put it there.
+/// Leaves VMX root operation on this CPU if rvmx put it there, VMCLEARing
+/// first every VMCS it holds active (kglue/vmcs.c): their state goes to
+/// memory, and their vCPUs load them on another CPU with VMLAUNCH.
 fn leave_vmx(me: &CpuVmx) {
     if me.in_vmx.swap(false, Ordering::AcqRel) {
+        // SAFETY: this CPU's list, in VMX operation still.
+        unsafe { crate::kglue::rvmx_glue_vmclear_local() };
         // VMXOFF cannot fail in VMX root operation outside SMX (SDM Vol. 3C
         // §31.3, "VMXOFF"); were it to fault, VMX is off all the same.
         let _ = vmx::vmxoff();
@@ -210,8 +217,8 @@ extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
 }
 
 /// Suspend (syscore callback, on the last CPU up, interrupts off): leave
-/// VMX on this CPU. No VMCS is current on it: a vCPU's VMCS is loaded only
-/// for a guest section (vcpu/mod.rs), and every task is frozen by now.
+/// VMX on this CPU, VMCLEARing the VMCSs it holds (every task is frozen by
+/// now, so none is current in a guest section).
 #[no_mangle]
 extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
     if let Some((_, me)) = this_cpu() {
@@ -267,6 +274,10 @@ extern "C" fn rvmx_emergency_vmxoff() {
     if let Some((_, me)) = this_cpu() {
         me.in_vmx.store(false, Ordering::Release);
     }
+    // The guests' state to memory, for a kdump kernel to find (a VMCLEAR
+    // that faults is caught).
+    // SAFETY: walks this CPU's list without changing it (NMI context).
+    unsafe { crate::kglue::rvmx_glue_vmclear_local_emergency() };
     let _ = vmx::vmxoff();
     hw::cr4_clear_vmxe();
 }

@@ -23,7 +23,7 @@
 use super::{Action, ExitCtx};
 use crate::hw;
 use crate::uapi::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
-use crate::vcpu::reg;
+use crate::guest::reg;
 use crate::vmcs::intr::vector::GP;
 use kernel::prelude::*;
 

@@ -17,7 +17,7 @@
 use super::{Action, ExitCtx};
 use crate::hw::cr::*;
 use crate::uapi;
-use crate::vcpu;
+use crate::vmcs::guest;
 use crate::vmcs::fields::*;
 use crate::vmcs::qualification::{CrAccess, CrQual};
 use crate::vmxon;
@@ -41,9 +41,9 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             let Some(efer) = mov_to_cr0(old, value, efer, cr4, cs_l) else {
                 return ctx.inject_exception(GP, Some(0));
             };
-            vcpu::set_cr0(ctx.vmcs, &caps, value)?;
+            guest::set_cr0(ctx.vmcs, &caps, value)?;
             ctx.vmcs.write(GUEST_IA32_EFER, efer)?;
-            vcpu::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
+            guest::set_long_mode(ctx.vmcs, efer & EFER_LMA != 0)?;
             ctx.flush_guest_tlb()?;
         }
         (CrAccess::MovTo, 4) => {
@@ -51,7 +51,7 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
             if !mov_to_cr4(old, value, efer, cr3, caps.cr4_fixed1) {
                 return ctx.inject_exception(GP, Some(0));
             }
-            vcpu::set_cr4(ctx.vmcs, &caps, value)?;
+            guest::set_cr4(ctx.vmcs, &caps, value)?;
             ctx.flush_guest_tlb()?;
         }
         (CrAccess::MovTo, 8) => {
@@ -72,7 +72,7 @@ pub(crate) fn cr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // CR3, and that VM entry loads from the VMCS. rvmx performed the write,
     // so it loads them: reading guest memory may sleep, so the run loop
     // does it outside the guest section (vm.rs `read_pdptes`).
-    if cr <= 4 && access == CrAccess::MovTo && vcpu::pae_paging(ctx.vmcs) {
+    if cr <= 4 && access == CrAccess::MovTo && guest::pae_paging(ctx.vmcs) {
         return Ok(Action::LoadPdptes(ctx.vmcs.read(GUEST_CR3).0));
     }
     Ok(Action::Resume)

@@ -19,45 +19,16 @@
 
 use super::exception_rules::{DR6_ACTIVE_LOW, DR6_BD, DR6_VOLATILE, DR7_GD};
 use super::{Action, ExitCtx};
+use crate::guest::DR7_FIXED_1;
 use crate::vmcs::qualification::DrQual;
 use crate::vmcs::{controls::entry::IA32E_MODE_GUEST, fields::*};
 use kernel::prelude::*;
 
 use crate::vmcs::intr::vector::{GP, UD};
 const CR4_DE: u64 = 1 << 3;
-/// DR6 after RESET: every low bit that can read as 1 does (0xffff0ff0).
-/// With no RTM and no bus-lock detection for the guest, its RTM and BLD
-/// bits are fixed to 1 as well (KVM's kvm_dr6_fixed).
-const DR6_RESET: u64 = DR6_ACTIVE_LOW;
 /// DR7 bits software can change, and bit 10, which reads as 1.
 const DR7_VOLATILE: u64 = 0xffff_2bff;
-const DR7_FIXED_1: u64 = 0x400;
 
-/// The guest's debug registers.
-#[derive(Clone, Copy)]
-pub(crate) struct DebugRegs {
-    pub(crate) dr: [u64; 4],
-    pub(crate) dr6: u64,
-    pub(crate) dr7: u64,
-}
-
-impl DebugRegs {
-    /// Their values after RESET (SDM Vol. 3A, table 10-1).
-    pub(crate) const RESET: Self = DebugRegs { dr: [0; 4], dr6: DR6_RESET, dr7: DR7_FIXED_1 };
-
-    /// Whether DR7 enables a breakpoint (L0-L3, G0-G3): the guest's DR0-3
-    /// must then be in the CPU while it runs.
-    pub(crate) fn armed(&self) -> bool {
-        self.dr7 & 0xff != 0
-    }
-
-    /// Takes DR6 as the CPU left it after the guest ran with the guest's
-    /// DR6 loaded. A #DB that exits leaves DR6 alone, so this is the
-    /// value loaded unless the CPU recorded something without an exit.
-    pub(crate) fn set_dr6_from_cpu(&mut self, v: u64) {
-        self.dr6 = (v & DR6_VOLATILE) | DR6_ACTIVE_LOW;
-    }
-}
 
 pub(crate) fn dr_access(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     let q = DrQual(ctx.vmcs.read(EXIT_QUALIFICATION).0);

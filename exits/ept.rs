@@ -41,7 +41,7 @@ pub(crate) fn ept_violation(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
     // fault is resolved, so the blocking must be put back (SDM Vol. 3C
     // §28.2.3), unless the exit interrupted an event's delivery.
     if q.nmi_unblocking() && !ctx.vmcs.read(IDT_VECTORING_INFO).valid() {
-        crate::vcpu::set_nmi_blocking(ctx.vmcs, true)?;
+        crate::vmcs::guest::set_nmi_blocking(ctx.vmcs, true)?;
     }
     let v = &ctx.vmcs;
     Ok(Action::EptViolation(EptFault {

@@ -28,7 +28,7 @@
 
 use super::exception_rules::{self, DR6_BS, DR7_GD, RFLAGS_AC, RFLAGS_TF};
 use super::{Action, ExitCtx};
-use crate::exits::dr::DebugRegs;
+use crate::guest::DebugRegs;
 use crate::kglue::rvmx_glue_split_lock_detect;
 use crate::uapi;
 use crate::vmcs::intr::{kind, vector, IntrInfo};

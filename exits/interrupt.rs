@@ -21,7 +21,7 @@ use super::{Action, ExitCtx};
 use crate::kglue::rvmx_glue_machine_check;
 use crate::hw;
 use crate::uapi;
-use crate::vcpu;
+use crate::vmcs::guest;
 use crate::vmcs::intr::{kind, vector, IntrInfo};
 use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
@@ -82,7 +82,7 @@ pub(crate) fn is_machine_check(info: IntrInfo) -> bool {
 /// interrupt is injected at the coming entry, and a VMM that asked for the
 /// window and has nothing queued hears KVM_EXIT_IRQ_WINDOW_OPEN.
 pub(crate) fn interrupt_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    vcpu::set_irq_window_exiting(ctx.vmcs, ctx.guest, false)?;
+    guest::set_irq_window_exiting(ctx.vmcs, &mut ctx.guest.irq_window_exiting, false)?;
     if ctx.guest.irq.is_none() && ctx.guest.want_irq_window {
         return Ok(ctx.exit_to_user(uapi::KVM_EXIT_IRQ_WINDOW_OPEN));
     }
@@ -93,7 +93,7 @@ pub(crate) fn interrupt_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
 /// handler): the NMI-window exit is turned off, and the pending NMI is
 /// injected at the coming entry (vcpu/events.rs).
 pub(crate) fn nmi_window(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
-    vcpu::set_nmi_window_exiting(ctx.vmcs, ctx.guest, false)?;
+    guest::set_nmi_window_exiting(ctx.vmcs, &mut ctx.guest.nmi_window_exiting, false)?;
     Ok(Action::Resume)
 }
 

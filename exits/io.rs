@@ -24,7 +24,7 @@ use crate::addr::Linear;
 use crate::gmem::{self, Paging};
 use crate::walk;
 use crate::uapi::{self, RunPage};
-use crate::vcpu::reg;
+use crate::guest::reg;
 use crate::vm::Vm;
 use crate::vmcs::fields::*;
 use crate::vmcs::intr::vector;

@@ -23,7 +23,7 @@ use crate::exits::ept::EptFault;
 use crate::addr::{Gpa, Linear, PAGE_SIZE};
 use crate::gmem;
 use crate::uapi;
-use crate::vcpu::reg;
+use crate::guest::reg;
 use crate::vm::Vm;
 use crate::vmcs::{fields::*, Vmcs};
 use kernel::prelude::*;

@@ -7,7 +7,7 @@
 //! touched.
 
 use super::{Action, ExitCtx};
-use crate::vcpu::reg;
+use crate::guest::reg;
 use kernel::prelude::*;
 
 use crate::vmcs::intr::vector::GP;

@@ -8,7 +8,7 @@
 //! -KVM_ENOSYS; this difference is listed in the README.)
 
 use super::{Action, ExitCtx, Pending};
-use crate::vcpu::reg;
+use crate::guest::reg;
 use crate::vmcs::{controls, fields::*};
 use kernel::prelude::*;
 

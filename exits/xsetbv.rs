@@ -10,7 +10,7 @@
 
 use super::{Action, ExitCtx};
 use crate::hw;
-use crate::vcpu::reg;
+use crate::guest::reg;
 use kernel::prelude::*;
 
 use crate::vmcs::intr::vector::GP;

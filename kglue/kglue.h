@@ -3,7 +3,7 @@
  * kglue/kglue.h - the interface between the C files of kglue/ and the Rust crate.
  *
  * rvmx_glue_*: implemented in kglue/ (files.c, cpu.c, run.c, memory.c,
- * trace.c), called from Rust through the declarations bindgen generates
+ * vmcs.c, trace.c), called from Rust through the declarations bindgen generates
  * from this header (kglue/mod.rs; Kbuild has the rule). Each Rust file
  * wraps the ones it uses in a safe API.
  * rvmx_* without "glue": implemented in Rust (#[no_mangle]), called from C.
@@ -87,6 +87,18 @@ int rvmx_glue_uret_set(unsigned int slot, u64 value);
 int rvmx_glue_uret_load(const u64 *values, unsigned int count);
 void rvmx_glue_uret_section_end(void);
 
+/* Which VMCSs each CPU holds active (kglue/vmcs.c). */
+struct rvmx_active_vmcs;
+#define RVMX_GLUE_VMCS_ARRIVED 1
+void rvmx_glue_active_vmcs_init(void);
+struct rvmx_active_vmcs *rvmx_glue_active_vmcs_new(u64 pa);
+void rvmx_glue_active_vmcs_free(struct rvmx_active_vmcs *a);
+int rvmx_glue_active_vmcs_load(struct rvmx_active_vmcs *a);
+bool rvmx_glue_active_vmcs_launched(const struct rvmx_active_vmcs *a);
+void rvmx_glue_active_vmcs_set_launched(struct rvmx_active_vmcs *a);
+void rvmx_glue_vmclear_local(void);
+void rvmx_glue_vmclear_local_emergency(void);
+
 /* The VMM's segment state a VM exit does not keep (kglue/run.c). */
 struct rvmx_host_segments {
 	u16 fs, gs, ldt;
@@ -120,7 +132,9 @@ void rvmx_glue_trace_userspace_exit(u32 vcpu, u32 reason, int err);
 void rvmx_glue_trace_inject(u32 vcpu, u8 vector, u8 type, bool has_error_code,
 			    u32 error_code);
 
-/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu/). */
+/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu/, hw/vmx.rs). */
+int rvmx_vmclear(u64 pa);
+int rvmx_vmptrld(u64 pa);
 long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
 void rvmx_vm_release(void *vm);
 long rvmx_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);

@@ -387,7 +387,7 @@ impl EmulatedMsrs {
                 self.mce_banks[off as usize] = value;
             }
             i if (IA32_MTRR_PHYSBASE0..IA32_MTRR_PHYSBASE0 + 2 * VAR_MTRRS).contains(&i) => {
-                let base = (i - IA32_MTRR_PHYSBASE0) % 2 == 0;
+                let base = (i - IA32_MTRR_PHYSBASE0) & 1 == 0;
                 // PHYSBASE: type in 7:0, bits 11:8 reserved; PHYSMASK: bits
                 // 10:0 reserved (bit 11 is "valid"); both: above MAXPHYADDR.
                 let reserved = self.reserved_pa | if base { 0xf00 } else { 0x7ff };

@@ -10,16 +10,10 @@ use super::{Guest, Vcpu, RFLAGS_IF};
 use crate::exits;
 use crate::uapi;
 use crate::vmcs::intr::{kind, IntrInfo};
-use crate::vmcs::{controls, fields::*, Loaded};
+use crate::vmcs::guest::*;
+use crate::vmcs::{fields::*, Loaded};
 use kernel::prelude::*;
 
-/// Guest interruptibility state (SDM Vol. 3C §25.4.2): blocking by STI
-/// (bit 0) and by MOV SS/POP SS (bit 1), and by NMI (bit 3).
-const BLOCKING_STI: u32 = 1 << 0;
-const BLOCKING_MOVSS: u32 = 1 << 1;
-
-const BLOCKING_STI_MOVSS: u32 = BLOCKING_STI | BLOCKING_MOVSS;
-const BLOCKING_NMI: u32 = 1 << 3;
 
 /// How many NMIs may wait (KVM's limit: one being handled, one latched).
 const MAX_PENDING_NMIS: u8 = 2;
@@ -77,7 +71,7 @@ pub(super) fn update_interrupt_window(v: &mut Loaded<'_>, g: &mut Guest, stats: 
             window = true;
         }
     }
-    set_irq_window_exiting(v, g, window)
+    set_irq_window_exiting(v, &mut g.irq_window_exiting, window)
 }
 
 /// Whether the guest can take an NMI at the next VM entry: no NMI
@@ -106,52 +100,10 @@ pub(super) fn update_nmi_window(v: &mut Loaded<'_>, g: &mut Guest, stats: &crate
         stats.nmi_injections.add(1);
     }
     if g.nmi_pending > 0 && v.read(GUEST_INTERRUPTIBILITY) & BLOCKING_STI != 0 {
-        set_nmi_window_exiting(v, g, false)?;
-        return set_irq_window_exiting(v, g, true);
+        set_nmi_window_exiting(v, &mut g.nmi_window_exiting, false)?;
+        return set_irq_window_exiting(v, &mut g.irq_window_exiting, true);
     }
-    set_nmi_window_exiting(v, g, g.nmi_pending > 0)
-}
-
-/// Turns "NMI-window exiting" on or off.
-pub(crate) fn set_nmi_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
-    set_window_control(v, controls::proc::NMI_WINDOW_EXITING, &mut g.nmi_window_exiting, on)
-}
-
-/// Sets processor-based control `bit` to `on`, unless `state` (what the
-/// VMCS holds, tracked to spare the VMREAD/VMWRITE) says it already is.
-fn set_window_control(v: &mut Loaded<'_>, bit: u32, state: &mut bool, on: bool) -> Result {
-    if *state == on {
-        return Ok(());
-    }
-    let c = v.read(PROC_BASED_CONTROLS);
-    v.write(PROC_BASED_CONTROLS, if on { c | bit } else { c & !bit })?;
-    *state = on;
-    Ok(())
-}
-
-/// Sets or clears the guest's (virtual) NMI blocking.
-pub(crate) fn set_nmi_blocking(v: &mut Loaded<'_>, on: bool) -> Result {
-    let s = v.read(GUEST_INTERRUPTIBILITY);
-    let n = if on { s | BLOCKING_NMI } else { s & !BLOCKING_NMI };
-    if n != s {
-        v.write(GUEST_INTERRUPTIBILITY, n)?;
-    }
-    Ok(())
-}
-
-/// Turns "interrupt-window exiting" on or off.
-pub(crate) fn set_irq_window_exiting(v: &mut Loaded<'_>, g: &mut Guest, on: bool) -> Result {
-    set_window_control(v, controls::proc::INTERRUPT_WINDOW_EXITING, &mut g.irq_window_exiting, on)
-}
-
-/// Ends an STI or MOV SS interrupt shadow: called whenever rvmx moves RIP
-/// past an instruction itself, as the CPU would have (KVM does the same).
-pub(crate) fn clear_interrupt_shadow(v: &mut Loaded<'_>) -> Result {
-    let s = v.read(GUEST_INTERRUPTIBILITY);
-    if s & BLOCKING_STI_MOVSS != 0 {
-        v.write(GUEST_INTERRUPTIBILITY, s & !BLOCKING_STI_MOVSS)?;
-    }
-    Ok(())
+    set_nmi_window_exiting(v, &mut g.nmi_window_exiting, g.nmi_pending > 0)
 }
 
 impl Vcpu {

@@ -11,21 +11,22 @@
 //!
 //! # When is the VMCS loaded?
 //!
-//! A VMCS may be active on one CPU at a time, and a CPU must VMCLEAR it
-//! before another CPU loads it. rvmx keeps this simple: the VMCS is made
-//! current (VMPTRLD) at the start of a *guest section* and VMCLEARed at its
-//! end, and preemption is disabled in between (`vmcs::Loaded`). Inside a
-//! section the vCPU thread cannot migrate, so every entry after the first is
-//! a cheap VMRESUME; a section ends only when the run loop must return to
-//! userspace, sleep (to map memory), or let the scheduler run. So a VMCS is
-//! never active on a CPU that the thread has left, nor on a CPU going
-//! offline, and no cross-CPU VMCLEAR is ever needed. (KVM instead keeps a
-//! VMCS loaded across preemption and uses preempt notifiers to VMCLEAR it
-//! on the old CPU by IPI when the thread moves; rvmx pays a VMCLEAR and
-//! VMPTRLD per section for not needing any of that.) What a move does
-//! need is a flush of the vCPU's EPT and VPID contexts on the new CPU, which
-//! may hold stale translations of them (vpid.rs, vm.rs `RemoteFlush`), done
-//! at section start.
+//! A VMCS may be active on one CPU at a time, and that CPU must VMCLEAR it
+//! before another CPU loads it (SDM Vol. 3C §25.11). As in KVM, a vCPU's
+//! VMCS stays *active* on the CPU it last ran on: every use (a guest
+//! section, an ioctl that reads registers) makes it current with
+//! `Vmcs::load`, which costs nothing when it already is, and preemption is
+//! off only while it is in use (`vmcs::Loaded`). A guest section after an
+//! exit to userspace, a sleep or a reschedule on the same CPU starts with a
+//! VMRESUME and rewrites no host state. When the thread has moved, the load
+//! has the old CPU VMCLEAR the VMCS (an IPI, waited for: kglue/vmcs.c, as
+//! KVM's loaded_vmcs_clear), loads it here, writes this CPU's host state,
+//! and the next entry is a VMLAUNCH. A CPU that leaves VMX operation
+//! (offline, suspend, reboot, crash, unload) VMCLEARs every VMCS it holds
+//! first, and a VMCS is VMCLEARed wherever it is before its page is freed.
+//! A move also needs a flush of the vCPU's EPT and VPID contexts on the new
+//! CPU, which may hold stale translations of them (vpid.rs, vm.rs
+//! `RemoteFlush`), done at section start.
 //!
 //! Lock order: the run token, then `Vm::mem`.
 
@@ -35,18 +36,18 @@ mod regs;
 mod run;
 mod setup;
 
-pub(crate) use events::{clear_interrupt_shadow, set_irq_window_exiting, set_nmi_blocking, set_nmi_window_exiting};
-pub(crate) use setup::{pae_paging, set_cr0, set_cr4, set_long_mode};
 use crate::kglue::rvmx_glue_virt_to_page;
 use events::{interruptible, update_interrupt_window, update_nmi_window};
-use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, setup_host_cpu_state, write_pdptes, write_seg};
+use setup::{read_seg, reset_guest_state, setup_controls, setup_host_constant_state, write_pdptes, write_seg};
 
 use crate::exits::{self, Action, Pending};
+use crate::guest::{reg, Guest};
 use crate::hw::{self, cr::*, msr};
 use crate::kpage::KernelPage;
 use crate::msrs::GuestMsrs;
 use crate::uapi::{self, kvm_cpuid_entry2, kvm_regs, kvm_sregs, rvmx_exit_info, RunPage};
 use crate::vm::{Fault, Vm};
+use crate::vmcs::guest::{clear_interrupt_shadow, set_cr0, set_cr4, set_long_mode};
 use crate::vmcs::{controls, fields::*, Loaded, Vmcs};
 use crate::vmxon;
 use crate::vpid::Vpid;
@@ -54,16 +55,6 @@ use core::cell::UnsafeCell;
 use kernel::sync::Arc;
 use kernel::{new_condvar, new_mutex, prelude::*, sync::{CondVar, Mutex}};
 
-/// Indices into `regs`, in KVM's (and vmenter.S's) order.
-pub(crate) mod reg {
-    pub(crate) const RAX: usize = 0;
-    pub(crate) const RCX: usize = 1;
-    pub(crate) const RDX: usize = 2;
-    pub(crate) const RBX: usize = 3;
-    pub(crate) const RSP: usize = 4;
-    pub(crate) const RSI: usize = 6;
-    pub(crate) const RDI: usize = 7;
-}
 
 /// Pages of the vCPU mmap (uapi/rvmx.h).
 const RUN_PAGE: usize = 0;
@@ -77,41 +68,6 @@ pub(crate) const MMAP_PAGES: usize = uapi::RVMX_VCPU_MMAP_PAGES as usize;
 const EPT_NEVER_FLUSHED: u64 = u64::MAX;
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
-/// The guest state that neither the VMCS nor `regs` holds, which exit
-/// handlers and ioctls use.
-pub(crate) struct Guest {
-    pub(crate) msrs: GuestMsrs,
-    /// CR8, the task priority: kept, not acted on (no local APIC).
-    pub(crate) cr8: u64,
-    /// The guest's XCR0 (set by XSETBV, exits/xsetbv.rs); loaded into the
-    /// CPU while the guest runs.
-    pub(crate) xcr0: u64,
-    /// The table of KVM_SET_CPUID2; empty until then (exits/cpuid.rs).
-    pub(crate) cpuid: KVec<kvm_cpuid_entry2>,
-    /// An interrupt vector queued by KVM_INTERRUPT, not yet injected.
-    pub(crate) irq: Option<u8>,
-    /// kvm_run.request_interrupt_window, read at KVM_RUN.
-    pub(crate) want_irq_window: bool,
-    /// Whether "interrupt-window exiting" is on in the VMCS.
-    pub(crate) irq_window_exiting: bool,
-    /// NMIs queued by KVM_NMI, not yet injected (at most 2).
-    pub(crate) nmi_pending: u8,
-    /// Whether "NMI-window exiting" is on in the VMCS.
-    pub(crate) nmi_window_exiting: bool,
-    /// The vCPU's VPID, or 0 if it has none (vpid.rs).
-    pub(crate) vpid: u16,
-    /// The guest's DR0-3, DR6 and DR7, as MOV DR sees them (exits/dr.rs).
-    pub(crate) debug: exits::dr::DebugRegs,
-    /// The host's XCR0 (read at creation, in the host's context), put back
-    /// when a guest section ends.
-    pub(crate) host_xcr0: u64,
-    /// The state components the guest's XSAVE image holds, and the most a
-    /// guest may enable in XCR0: the host's, less PKRU. VMX does not switch
-    /// PKRU, and Linux does not restore it on the way back to user mode, so
-    /// a guest value loaded by XRSTOR would become the VMM's protection
-    /// keys (rvmx gives guests no protection keys: CR4.PKE is refused).
-    pub(crate) xfeatures: u64,
-}
 
 /// Everything the run loop changes; owned by whoever holds the run token.
 pub(crate) struct VcpuState {
@@ -119,8 +75,11 @@ pub(crate) struct VcpuState {
     /// General-purpose registers while the guest is not running (the RSP
     /// slot is unused: RSP lives in the VMCS).
     regs: [u64; 16],
-    /// vmenter.S's cache of HOST_RSP (reset whenever the VMCS is reloaded).
+    /// vmenter.S's cache of HOST_RSP (the VMCS field keeps its value across
+    /// CPUs: VMCLEAR writes it to memory).
     host_rsp: u64,
+    /// The host values checked before each entry (run.rs).
+    host: run::HostCache,
     /// The guest's CR2, which VMX does not switch.
     cr2: u64,
     /// The guest's FPU/SSE/AVX state while it is not running.
@@ -255,6 +214,7 @@ impl Vcpu {
             vmcs: Vmcs::new(caps.revision_id)?,
             regs: [0; 16],
             host_rsp: 0,
+            host: run::HostCache { cr3: 0, cr4: 0, fs_base: None },
             cr2: 0,
             fpu,
             _msr_bitmap: msr_bitmap,
@@ -273,7 +233,7 @@ impl Vcpu {
                 nmi_pending: 0,
                 nmi_window_exiting: false,
                 vpid: 0,
-                debug: exits::dr::DebugRegs::RESET,
+                debug: crate::guest::DebugRegs::RESET,
                 host_xcr0: hw::xcr0(),
                 xfeatures: hw::xcr0() & !hw::cr::XFEATURE_PKRU,
             },

@@ -22,10 +22,13 @@ extern "C" {
 /// and FS base, which a VM exit does not keep.
 use crate::kglue::rvmx_host_segments as HostSegments;
 
-/// The cached host values vmenter.S's caller refreshes when they change.
-struct HostCache {
-    cr3: u64,
-    cr4: u64,
+/// The host values in the VMCS that may change under a loaded vCPU, as
+/// last written: checked before each entry (CR3, CR4) or section (the FS
+/// base, which is the thread's: another thread may run the vCPU next).
+pub(super) struct HostCache {
+    pub(super) cr3: u64,
+    pub(super) cr4: u64,
+    pub(super) fs_base: Option<u64>,
 }
 
 /// Local interrupts off on this CPU until dropped: a guest runs with the
@@ -225,8 +228,12 @@ impl Vcpu {
             let mut v = st.vmcs.load()?;
             // SAFETY: preemption is off (the VMCS is loaded on this CPU).
             unsafe { rvmx_glue_ibpb_on_vcpu_switch(st.uid) };
-            st.host_rsp = 0;
-            setup_host_cpu_state(&mut v)?;
+            // SAFETY: an architectural MSR; preemption is off.
+            let fs_base = unsafe { msr::rdmsr(msr::IA32_FS_BASE) };
+            if st.host.fs_base != Some(fs_base) {
+                v.write(HOST_FS_BASE, Natural(fs_base))?;
+                st.host.fs_base = Some(fs_base);
+            }
             if let Some(vpid) = &st.vpid {
                 if st.flush_tlb || st.last_cpu != Some(cpu) {
                     if crate::hw::vmx::invvpid_single(vpid.get()).is_err() {
@@ -249,7 +256,6 @@ impl Vcpu {
             if let Some(p) = st.pdptes.take() {
                 write_pdptes(&mut v, &p)?;
             }
-            let mut host = HostCache { cr3: 0, cr4: 0 };
             if st.rip_advance != 0 {
                 let rip = v.read(GUEST_RIP).0;
                 v.write(GUEST_RIP, Natural(rip.wrapping_add(st.rip_advance)))?;
@@ -257,7 +263,9 @@ impl Vcpu {
                 exits::exception::single_step_after_emulation(&mut v, &mut st.guest.debug)?;
                 st.rip_advance = 0;
             }
-            let mut resume = 0u32;
+            // VMRESUME if the VMCS was launched on this CPU and stayed
+            // active here since (vmcs/mod.rs), VMLAUNCH otherwise.
+            let mut resume = u32::from(v.launched());
             // SAFETY: IA32_DEBUGCTL exists on every CPU with VMX (and the
             // thread stays on this CPU for the section).
             let host_debugctl = unsafe { msr::rdmsr(msr::IA32_DEBUGCTL) };
@@ -273,7 +281,7 @@ impl Vcpu {
                     break Section::Reschedule;
                 }
                 // Last VMCS updates before the entry, with interrupts off.
-                prepare_entry(&mut v, &mut st.guest, &mut host, st.cr2, &self.stats)?;
+                prepare_entry(&mut v, &mut st.guest, &mut st.host, st.cr2, &self.stats)?;
                 // Before the L1D flush, which must be the last thing that
                 // touches memory before the entry.
                 crate::trace::entry(&v, self.id, resume == 0);
@@ -345,7 +353,6 @@ impl Vcpu {
                     self.publish_exit_info(&v, st.exits, e);
                     break Section::ToUser;
                 }
-                resume = 1;
                 crate::trace::exit(&v, self.id, reason);
                 st.exits += 1;
                 self.stats.exit(reason & 0xffff);
@@ -358,6 +365,12 @@ impl Vcpu {
                     let e = exits::entry_failure::entry_failed_with_exit(&v, run, reason, self.id);
                     self.publish_exit_info(&v, st.exits, e);
                     break Section::ToUser;
+                }
+                // The guest ran: the VMCS is launched (a failed entry leaves
+                // its launch state as it was, SDM Vol. 3C §28.8).
+                if resume == 0 {
+                    v.set_launched();
+                    resume = 1;
                 }
                 let mut ctx = exits::ExitCtx {
                     vmcs: &mut v,

@@ -3,13 +3,14 @@
 //! How a vCPU's VMCS is filled in: the execution, exit and entry controls
 //! (from what rvmx wants and what the capability MSRs allow), the host
 //! state VM exit returns to, the architectural reset state of the guest,
-//! and the guest-state writes that need more than one field: segments,
-//! CR0/CR4 with their read shadows, long mode, the PDPTEs of PAE paging.
+//! segments and the PDPTEs of PAE paging (CR0/CR4 with their shadows and
+//! long mode are in vmcs/guest.rs, which the exit handlers share).
 
 use super::RFLAGS_FIXED;
 use crate::addr::Hpa;
 use crate::hw::{self, cr::*, msr};
 use crate::uapi::kvm_segment;
+use crate::vmcs::guest::{set_cr0, set_cr4};
 use crate::vmcs::intr::IntrInfo;
 use crate::vmcs::{controls, fields::*, Loaded};
 use kernel::prelude::*;
@@ -91,14 +92,12 @@ const MAX_GUEST_TICKS: u64 = 1 << 23;
 /// The execution controls, from what rvmx wants and what the CPU allows.
 pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, eptp: u64, msr_bitmap: Hpa, vpid: Option<u16>) -> Result {
     use controls::*;
-    let pin_ctl = adjust(
-        &caps.pin,
+    let pin_ctl = caps.pin.adjust(
         "pin-based",
         pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING,
         pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER,
     )?;
-    let mut proc_ctl = adjust(
-        &caps.proc,
+    let mut proc_ctl = caps.proc.adjust(
         "processor-based",
         proc::HLT_EXITING
             | proc::UNCONDITIONAL_IO_EXITING
@@ -116,14 +115,13 @@ pub(super) fn setup_controls(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, ep
     // With EPT, CR3 accesses need no exits; drop them if the CPU allows.
     proc_ctl &= !((proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING) & !caps.proc.must_be_one);
     let vpid_ctl = if vpid.is_some() { proc2::ENABLE_VPID } else { 0 };
-    let proc2_ctl = adjust(&caps.proc2, "secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | proc2::WBINVD_EXITING | vpid_ctl, proc2::ENABLE_RDTSCP)?;
-    let exit_ctl = adjust(
-        &caps.exit,
+    let proc2_ctl = caps.proc2.adjust("secondary", proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST | proc2::WBINVD_EXITING | vpid_ctl, proc2::ENABLE_RDTSCP)?;
+    let exit_ctl = caps.exit.adjust(
         "VM-exit",
         exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_DEBUG_CONTROLS | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
         exit::SAVE_IA32_PAT | exit::LOAD_IA32_PAT,
     )?;
-    let entry_ctl = adjust(&caps.entry, "VM-entry", entry::LOAD_IA32_EFER | entry::LOAD_DEBUG_CONTROLS, entry::LOAD_IA32_PAT)?;
+    let entry_ctl = caps.entry.adjust("VM-entry", entry::LOAD_IA32_EFER | entry::LOAD_DEBUG_CONTROLS, entry::LOAD_IA32_PAT)?;
     v.write(PIN_BASED_CONTROLS, pin_ctl)?;
     if pin_ctl & pin::PREEMPTION_TIMER != 0 {
         // A guest section lasts at most MAX_GUEST_TICKS TSC ticks before the
@@ -191,59 +189,11 @@ pub(super) fn setup_host_constant_state(v: &mut Loaded<'_>) -> Result {
     v.write(HOST_RIP, Natural(exit_rip))
 }
 
-/// Host state that differs between CPUs (GDT, TSS, per-CPU GS base, entry
-/// stack) or threads (FS base): written at the start of each guest section.
-pub(super) fn setup_host_cpu_state(v: &mut Loaded<'_>) -> Result {
-    v.write(HOST_GDTR_BASE, Natural(hw::sgdt().base))?;
-    v.write(HOST_TR_BASE, Natural(hw::tss_base()))?;
-    // SAFETY: (all reads) architectural MSRs present on every x86-64 CPU.
-    unsafe {
-        v.write(HOST_FS_BASE, Natural(msr::rdmsr(msr::IA32_FS_BASE)))?;
-        v.write(HOST_GS_BASE, Natural(msr::rdmsr(msr::IA32_GS_BASE)))?;
-        v.write(HOST_IA32_SYSENTER_ESP, Natural(msr::rdmsr(msr::IA32_SYSENTER_ESP)))
-    }
-}
-
-/// Writes the guest's CR0: the VMCS holds what the CPU runs with (NE forced
-/// on, CD/NW off, as KVM does), the read shadow what the guest believes.
-pub(crate) fn set_cr0(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr0: u64) -> Result {
-    let forced = caps.cr0_fixed0 & !(CR0_PE | CR0_PG);
-    v.write(CR0_READ_SHADOW, Natural(cr0))?;
-    v.write(GUEST_CR0, Natural((cr0 & !(CR0_CD | CR0_NW)) | forced))
-}
-
-/// Writes the guest's CR4 (VMXE forced on but hidden by the shadow). CR4.MCE
-/// is the host's while the guest runs, whatever the guest wrote: with it
-/// clear, a machine check in non-root operation would shut the host CPU
-/// down (SDM Vol. 3B §16.10), and the exit that delivers it to the host
-/// needs it set. The guest reads its own value from the shadow, as in KVM's
-/// vmx_set_cr4.
-pub(crate) fn set_cr4(v: &mut Loaded<'_>, caps: &crate::caps::VmxCaps, cr4: u64) -> Result {
-    v.write(CR4_READ_SHADOW, Natural(cr4))?;
-    let hw = (cr4 & !CR4_MCE) | (hw::cr4_shadow() & CR4_MCE) | caps.cr4_fixed0;
-    v.write(GUEST_CR4, Natural(hw))
-}
-
-/// Whether the guest uses 32-bit PAE paging (CR0.PG, CR4.PAE, not long
-/// mode): then VM entry loads its PDPTEs from the VMCS.
-pub(crate) fn pae_paging(v: &Loaded<'_>) -> bool {
-    v.guest_cr0() & CR0_PG != 0
-        && v.guest_cr4() & CR4_PAE != 0
-        && v.read(GUEST_IA32_EFER) & EFER_LMA == 0
-}
-
 pub(super) fn write_pdptes(v: &mut Loaded<'_>, p: &[u64; 4]) -> Result {
     v.write(GUEST_PDPTE0, p[0])?;
     v.write(GUEST_PDPTE1, p[1])?;
     v.write(GUEST_PDPTE2, p[2])?;
     v.write(GUEST_PDPTE3, p[3])
-}
-
-/// The "IA-32e mode guest" VM-entry control must match EFER.LMA.
-pub(crate) fn set_long_mode(v: &mut Loaded<'_>, on: bool) -> Result {
-    let e = v.read(ENTRY_CONTROLS);
-    let bit = controls::entry::IA32E_MODE_GUEST;
-    v.write(ENTRY_CONTROLS, if on { e | bit } else { e & !bit })
 }
 
 /// The architectural reset state (SDM Vol. 3A §10.1.1, table 10-1), as KVM

@@ -14,9 +14,13 @@
 //! CPU may check in another order, so with several broken rules the CPU's
 //! reason and the first rule named here can differ (both are still broken).
 //!
-//! Kernel-independent: only `core`, so `cargo test` (tests/unit) checks it
-//! on the build machine, and the launcher compiles the same file to turn a
-//! check number into words.
+//! Kernel-independent: only `core` and the control bits of
+//! vmcs/controls.rs (which every crate that compiles this file includes
+//! beside it, as `controls`), so `cargo test` (tests/unit) checks it on the
+//! build machine, and the launcher compiles the same file to turn a check
+//! number into words.
+
+use super::controls::{entry, exit, pin, proc, proc2};
 
 /// A segment register of the guest-state area, as `Violation::segment`
 /// names it; the number is what the run page carries (0: none).
@@ -343,22 +347,6 @@ const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_VM: u64 = 1 << 17;
 const RFLAGS_RESERVED: u64 = !0x3f_ffff | (1 << 15) | (1 << 5) | (1 << 3);
-const PIN_NMI_EXITING: u32 = 1 << 3;
-const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
-const PROC_NMI_WINDOW: u32 = 1 << 22;
-const PROC_MSR_BITMAPS: u32 = 1 << 28;
-const PROC_SECONDARY: u32 = 1 << 31;
-const PROC2_EPT: u32 = 1 << 1;
-const PROC2_VPID: u32 = 1 << 5;
-const PROC2_UNRESTRICTED: u32 = 1 << 7;
-const EXIT_HOST_64: u32 = 1 << 9;
-const EXIT_LOAD_PAT: u32 = 1 << 19;
-const EXIT_LOAD_EFER: u32 = 1 << 21;
-const ENTRY_LOAD_DEBUG: u32 = 1 << 2;
-const ENTRY_IA32E: u32 = 1 << 9;
-const ENTRY_SMM: u32 = 1 << 10;
-const ENTRY_LOAD_PAT: u32 = 1 << 14;
-const ENTRY_LOAD_EFER: u32 = 1 << 15;
 const INTR_STI: u32 = 1;
 const INTR_MOV_SS: u32 = 2;
 const INTR_SMI: u32 = 4;
@@ -409,28 +397,28 @@ fn fail_seg(check: Check, s: Seg, value: u64) -> Option<Violation> {
 /// error 7 ("VM entry with invalid control field(s)"). `guest_cr0` is
 /// needed by the event-injection rules.
 pub(crate) fn check_controls(c: &Controls, cpu: &Cpu, guest_cr0: u64) -> Option<Violation> {
-    let proc2 = if c.proc & PROC_SECONDARY != 0 { c.proc2 } else { 0 };
+    let proc2 = if c.proc & proc::ACTIVATE_SECONDARY != 0 { c.proc2 } else { 0 };
     if !allowed(c.pin, cpu.pin) {
         return fail(Check::PinControls, c.pin.into());
     }
     if !allowed(c.proc, cpu.proc) {
         return fail(Check::ProcControls, c.proc.into());
     }
-    if c.proc & PROC_SECONDARY != 0 && !allowed(c.proc2, cpu.proc2) {
+    if c.proc & proc::ACTIVATE_SECONDARY != 0 && !allowed(c.proc2, cpu.proc2) {
         return fail(Check::Proc2Controls, c.proc2.into());
     }
     if c.cr3_target_count > 4 {
         return fail(Check::Cr3TargetCount, c.cr3_target_count.into());
     }
-    if c.proc & PROC_MSR_BITMAPS != 0 && (c.msr_bitmap & 0xfff != 0 || !fits(c.msr_bitmap, cpu.maxphyaddr)) {
+    if c.proc & proc::USE_MSR_BITMAPS != 0 && (c.msr_bitmap & 0xfff != 0 || !fits(c.msr_bitmap, cpu.maxphyaddr)) {
         return fail(Check::MsrBitmapAddress, c.msr_bitmap);
     }
-    if (c.pin & PIN_VIRTUAL_NMIS != 0 && c.pin & PIN_NMI_EXITING == 0)
-        || (c.proc & PROC_NMI_WINDOW != 0 && c.pin & PIN_VIRTUAL_NMIS == 0)
+    if (c.pin & pin::VIRTUAL_NMIS != 0 && c.pin & pin::NMI_EXITING == 0)
+        || (c.proc & proc::NMI_WINDOW_EXITING != 0 && c.pin & pin::VIRTUAL_NMIS == 0)
     {
         return fail(Check::NmiControls, c.pin.into());
     }
-    if proc2 & PROC2_EPT != 0 {
+    if proc2 & proc2::ENABLE_EPT != 0 {
         let eptp = c.ept_pointer;
         let memtype_ok = match eptp & 7 {
             0 => cpu.ept_vpid & (1 << 8) != 0,
@@ -442,10 +430,10 @@ pub(crate) fn check_controls(c: &Controls, cpu: &Cpu, guest_cr0: u64) -> Option<
             return fail(Check::EptPointer, eptp);
         }
     }
-    if proc2 & PROC2_VPID != 0 && c.vpid == 0 {
+    if proc2 & proc2::ENABLE_VPID != 0 && c.vpid == 0 {
         return fail(Check::VpidZero, 0);
     }
-    if proc2 & PROC2_UNRESTRICTED != 0 && proc2 & PROC2_EPT == 0 {
+    if proc2 & proc2::UNRESTRICTED_GUEST != 0 && proc2 & proc2::ENABLE_EPT == 0 {
         return fail(Check::UnrestrictedNeedsEpt, proc2.into());
     }
     if !allowed(c.exit, cpu.exit) {
@@ -461,7 +449,7 @@ pub(crate) fn check_controls(c: &Controls, cpu: &Cpu, guest_cr0: u64) -> Option<
     if !allowed(c.entry, cpu.entry) {
         return fail(Check::EntryControls, c.entry.into());
     }
-    if let Some(v) = check_event(c, cpu, proc2 & PROC2_UNRESTRICTED != 0, guest_cr0) {
+    if let Some(v) = check_event(c, cpu, proc2 & proc2::UNRESTRICTED_GUEST != 0, guest_cr0) {
         return Some(v);
     }
     if !area_ok(c.entry_msr_load) {
@@ -527,11 +515,11 @@ pub(crate) fn check_host(h: &Host, c: &Controls, cpu: &Cpu) -> Option<Violation>
     if let Some(b) = bases.iter().find(|b| !canonical(**b, cpu.linear_bits)) {
         return fail(Check::HostCanonical, *b);
     }
-    if c.exit & EXIT_LOAD_PAT != 0 && !pat_valid(h.pat) {
+    if c.exit & exit::LOAD_IA32_PAT != 0 && !pat_valid(h.pat) {
         return fail(Check::HostPat, h.pat);
     }
-    if c.exit & EXIT_LOAD_EFER != 0 {
-        let host64 = c.exit & EXIT_HOST_64 != 0;
+    if c.exit & exit::LOAD_IA32_EFER != 0 {
+        let host64 = c.exit & exit::HOST_ADDRESS_SPACE_SIZE != 0;
         if h.efer & !EFER_DEFINED != 0
             || (h.efer & EFER_LMA != 0) != host64
             || (h.efer & EFER_LME != 0) != host64
@@ -544,7 +532,7 @@ pub(crate) fn check_host(h: &Host, c: &Controls, cpu: &Cpu) -> Option<Violation>
     if sel.iter().any(|s| s & 7 != 0) || sel[1] == 0 || sel[6] == 0 {
         return fail(Check::HostSelectors, u64::from(sel[1]) | u64::from(sel[6]) << 16);
     }
-    if c.exit & EXIT_HOST_64 == 0 || h.cr4 & CR4_PAE == 0 {
+    if c.exit & exit::HOST_ADDRESS_SPACE_SIZE == 0 || h.cr4 & CR4_PAE == 0 {
         return fail(Check::HostAddressSpace, c.exit.into());
     }
     None
@@ -553,15 +541,15 @@ pub(crate) fn check_host(h: &Host, c: &Controls, cpu: &Cpu) -> Option<Violation>
 /// The guest-state checks (§27.3.1), which fail with exit reason 33
 /// ("VM-entry failure due to invalid guest state").
 pub(crate) fn check_guest(g: &Guest, c: &Controls, cpu: &Cpu) -> Option<Violation> {
-    let proc2 = if c.proc & PROC_SECONDARY != 0 { c.proc2 } else { 0 };
-    let unrestricted = proc2 & PROC2_UNRESTRICTED != 0;
-    let ia32e = c.entry & ENTRY_IA32E != 0;
+    let proc2 = if c.proc & proc::ACTIVATE_SECONDARY != 0 { c.proc2 } else { 0 };
+    let unrestricted = proc2 & proc2::UNRESTRICTED_GUEST != 0;
+    let ia32e = c.entry & entry::IA32E_MODE_GUEST != 0;
     check_registers(g, c, cpu, unrestricted, ia32e)
         .or_else(|| check_segments(g, cpu, unrestricted, ia32e))
         .or_else(|| check_tables(g, cpu))
         .or_else(|| check_rip_rflags(g, c, cpu, ia32e))
         .or_else(|| check_non_register(g, c, cpu))
-        .or_else(|| check_pdptes(g, cpu, proc2 & PROC2_EPT != 0, ia32e))
+        .or_else(|| check_pdptes(g, cpu, proc2 & proc2::ENABLE_EPT != 0, ia32e))
 }
 
 /// §27.3.1.1: control registers, debug registers, MSRs.
@@ -588,7 +576,7 @@ fn check_registers(g: &Guest, c: &Controls, cpu: &Cpu, unrestricted: bool, ia32e
     if !fits(g.cr3, cpu.maxphyaddr) {
         return fail(Check::Cr3Width, g.cr3);
     }
-    if c.entry & ENTRY_LOAD_DEBUG != 0 && g.dr7 >> 32 != 0 {
+    if c.entry & entry::LOAD_DEBUG_CONTROLS != 0 && g.dr7 >> 32 != 0 {
         return fail(Check::Dr7High, g.dr7);
     }
     for v in [g.sysenter_esp, g.sysenter_eip] {
@@ -596,10 +584,10 @@ fn check_registers(g: &Guest, c: &Controls, cpu: &Cpu, unrestricted: bool, ia32e
             return fail(Check::SysenterCanonical, v);
         }
     }
-    if c.entry & ENTRY_LOAD_PAT != 0 && !pat_valid(g.pat) {
+    if c.entry & entry::LOAD_IA32_PAT != 0 && !pat_valid(g.pat) {
         return fail(Check::PatValid, g.pat);
     }
-    if c.entry & ENTRY_LOAD_EFER != 0 {
+    if c.entry & entry::LOAD_IA32_EFER != 0 {
         if g.efer & !EFER_DEFINED != 0 {
             return fail(Check::EferReserved, g.efer);
         }
@@ -835,10 +823,10 @@ fn check_non_register(g: &Guest, c: &Controls, cpu: &Cpu) -> Option<Violation> {
     if intr & INTR_SMI != 0 && !g.in_smm {
         return fail(Check::SmiBlocking, intr.into());
     }
-    if c.entry & ENTRY_SMM != 0 && intr & INTR_SMI == 0 {
+    if c.entry & entry::ENTRY_TO_SMM != 0 && intr & INTR_SMI == 0 {
         return fail(Check::SmiBlocking, intr.into());
     }
-    if injecting && ty == EVENT_NMI && c.pin & PIN_VIRTUAL_NMIS != 0 && intr & INTR_NMI != 0 {
+    if injecting && ty == EVENT_NMI && c.pin & pin::VIRTUAL_NMIS != 0 && intr & INTR_NMI != 0 {
         return fail(Check::NmiBlockingForNmi, intr.into());
     }
     let pd = g.pending_dbg;

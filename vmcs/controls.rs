@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The VM-execution, VM-exit and VM-entry controls rvmx uses (SDM Vol. 3C
-//! §25.6-25.8), and how a wanted setting is reconciled with what the CPU
-//! allows (the capability MSRs, `caps.rs`).
-
-use crate::caps::ControlCaps;
-use kernel::prelude::*;
+//! The bits of the VM-execution, VM-exit and VM-entry controls (SDM Vol.
+//! 3C §25.6-25.8), defined once for the whole tree: the module sets them
+//! (vcpu/setup.rs, reconciled with what the CPU allows by
+//! `ControlCaps::adjust` in caps.rs), caps.rs asks the capability MSRs for
+//! them, and the entry checker (vmcs/checks.rs) tests them.
+//!
+//! Kernel-independent: only constants, so the crates that compile
+//! vmcs/checks.rs (tests/unit, rvmx-run, the selftests) include it beside.
 
 /// Pin-based VM-execution controls.
 pub(crate) mod pin {
@@ -59,6 +61,8 @@ pub(crate) mod proc2 {
     /// WBINVD and WBNOINVD exit (reason 54) instead of flushing the host's
     /// caches (exits/wbinvd.rs).
     pub(crate) const WBINVD_EXITING: u32 = 1 << 6;
+    /// Page-modification logging (rvmx does not use it; caps.rs reports it).
+    pub(crate) const ENABLE_PML: u32 = 1 << 17;
 }
 
 /// VM-exit controls.
@@ -79,22 +83,12 @@ pub(crate) mod entry {
     /// The guest is in IA-32e (long) mode after VM entry: must equal the
     /// guest's EFER.LMA.
     pub(crate) const IA32E_MODE_GUEST: u32 = 1 << 9;
+    /// Entry to system-management mode (only for the dual-monitor treatment
+    /// of SMM, which rvmx never uses: must be 0).
+    pub(crate) const ENTRY_TO_SMM: u32 = 1 << 10;
     /// VM entry loads DR7 and IA32_DEBUGCTL from the guest fields, so the
     /// guest never runs with the host's breakpoints armed.
     pub(crate) const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     pub(crate) const LOAD_IA32_PAT: u32 = 1 << 14;
     pub(crate) const LOAD_IA32_EFER: u32 = 1 << 15;
-}
-
-/// Computes the value of a control field: `required` bits must be
-/// allowed to be 1, the CPU's must-be-one bits are added, and `optional`
-/// bits are kept where the CPU allows them. A CPU that forbids a required
-/// control fails here, at vCPU creation, not at VM entry.
-pub(crate) fn adjust(caps: &ControlCaps, what: &str, required: u32, optional: u32) -> Result<u32> {
-    let missing = required & !caps.may_be_one;
-    if missing != 0 {
-        pr_err!("this CPU does not allow {} controls {:#x}\n", what, missing);
-        return Err(crate::caps::eopnotsupp());
-    }
-    Ok(caps.must_be_one | required | (optional & caps.may_be_one))
 }

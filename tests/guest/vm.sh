@@ -18,12 +18,13 @@ sub() {
 }
 
 echo "TAP version 13"
-echo "1..36"
+echo "1..38"
 if insmod $MODDIR/rvmx.ko; then ok "insmod rvmx"; else not_ok "insmod rvmx"; fi
 sub "guests on rvmx (subtests)" guests /dev/rvmx
 sub "exceptions rvmx delivers itself: single step, RF, DR6, DR7.GD, #AC (subtests)" exceptions /dev/rvmx
 sub "VM and vCPU ioctl errors on rvmx (subtests)" vm_errors /dev/rvmx
 sub "SMP guests and migration on rvmx (subtests)" smp /dev/rvmx
+sub "the vCPU stays loaded: 1,000 CPU moves, CPU offline, suspend with its VMCS active on rvmx (subtests)" loaded /dev/rvmx
 sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
 sub "what QEMU 7.2 needs: capabilities, MP state, its MSRs, firmware instructions on rvmx (subtests)" qemu_abi /dev/rvmx
 sub "the CPU the supported CPUID promises, string-I/O segment types, CR4.MCE on rvmx (subtests)" cpu_rules /dev/rvmx
@@ -88,6 +89,7 @@ sub "the same guests on KVM (subtests)" guests /dev/kvm
 sub "the same exceptions on KVM (subtests)" exceptions /dev/kvm
 sub "the same ioctl errors on KVM (subtests)" vm_errors /dev/kvm
 sub "the same SMP guests on KVM (subtests)" smp /dev/kvm
+sub "the same moves, offline and suspend on KVM (subtests)" loaded /dev/kvm
 sub "the same events on KVM (subtests)" events /dev/kvm
 sub "the same QEMU needs on KVM (subtests)" qemu_abi /dev/kvm
 sub "the same CPU promises on KVM (subtests)" cpu_rules /dev/kvm

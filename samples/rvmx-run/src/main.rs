@@ -53,6 +53,10 @@ use vm_superio::{Serial, Trigger};
 
 /// The SDM's VM-entry checks: the module's own file, compiled here to turn
 /// the check number rvmx reports after a failed entry into words.
+// The control bits vmcs/checks.rs tests (`super::controls` there).
+#[allow(dead_code)]
+#[path = "../../../vmcs/controls.rs"]
+mod controls;
 #[allow(dead_code)]
 #[path = "../../../vmcs/checks.rs"]
 mod checks;
@@ -673,7 +677,7 @@ fn print_stats(fds: &[i32]) {
         }
         return;
     }
-    by_reason.sort_by(|a, b| b.1.cmp(&a.1));
+    by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
     // "time": the share of host time from each exit to the next entry
     // (userspace's time included for exits to userspace); the bar shows it.
     eprintln!("  {:>3}  {:<28} {:>10} {:>6} {:>6}", "#", "VMX exit reason", "count", "exits", "time");

@@ -13,6 +13,10 @@ pub mod addr;
 #[path = "../../../walk.rs"]
 pub mod walk;
 
+// The control bits vmcs/checks.rs tests (`super::controls` there).
+#[allow(dead_code)]
+#[path = "../../../vmcs/controls.rs"]
+pub mod controls;
 #[path = "../../../vmcs/checks.rs"]
 pub mod checks;
 

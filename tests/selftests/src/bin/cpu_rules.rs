@@ -65,7 +65,10 @@ fn leaf(cpuid: &CpuId, leaf: u32, sub: u32) -> Option<[u32; 4]> {
 
 /// The CR4 bits and the CPUID bits that offer them (SDM Vol. 3A §2.5,
 /// KVM's __cr4_reserved_bits). CR4.PCIDE needs IA-32e mode: `pcide` below.
-const CR4_BITS: &[(u32, &str, &[(u32, R, u32)])] = &[
+/// A CR4 bit: its number, name, and the CPUID (leaf, register, bit)s that offer it.
+type Cr4Bit = (u32, &'static str, &'static [(u32, R, u32)]);
+
+const CR4_BITS: &[Cr4Bit] = &[
     (0, "VME", &[(1, R::Edx, 1)]),
     (1, "PVI", &[(1, R::Edx, 1)]),
     (2, "TSD", &[(1, R::Edx, 4)]),

@@ -13,6 +13,10 @@ use rvmx_selftests::{Tap, TestVm};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 
+// The control bits vmcs/checks.rs tests (`super::controls` there).
+#[allow(dead_code)]
+#[path = "../../../../vmcs/controls.rs"]
+mod controls;
 #[allow(dead_code)]
 #[path = "../../../../vmcs/checks.rs"]
 mod checks;
@@ -73,7 +77,10 @@ const CASES: &[Case] = &[
 ];
 
 /// States that must *not* fail the entry: the guest runs to its HLT.
-const RUNS: &[(&str, fn(&mut kvm_sregs))] = &[
+/// A named change to the reset state's special registers.
+type Edit = (&'static str, fn(&mut kvm_sregs));
+
+const RUNS: &[Edit] = &[
     // KVM sets the accessed bit of every segment but LDTR (older QEMU
     // leaves it clear); VM entry would refuse the state otherwise.
     ("DS of type 2 (accessed bit clear) is given its accessed bit, as KVM does", |s| s.ds.type_ = 2),

@@ -40,6 +40,10 @@ use std::time::{Duration, Instant};
 
 /// rvmx's VM-entry checks (the module's file), to name the rule a failed
 /// entry broke.
+// The control bits vmcs/checks.rs tests (`super::controls` there).
+#[allow(dead_code)]
+#[path = "../../../../vmcs/controls.rs"]
+mod controls;
 #[allow(dead_code)]
 #[path = "../../../../vmcs/checks.rs"]
 mod checks;

@@ -92,7 +92,7 @@ fn main() {
     t.expect_eq((r3.as_str(), get(1)), ("out", Ok(vec![])), "round 3: nothing written, nothing reported");
     // SAFETY: `logged` backs the slot.
     let bytes = unsafe { std::slice::from_raw_parts(logged as *const u8, (LOG_PAGES * 4096) as usize) };
-    t.expect_eq((bytes[5 * 4096], bytes[9 * 4096], bytes[1 * 4096]), (2, 1, 1), "the guest's writes are in the launcher's memory");
+    t.expect_eq((bytes[5 * 4096], bytes[9 * 4096], bytes[4096]), (2, 1, 1), "the guest's writes are in the launcher's memory");
     t.expect_eq(get(0).map(|_| ()), Err(libc::ENOENT), "KVM_GET_DIRTY_LOG of a slot without logging: ENOENT");
     t.expect_eq(get(40000).map(|_| ()), Err(libc::EINVAL), "KVM_GET_DIRTY_LOG of slot 40000: EINVAL");
     // Logging turned off, then on again on the same slot: writes made while

@@ -34,7 +34,7 @@ fn main() {
 
     t.check(kvm.check_extension(Cap::UserMemory), "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) = 1", "");
     t.check(kvm.get_nr_memslots() >= 32, "KVM_CAP_NR_MEMSLOTS >= 32", kvm.get_nr_memslots());
-    t.check(kvm.get_vcpu_mmap_size().map_or(false, |s| s >= 2 * 4096), "KVM_GET_VCPU_MMAP_SIZE covers kvm_run and the PIO page", format!("{:?}", kvm.get_vcpu_mmap_size()));
+    t.check(kvm.get_vcpu_mmap_size().is_ok_and(|s| s >= 2 * 4096), "KVM_GET_VCPU_MMAP_SIZE covers kvm_run and the PIO page", format!("{:?}", kvm.get_vcpu_mmap_size()));
 
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     let mem = anon(4 << 20);
