@@ -187,8 +187,8 @@ fn dev_ioctl(cmd: u32, arg: usize) -> Result<i32> {
 
 /// `unlocked_ioctl` of /dev/rvmx.
 #[no_mangle]
-extern "C" fn rvmx_dev_ioctl(
-    _file: *mut kernel::bindings::file,
+pub(crate) extern "C" fn rvmx_dev_ioctl(
+    _file: *mut crate::kglue::file,
     cmd: core::ffi::c_uint,
     arg: core::ffi::c_ulong,
 ) -> core::ffi::c_long {
@@ -249,7 +249,7 @@ fn vm_ioctl(vm: &Arc<Vm>, cmd: u32, arg: usize) -> Result<i32> {
 
 /// `unlocked_ioctl` of a VM fd.
 #[no_mangle]
-extern "C" fn rvmx_vm_ioctl(vm: *const core::ffi::c_void, cmd: core::ffi::c_uint, arg: core::ffi::c_ulong) -> core::ffi::c_long {
+pub(crate) extern "C" fn rvmx_vm_ioctl(vm: *const core::ffi::c_void, cmd: core::ffi::c_uint, arg: core::ffi::c_ulong) -> core::ffi::c_long {
     // SAFETY: `vm` is the fd's private_data, from `into_foreign`, alive
     // until release, which cannot run during an ioctl.
     let vm = unsafe { Arc::<Vm>::borrow(vm) };
@@ -258,7 +258,7 @@ extern "C" fn rvmx_vm_ioctl(vm: *const core::ffi::c_void, cmd: core::ffi::c_uint
 
 /// `release` of a VM fd: drops the fd's reference (vCPUs hold their own).
 #[no_mangle]
-extern "C" fn rvmx_vm_release(vm: *const core::ffi::c_void) {
+pub(crate) extern "C" fn rvmx_vm_release(vm: *const core::ffi::c_void) {
     // SAFETY: the reference the fd owned since `into_foreign`.
     drop(unsafe { Arc::<Vm>::from_foreign(vm) });
 }
@@ -358,7 +358,7 @@ fn vcpu_ioctl(vcpu: ArcBorrow<'_, Vcpu>, cmd: u32, arg: usize) -> Result<i32> {
 
 /// `unlocked_ioctl` of a vCPU fd.
 #[no_mangle]
-extern "C" fn rvmx_vcpu_ioctl(vcpu: *const core::ffi::c_void, cmd: core::ffi::c_uint, arg: core::ffi::c_ulong) -> core::ffi::c_long {
+pub(crate) extern "C" fn rvmx_vcpu_ioctl(vcpu: *const core::ffi::c_void, cmd: core::ffi::c_uint, arg: core::ffi::c_ulong) -> core::ffi::c_long {
     // SAFETY: as in `rvmx_vm_ioctl`.
     let vcpu = unsafe { Arc::<Vcpu>::borrow(vcpu) };
     to_long(vcpu_ioctl(vcpu, cmd, arg as usize))
@@ -366,7 +366,7 @@ extern "C" fn rvmx_vcpu_ioctl(vcpu: *const core::ffi::c_void, cmd: core::ffi::c_
 
 /// `release` of a vCPU fd.
 #[no_mangle]
-extern "C" fn rvmx_vcpu_release(vcpu: *const core::ffi::c_void) {
+pub(crate) extern "C" fn rvmx_vcpu_release(vcpu: *const core::ffi::c_void) {
     // SAFETY: the reference the fd owned since `into_foreign`.
     // The vCPU (and its id) lives on while its statistics file holds it.
     drop(unsafe { Arc::<Vcpu>::from_foreign(vcpu) });
@@ -374,7 +374,7 @@ extern "C" fn rvmx_vcpu_release(vcpu: *const core::ffi::c_void) {
 
 /// `read` of a VM's statistics file (KVM_GET_STATS_FD; stats.rs).
 #[no_mangle]
-extern "C" fn rvmx_vm_stats_read(vm: *const core::ffi::c_void, buf: *mut core::ffi::c_void, size: usize, pos: *mut i64) -> isize {
+pub(crate) extern "C" fn rvmx_vm_stats_read(vm: *const core::ffi::c_void, buf: *mut core::ffi::c_char, size: usize, pos: *mut i64) -> isize {
     // SAFETY: the file's reference (`install_fd`) keeps the VM alive while
     // the file exists; `pos` is the file position the VFS hands in.
     let (vm, pos) = unsafe { (Arc::<Vm>::borrow(vm), &mut *pos) };
@@ -386,14 +386,14 @@ extern "C" fn rvmx_vm_stats_read(vm: *const core::ffi::c_void, buf: *mut core::f
 
 /// `release` of a VM's statistics file.
 #[no_mangle]
-extern "C" fn rvmx_vm_stats_release(vm: *const core::ffi::c_void) {
+pub(crate) extern "C" fn rvmx_vm_stats_release(vm: *const core::ffi::c_void) {
     // SAFETY: the reference the file owned since `into_foreign`.
     drop(unsafe { Arc::<Vm>::from_foreign(vm) });
 }
 
 /// `read` of a vCPU's statistics file.
 #[no_mangle]
-extern "C" fn rvmx_vcpu_stats_read(vcpu: *const core::ffi::c_void, buf: *mut core::ffi::c_void, size: usize, pos: *mut i64) -> isize {
+pub(crate) extern "C" fn rvmx_vcpu_stats_read(vcpu: *const core::ffi::c_void, buf: *mut core::ffi::c_char, size: usize, pos: *mut i64) -> isize {
     // SAFETY: as in `rvmx_vm_stats_read`.
     let (vcpu, pos) = unsafe { (Arc::<Vcpu>::borrow(vcpu), &mut *pos) };
     // SAFETY: reads the current task's process id.
@@ -406,17 +406,17 @@ extern "C" fn rvmx_vcpu_stats_read(vcpu: *const core::ffi::c_void, buf: *mut cor
 /// `release` of a vCPU's statistics file: only the reference goes (the
 /// vCPU fd's release gives back the vCPU id).
 #[no_mangle]
-extern "C" fn rvmx_vcpu_stats_release(vcpu: *const core::ffi::c_void) {
+pub(crate) extern "C" fn rvmx_vcpu_stats_release(vcpu: *const core::ffi::c_void) {
     // SAFETY: the reference the file owned since `into_foreign`.
     drop(unsafe { Arc::<Vcpu>::from_foreign(vcpu) });
 }
 
 /// The page behind page `index` of a vCPU mapping (kglue/files.c's mmap).
 #[no_mangle]
-extern "C" fn rvmx_vcpu_page(vcpu: *const core::ffi::c_void, index: core::ffi::c_ulong) -> *mut core::ffi::c_void {
+pub(crate) extern "C" fn rvmx_vcpu_page(vcpu: *const core::ffi::c_void, index: core::ffi::c_ulong) -> *mut crate::kglue::page {
     // SAFETY: as in `rvmx_vm_ioctl` (mmap runs with the fd open).
     let vcpu = unsafe { Arc::<Vcpu>::borrow(vcpu) };
-    vcpu.mmap_page(index as usize).cast()
+    vcpu.mmap_page(index as usize)
 }
 
 /// The registered `/dev/rvmx` misc device; deregistered on drop.

@@ -8,8 +8,10 @@
 //! 3C §29.3.
 //!
 //! rvmx builds 4-level EPT with 4 KiB pages, filled lazily: a page is mapped
-//! the first time the guest touches it (vm.rs pins the launcher's page and
-//! calls `map`). `map` and `unmap` run under the VM's memory lock, which
+//! the first time the guest touches it (vm.rs faults the launcher's page in
+//! and calls `map`). EPT is the only record of what is mapped: the MMU
+//! notifier's invalidations and slot changes find the pages to unmap by
+//! walking it (`for_each_mapped`, `unmap_range`). `map` and `unmap` run under the VM's memory lock, which
 //! the MMU notifier takes from inside reclaim: they allocate nothing. The
 //! tables `map` may need come from a `TableCache` filled before the lock.
 
@@ -21,7 +23,7 @@ use kernel::prelude::*;
 
 // EPT entry bits (SDM Vol. 3C §29.3.2, tables 29-1 to 29-6).
 const READ: u64 = 1 << 0;
-const WRITE: u64 = 1 << 1;
+pub(crate) const WRITE: u64 = 1 << 1;
 const EXECUTE: u64 = 1 << 2;
 /// Leaf memory type write-back (bits 5:3 = 6).
 const MEMTYPE_WB: u64 = 6 << 3;
@@ -121,28 +123,103 @@ impl Ept {
         Ok(())
     }
 
+    /// The leaf entry for `gpa` if its tables exist (no allocation).
+    fn existing_leaf(&self, gpa: Gpa) -> Option<&AtomicU64> {
+        let mut table: *mut u64 = self.root.as_ptr();
+        for level in (1..4).rev() {
+            let v = entry(table, index(gpa, level)).load(Ordering::Acquire);
+            if v & READ == 0 {
+                return None;
+            }
+            // SAFETY: `v` points at one of our tables (type invariant).
+            table = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
+        }
+        Some(entry(table, index(gpa, 0)))
+    }
+
+    /// Whether the guest page at `gpa` is mapped. EPT is the only record
+    /// of which guest pages are mapped (vm.rs keeps nothing per page).
+    pub(crate) fn is_mapped(&self, gpa: Gpa) -> bool {
+        self.existing_leaf(gpa).is_some_and(|e| e.load(Ordering::Acquire) & READ != 0)
+    }
+
     /// Gives or takes away write permission for the mapped page at `gpa`
     /// (dirty logging, vm.rs). Taking it away needs an INVEPT afterwards,
     /// as unmapping does; giving it back needs none: the EPT violation that
     /// led here already dropped the CPU's cached translation (SDM Vol. 3C
-    /// §29.4.3.1). Returns whether the page was mapped.
-    pub(crate) fn set_writable(&mut self, gpa: Gpa, writable: bool) -> bool {
-        let Some(e) = self.leaf(gpa, None) else {
-            return false;
-        };
+    /// §29.4.3.1). Returns the page's mapping as it was, if it was mapped.
+    pub(crate) fn set_writable(&mut self, gpa: Gpa, writable: bool) -> Option<Mapping> {
+        let e = self.existing_leaf(gpa)?;
         let v = e.load(Ordering::Acquire);
         if v & READ == 0 {
-            return false;
+            return None;
         }
         e.store(if writable { v | WRITE } else { v & !WRITE }, Ordering::Release);
-        true
+        Some(Mapping::of(v))
     }
 
-    /// Unmaps the guest page at `gpa`. The caller must then invalidate the
-    /// CPUs' cached translations (INVEPT) before the host page is reused.
-    pub(crate) fn unmap(&mut self, gpa: Gpa) {
-        if let Some(e) = self.leaf(gpa, None) {
-            e.store(0, Ordering::Release);
+    /// Calls `f` with the guest-physical address and entry of every mapped
+    /// page in [start, end), visiting only the tables that exist: the cost
+    /// follows what is mapped, not the size of the range.
+    pub(crate) fn for_each_mapped(&mut self, start: Gpa, end: Gpa, mut f: impl FnMut(Gpa, &AtomicU64)) {
+        // Nothing is mapped at or above 2^48 (4-level EPT; vm.rs's slots
+        // end below it).
+        let end = end.0.min(1 << 48);
+        walk(self.root.as_ptr(), 3, 0, start.0, end, &mut f);
+    }
+
+    /// Unmaps every page in [start, end); `f` hears of each mapping removed.
+    /// The caller must then invalidate the CPUs' cached translations
+    /// (INVEPT) before the host pages may be reused. Returns how many.
+    pub(crate) fn unmap_range(&mut self, start: Gpa, end: Gpa, mut f: impl FnMut(Mapping)) -> u64 {
+        let mut n = 0;
+        self.for_each_mapped(start, end, |_, e| {
+            f(Mapping::of(e.swap(0, Ordering::AcqRel)));
+            n += 1;
+        });
+        n
+    }
+}
+
+/// A guest page's mapping as an EPT leaf entry held it.
+#[derive(Clone, Copy)]
+pub(crate) struct Mapping {
+    pub(crate) hpa: Hpa,
+    pub(crate) writable: bool,
+}
+
+impl Mapping {
+    pub(crate) fn of(v: u64) -> Self {
+        Mapping { hpa: Hpa(v & ADDR_MASK), writable: v & WRITE != 0 }
+    }
+}
+
+/// The mapped leaves of the table at `table` (`level`: 3 for the root,
+/// 0 for a page table), which maps guest-physical addresses from `base`,
+/// that fall in [start, end).
+fn walk(table: *mut u64, level: u32, base: u64, start: u64, end: u64, f: &mut impl FnMut(Gpa, &AtomicU64)) {
+    // Bytes one entry of this level maps: 4 KiB at level 0 ... 512 GiB at 3.
+    let span = 1u64 << (12 + 9 * level);
+    // CAST: below 512 (start - base < 512 * span).
+    let first = if start > base { ((start - base) / span) as usize } else { 0 };
+    for i in first..512 {
+        // CAST: i < 512; base + 512 * span <= 2^48.
+        let gpa = base + i as u64 * span;
+        if gpa >= end {
+            break;
+        }
+        let e = entry(table, i);
+        let v = e.load(Ordering::Acquire);
+        if v & READ == 0 {
+            continue;
+        }
+        if level == 0 {
+            f(Gpa(gpa), e);
+        } else {
+            // SAFETY: a present non-leaf entry points at one of our tables
+            // (type invariant of `Ept`).
+            let child: *mut u64 = unsafe { rvmx_glue_phys_to_virt(v & ADDR_MASK) }.cast();
+            walk(child, level - 1, gpa, start, end, f);
         }
     }
 }

@@ -157,11 +157,11 @@ impl VcpuStats {
 }
 
 /// A VM's figures when the file is read: running counts the VM keeps
-/// where pages are pinned and unpinned, EPT tables added and slots made
+/// where pages are mapped and unmapped, EPT tables added and slots made
 /// (`Vm::stats`, read without the memory lock: a read walks nothing).
 pub(crate) struct VmStats {
-    /// Guest pages pinned and mapped in EPT now.
-    pub(crate) pages_pinned: u64,
+    /// Guest pages mapped in EPT now (4 KiB pages: KVM's name).
+    pub(crate) pages_4k: u64,
     /// EPT paging-structure pages now.
     pub(crate) ept_tables: u64,
     /// Memory slots now.
@@ -171,7 +171,7 @@ pub(crate) struct VmStats {
 impl VmStats {
     fn entries(&self) -> Result<KVec<Entry>> {
         let mut v = KVec::with_capacity(3, GFP_KERNEL)?;
-        v.push(Entry::new(format_args!("pages_pinned"), TYPE_INSTANT | UNIT_NONE, self.pages_pinned), GFP_KERNEL)?;
+        v.push(Entry::new(format_args!("pages_4k"), TYPE_INSTANT | UNIT_NONE, self.pages_4k), GFP_KERNEL)?;
         v.push(Entry::new(format_args!("ept_tables"), TYPE_INSTANT | UNIT_NONE, self.ept_tables), GFP_KERNEL)?;
         v.push(Entry::new(format_args!("memory_slots"), TYPE_INSTANT | UNIT_NONE, self.memory_slots), GFP_KERNEL)?;
         Ok(v)

@@ -9,24 +9,29 @@
 //! notifier takes `Vm::mem` with the VMM's mmap_lock held, from inside
 //! memory reclaim, and from the OOM reaper, which must not sleep: so
 //! `Vm::mem` is a spinlock (as KVM's mmu_lock), and nothing under it
-//! sleeps, allocates memory that could reclaim, touches user memory, pins
-//! pages or takes a folio lock.
+//! sleeps, allocates memory that could reclaim, touches user memory, faults
+//! pages in or takes a folio lock.
+//!
+//! Guest pages are not pinned (as in KVM): a fault takes a reference on
+//! the VMM's page only while it maps it (`Vm::fault_in`), and the MMU
+//! notifier unmaps a page from EPT, and flushes, before the kernel may
+//! free, swap, migrate or merge it. EPT is the only per-page state.
 
 use crate::kglue::{self,
-    rvmx_glue_access_ok, rvmx_glue_cmpxchg_user, rvmx_glue_mm_drop, rvmx_glue_mm_grab_current,
-    rvmx_glue_mm_is_current, rvmx_glue_mmu_interval_set_seq, rvmx_glue_page_to_phys,
-    rvmx_glue_pin_user_page, rvmx_glue_slot_notifier_free, rvmx_glue_slot_notifier_new,
-    rvmx_glue_slot_notifier_read_begin, rvmx_glue_slot_notifier_read_retry,
-    rvmx_glue_unpin_user_page,
+    rvmx_glue_access_ok, rvmx_glue_cmpxchg_user, rvmx_glue_get_user_page, rvmx_glue_mm_drop,
+    rvmx_glue_mm_grab_current, rvmx_glue_mm_is_current, rvmx_glue_mmu_interval_set_seq,
+    rvmx_glue_page_to_phys, rvmx_glue_release_page, rvmx_glue_set_pfn_dirty,
+    rvmx_glue_slot_notifier_free, rvmx_glue_slot_notifier_new, rvmx_glue_slot_notifier_read_begin,
+    rvmx_glue_slot_notifier_read_retry,
 };
 use crate::addr::{Gpa, Hpa};
-use crate::ept::{Ept, TableCache};
+use crate::ept::{Ept, Mapping, TableCache};
 use crate::uapi;
 use crate::kglue::rvmx_glue_kick_cpus;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::sync::Arc;
 use kernel::sync::{Mutex, SpinLock};
-use kernel::{new_mutex, new_spinlock, prelude::*, rbtree::{RBTree, RBTreeNode}, uaccess::UserSlice};
+use kernel::{new_mutex, new_spinlock, prelude::*, uaccess::UserSlice};
 
 /// Memory slots per VM (KVM_CAP_NR_MEMSLOTS).
 pub(crate) const MAX_SLOTS: u32 = 32;
@@ -50,36 +55,35 @@ impl Drop for MmRef {
     }
 }
 
-/// One page of the launcher's memory, pinned while EPT maps it, and
-/// counted in the VM process's pinned pages (kglue/memory.c).
+/// A reference on one page of the launcher's memory, held while a fault
+/// maps it in EPT and dropped right after (KVM's kvm_release_faultin_page):
+/// from then on the MMU notifier, not a pin, keeps the mapping coherent.
 ///
 /// # Invariants
 ///
-/// `page` was pinned by `rvmx_glue_pin_user_page` for `mm`, which the VM
-/// keeps alive (mmgrab) for longer than its slots (`Vm`'s drop).
-struct PinnedPage {
+/// `page` holds a reference taken by `rvmx_glue_get_user_page`, dropped
+/// by `Drop` only.
+struct PageRef {
     page: *mut kglue::page,
-    mm: *mut kglue::mm_struct,
-    writable: bool,
+    /// Mapped writable in EPT: the guest may write it behind the VMM's page
+    /// tables, so it is marked dirty when the reference goes.
+    dirty: bool,
 }
-// SAFETY: a pinned page may be unpinned from any thread.
-unsafe impl Send for PinnedPage {}
 
-impl PinnedPage {
-    /// Unpins from the MMU notifier, where the page's folio may be locked.
-    fn unpin_in_notifier(self) {
-        // SAFETY: type invariant; `nolock` takes no folio lock.
-        unsafe { rvmx_glue_unpin_user_page(self.mm, self.page, self.writable, true) };
-        core::mem::forget(self);
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: type invariant.
+        unsafe { rvmx_glue_release_page(self.page, self.dirty) };
     }
 }
 
-impl Drop for PinnedPage {
-    fn drop(&mut self) {
-        // A writable page may have been written by the guest: mark it
-        // dirty so that the kernel writes it back if it is file-backed.
-        // SAFETY: type invariant.
-        unsafe { rvmx_glue_unpin_user_page(self.mm, self.page, self.writable, false) };
+/// A writable mapping that goes away may have been written by the guest:
+/// the page is marked dirty (kglue/memory.c, as KVM's kvm_set_pfn_dirty).
+fn mapping_gone(m: Mapping) {
+    if m.writable {
+        // SAFETY: EPT maps only pages the VMM maps (the MMU notifier unmaps
+        // them first), so the page is live; takes no lock, never sleeps.
+        unsafe { rvmx_glue_set_pfn_dirty(m.hpa.0) };
     }
 }
 
@@ -114,7 +118,7 @@ impl SlotNotifier {
         Ok(Arc::new(Self { ptr }, GFP_KERNEL_ACCOUNT)?)
     }
 
-    /// The sequence count a fault reads before pinning (may sleep while an
+    /// The sequence count a fault reads before faulting the page in (may sleep while an
     /// invalidation of the range is running).
     fn read_begin(&self) -> core::ffi::c_ulong {
         // SAFETY: type invariant.
@@ -141,15 +145,13 @@ impl Drop for SlotNotifier {
 struct Slot {
     id: u32,
     /// Unique within the VM: a slot that is deleted, moved or re-created
-    /// gets a new one, so that a page pinned for the old slot without the
-    /// memory lock held (`Vm::fault_in`) is never mapped into the new one.
+    /// gets a new one, so that a page faulted in for the old slot without
+    /// the memory lock held (`Vm::fault_in`) is never mapped into the new one.
     serial: u64,
     gpa: Gpa,
     size: u64,
     uaddr: u64,
     readonly: bool,
-    /// Pages mapped in EPT so far, by page index within the slot.
-    pinned: RBTree<u64, PinnedPage>,
     /// Watches the VMM's mapping of [uaddr, uaddr + size); `None` only
     /// while the VM is being destroyed.
     notifier: Option<Arc<SlotNotifier>>,
@@ -179,23 +181,16 @@ impl Slot {
         self.size / PAGE
     }
 
+    /// The end of the slot's guest-physical range (no slot reaches 2^64:
+    /// checked at creation).
+    fn end(&self) -> Gpa {
+        Gpa(self.gpa.0 + self.size)
+    }
+
     fn mark_dirty(&mut self, index: u64) {
         if let Some(bits) = &mut self.dirty {
             // CAST: `index` < pages, and the bitmap has a bit per page.
             bits[(index / 64) as usize] |= 1 << (index % 64);
-        }
-    }
-}
-
-/// Pages the MMU notifier took out of EPT, unpinned on drop without folio
-/// locks (`PinnedPage::unpin_in_notifier`), after the flush.
-struct NotifierUnpins(RBTree<u64, PinnedPage>);
-
-impl Drop for NotifierUnpins {
-    fn drop(&mut self) {
-        while let Some(c) = self.0.cursor_front() {
-            let (_, node) = c.remove_current();
-            node.to_key_value().1.unpin_in_notifier();
         }
     }
 }
@@ -243,19 +238,22 @@ pub(crate) struct Vm {
     /// an older one flushes (INVEPT single-context) before its next VM
     /// entry, as KVM's KVM_REQ_TLB_FLUSH (see `RemoteFlush`).
     ept_gen: AtomicU64,
+    /// The highest generation for which a `RemoteFlush` wait has completed
+    /// (every CPU that was in the guest then has left it since).
+    flushed_gen: AtomicU64,
     /// By CPU number: whether a vCPU of this VM is between the check of
     /// `ept_gen` before a VM entry and the VM exit after it (`InGuest`).
     /// As KVM's vcpu->mode == IN_GUEST_MODE: only those CPUs get an IPI.
     in_guest: KVec<AtomicBool>,
     /// Running figures for KVM_GET_STATS_FD, changed under `mem` where
-    /// pages are pinned and unpinned, tables added and slots made or
+    /// pages are mapped and unmapped, tables added and slots made or
     /// deleted, and read without it: a read walks nothing (as KVM's stats).
     counts: VmCounts,
 }
 
 /// See `Vm::counts`.
 struct VmCounts {
-    pages_pinned: AtomicU64,
+    pages_4k: AtomicU64,
     ept_tables: AtomicU64,
     memory_slots: AtomicU64,
 }
@@ -292,8 +290,8 @@ impl Drop for VcpuId {
 /// spinlock).
 ///
 /// Why no CPU uses a stale translation once `wait` returns, which is what
-/// makes it safe to unpin (and let the kernel reuse) a page EPT no longer
-/// maps, or to copy out a dirty bitmap whose pages were write-protected:
+/// makes it safe to let the kernel free or reuse a page EPT no longer
+/// maps (the MMU notifier returns only then), or to copy out a dirty bitmap whose pages were write-protected:
 ///
 /// - EPT translations are used only in VMX non-root operation, tagged by
 ///   the EPTP's root (EP4TA): a CPU outside this VM's guests cannot use
@@ -322,29 +320,50 @@ impl Drop for VcpuId {
 ///   entry on each CPU. So a VM's end needs no flush either (`Vm`'s drop).
 ///
 /// Declared before the memory lock's guard and after whatever must outlive
-/// the stale translations (the pages to unpin), so that it is dropped
-/// after the lock and before them; its drop waits.
+/// the stale translations (a slot whose notifier keeps its pages), so that
+/// it is dropped after the lock and before them; its drop waits.
+///
+/// Another thread's flush may still be under way when this one takes the
+/// lock: the EPT entries it removed are gone, but CPUs may still use them
+/// until its wait is over. An MMU notifier invalidation that found nothing
+/// left to unmap must not return before that wait either, or the kernel
+/// frees pages a CPU can still reach (`catch_up`). `Vm::flushed_gen` says
+/// up to which generation a wait has been completed.
 struct RemoteFlush<'a> {
     vm: &'a Vm,
-    requested: bool,
+    /// The generation this flush must see completed, if any.
+    target: Option<u64>,
 }
 
 impl<'a> RemoteFlush<'a> {
     fn new(vm: &'a Vm) -> Self {
-        Self { vm, requested: false }
+        Self { vm, target: None }
     }
 
     /// Asks every vCPU to flush before its next entry. Called under the
     /// memory lock, after the EPT change.
     fn request(&mut self) {
-        self.vm.ept_gen.fetch_add(1, Ordering::SeqCst);
-        self.requested = true;
+        self.target = Some(self.vm.ept_gen.fetch_add(1, Ordering::SeqCst) + 1);
+    }
+
+    /// Under the memory lock: makes this flush's wait cover the flushes
+    /// other threads requested before, which may not be over yet.
+    fn catch_up(&mut self) {
+        let gen = self.vm.ept_gen.load(Ordering::SeqCst);
+        if gen > self.vm.flushed_gen.load(Ordering::Acquire) {
+            self.target = Some(self.target.map_or(gen, |t| t.max(gen)));
+        }
     }
 
     /// Interrupts the CPUs now in one of this VM's guests and waits until
-    /// each has left it. Must not be called under the memory lock.
+    /// each has left it, unless a wait that started after the generation
+    /// this flush needs has completed already. Must not be called under
+    /// the memory lock.
     fn wait(&mut self) {
-        if !core::mem::take(&mut self.requested) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        if self.vm.flushed_gen.load(Ordering::Acquire) >= target {
             return;
         }
         extern "C" fn in_guest(cpu: core::ffi::c_int, info: *mut core::ffi::c_void) -> bool {
@@ -357,6 +376,9 @@ impl<'a> RemoteFlush<'a> {
         // call (we borrow it); the IPI function does nothing. No lock of
         // ours is held (see the type's comment).
         unsafe { rvmx_glue_kick_cpus(Some(in_guest), (self.vm as *const Vm).cast_mut().cast()) };
+        // Every generation up to `target` was bumped before this kick (it
+        // was read or made under the lock, and the kick came after it).
+        self.vm.flushed_gen.fetch_max(target, Ordering::AcqRel);
     }
 }
 
@@ -411,9 +433,10 @@ impl Vm {
                 mem <- new_spinlock!(Memory { ept, slots, next_serial: 0 }, "rvmx:vm.mem"),
                 vcpu_ids <- new_mutex!(KVec::new(), "rvmx:vm.vcpu_ids"),
                 ept_gen: AtomicU64::new(0),
+                flushed_gen: AtomicU64::new(0),
                 in_guest,
                 counts: VmCounts {
-                    pages_pinned: AtomicU64::new(0),
+                    pages_4k: AtomicU64::new(0),
                     ept_tables: AtomicU64::new(1),
                     memory_slots: AtomicU64::new(0),
                 },
@@ -427,7 +450,7 @@ impl Vm {
     pub(crate) fn stats(&self) -> crate::stats::VmStats {
         let c = &self.counts;
         crate::stats::VmStats {
-            pages_pinned: c.pages_pinned.load(Ordering::Relaxed),
+            pages_4k: c.pages_4k.load(Ordering::Relaxed),
             ept_tables: c.ept_tables.load(Ordering::Relaxed),
             memory_slots: c.memory_slots.load(Ordering::Relaxed),
         }
@@ -536,8 +559,8 @@ impl Vm {
                 bitmap = Some(new_bitmap(r.memory_size / PAGE)?);
             }
         }
-        // A slot that goes away: dropped (unpinned, its notifier removed)
-        // after the lock, being declared before it.
+        // A slot that goes away: dropped (its notifier removed) after the
+        // lock and the flush, being declared before them.
         let mut gone: Option<Slot> = None;
         // Waited for after the lock, before `gone` is dropped.
         let mut flush = RemoteFlush::new(self);
@@ -571,10 +594,13 @@ impl Vm {
                         let Memory { ept, slots, .. } = &mut *mem;
                         let slot = &mut slots[pos];
                         slot.dirty = bitmap.take();
-                        for (&index, _) in slot.pinned.iter() {
-                            ept.set_writable(slot.page_gpa(index), false);
-                        }
-                        if slot.pinned.iter().next().is_some() {
+                        let mut any = false;
+                        ept.for_each_mapped(slot.gpa, slot.end(), |_, e| {
+                            let v = e.fetch_and(!crate::ept::WRITE, Ordering::AcqRel);
+                            mapping_gone(Mapping::of(v));
+                            any = true;
+                        });
+                        if any {
                             flush.request();
                         }
                     }
@@ -602,7 +628,6 @@ impl Vm {
             size: r.memory_size,
             uaddr: r.userspace_addr,
             readonly,
-            pinned: RBTree::new(),
             notifier: notifier.take(),
             dirty: bitmap.take(),
         };
@@ -621,40 +646,39 @@ impl Vm {
     }
 
     /// Removes a slot's pages from EPT and requests a flush; the caller waits
-    /// for it after the memory lock, and only then drops the slot (unpins
-    /// the pages): no CPU may still reach a page once it is unpinned.
+    /// for it after the memory lock, and only then drops the slot (removes
+    /// its MMU notifier): until then the notifier keeps the VMM's pages
+    /// from going while a CPU may still reach them.
     fn unmap_slot(&self, ept: &mut Ept, slot: Slot, flush: &mut RemoteFlush<'_>) -> Slot {
-        let mut n = 0u64;
-        for (&index, _) in slot.pinned.iter() {
-            ept.unmap(slot.page_gpa(index));
-            n += 1;
-        }
+        let n = ept.unmap_range(slot.gpa, slot.end(), mapping_gone);
         if n != 0 {
-            self.counts.pages_pinned.fetch_sub(n, Ordering::Relaxed);
+            self.counts.pages_4k.fetch_sub(n, Ordering::Relaxed);
             flush.request();
         }
         slot
     }
 
     /// The MMU notifier of slot `mni` says the VMM's mapping of [start,
-    /// end) is changing: unmap those pages from EPT, flush, unpin (without
-    /// folio locks, kglue/memory.c). The guest faults on them again and gets the
-    /// new pages, as under KVM. Called with the notifier's sequence count
-    /// `seq` to publish under the memory lock (mmu_interval_set_seq).
+    /// end) is changing: unmap those pages from EPT (marking the writable
+    /// ones dirty) and flush the CPUs before returning, after which the
+    /// kernel may free or reuse the pages. The guest faults on them again
+    /// and gets the new pages, as under KVM. Called with the notifier's
+    /// sequence count `seq` to publish under the memory lock
+    /// (mmu_interval_set_seq).
     fn invalidate(&self, mni: *mut kglue::mmu_interval_notifier, start: u64, end: u64, seq: core::ffi::c_ulong) {
-        // The pages leave the slot under the lock and are unpinned after
-        // it, once no CPU can use a translation to them (`RemoteFlush`):
-        // declared in that order, dropped in the reverse. Moving a tree
-        // node allocates nothing.
-        let mut unpins = NotifierUnpins(RBTree::new());
+        // Waited for after the lock (declared before it, dropped after).
         let mut flush = RemoteFlush::new(self);
         let mut mem = self.mem.lock();
         // SAFETY: `mni` is the notifier the core is calling; under our lock.
         unsafe { rvmx_glue_mmu_interval_set_seq(mni, seq) };
+        // Whatever this finds, it returns only once no CPU can use a
+        // translation another thread removed and is still flushing (a slot
+        // deleted, the same range invalidated twice at once).
+        flush.catch_up();
         let Memory { ept, slots, .. } = &mut *mem;
         // A notifier whose slot is gone (or not yet in the list) has
         // nothing mapped.
-        let Some(slot) = slots.iter_mut().find(|s| s.notifier.as_ref().is_some_and(|n| n.ptr.cast() == mni)) else {
+        let Some(slot) = slots.iter().find(|s| s.notifier.as_ref().is_some_and(|n| n.ptr.cast() == mni)) else {
             return;
         };
         let lo = start.max(slot.uaddr);
@@ -662,18 +686,12 @@ impl Vm {
         if lo >= hi {
             return;
         }
-        let (first, last) = ((lo - slot.uaddr) / PAGE, (hi - 1 - slot.uaddr) / PAGE);
-        let in_range = |k: &u64| (first..=last).contains(k);
-        loop {
-            let next = slot.pinned.cursor_lower_bound(&first).map(|c| *c.current().0).filter(in_range);
-            let Some(index) = next else { break };
-            ept.unmap(slot.page_gpa(index));
-            if let Some(node) = slot.pinned.remove_node(&index) {
-                unpins.0.insert(node);
-                self.counts.pages_pinned.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        if unpins.0.iter().next().is_some() {
+        // The guest pages that hold [lo, hi) of the VMM's memory.
+        let first = slot.page_gpa((lo - slot.uaddr) / PAGE);
+        let last = slot.page_gpa((hi - 1 - slot.uaddr) / PAGE);
+        let n = ept.unmap_range(first, Gpa(last.0 + PAGE), mapping_gone);
+        if n != 0 {
+            self.counts.pages_4k.fetch_sub(n, Ordering::Relaxed);
             flush.request();
         }
     }
@@ -681,8 +699,9 @@ impl Vm {
     /// Handles an EPT violation at `gpa` (outside the guest, may sleep): maps
     /// the page if a slot backs it, or says it is MMIO.
     pub(crate) fn fault_in(&self, gpa: Gpa, write: bool, cache: &mut TableCache) -> Result<Fault> {
+        let page_gpa = Gpa(gpa.0 & !(PAGE - 1));
         // 1. Under the memory lock: which slot, and is the page there yet?
-        let (serial, index, uaddr, writable, notifier) = {
+        let (serial, uaddr, writable, notifier) = {
             let mut mem = self.mem.lock();
             let Memory { ept, slots, .. } = &mut *mem;
             let Some(slot) = slots.iter_mut().find(|s| s.contains(gpa)) else {
@@ -692,67 +711,65 @@ impl Vm {
                 return Ok(Fault::Mmio);
             }
             let index = slot.index_of(gpa);
-            if slot.pinned.get(&index).is_some() {
+            if ept.is_mapped(page_gpa) {
                 // Mapped already: another vCPU got here first, or this is a
                 // write to a page that dirty logging write-protected. The
                 // page is dirty now, and writable until the next
                 // KVM_GET_DIRTY_LOG.
                 if write {
                     slot.mark_dirty(index);
-                    ept.set_writable(slot.page_gpa(index), true);
+                    ept.set_writable(page_gpa, true);
                 }
                 return Ok(Fault::Mapped);
             }
             let notifier = slot.notifier.clone().ok_or(EFAULT)?;
-            (slot.serial, index, slot.uaddr + index * PAGE, !slot.readonly, notifier)
+            (slot.serial, slot.uaddr + index * PAGE, !slot.readonly, notifier)
         };
 
-        // 2. Without it: pin the page. That may sleep for as long as the
-        //    VMM's memory makes it (swap-in, userfaultfd, FUSE); holding the
-        //    lock here would stop every vCPU of the VM and every memory ioctl
-        //    behind one stuck page. The sequence count is read first: if
-        //    the VMM's mapping changes from here on, `changed_since` says so
-        //    below and the page pinned now is not mapped. The tree node and
-        //    the EPT tables that mapping may need are allocated here too.
+        // 2. Without it: fault the page in and take a reference. That may
+        //    sleep for as long as the VMM's memory makes it (swap-in,
+        //    userfaultfd, FUSE); holding the lock here would stop every
+        //    vCPU of the VM and every memory ioctl behind one stuck page.
+        //    The sequence count is read first: if the VMM's mapping changes
+        //    from here on, `changed_since` says so below and the page is
+        //    not mapped. The EPT tables the mapping may need are allocated
+        //    here too.
         let seq = notifier.read_begin();
         let mut page = core::ptr::null_mut();
         // SAFETY: the caller is the VM's process (checked at every ioctl),
         // so `uaddr` is an address of the memory the slot was created with.
-        kernel::error::to_result(unsafe { rvmx_glue_pin_user_page(uaddr, writable, &mut page) })?;
-        // INVARIANT: pinned just now for the VM's mm (we run in its process).
-        let pinned = PinnedPage { page, mm: self.mm.0, writable };
-        // SAFETY: `page` is a pinned page.
+        kernel::error::to_result(unsafe { rvmx_glue_get_user_page(uaddr, writable, &mut page) })?;
+        // INVARIANT: a reference taken just now. Dropped after the lock
+        // below (declared before its guard), mapped or not.
+        let mut page_ref = PageRef { page, dirty: false };
+        // SAFETY: `page` is a page we hold a reference on.
         let hpa = Hpa(unsafe { rvmx_glue_page_to_phys(page) });
-        let node = RBTreeNode::new(index, pinned, GFP_KERNEL_ACCOUNT)?;
         cache.top_up()?;
 
         // 3. Under the lock again: map it, unless the slot changed meanwhile
-        //    (deleted, moved: a new serial), the VMM's mapping changed, or
-        //    another vCPU mapped the page first. Then the guest runs again
-        //    and faults again if it still must; the spare pin is dropped
-        //    after the lock (`node` is declared before the guard).
+        //    (deleted, moved: a new serial), the VMM's mapping changed (then
+        //    this page may be on its way out), or another vCPU mapped the
+        //    page first. Then the guest runs again and faults again if it
+        //    still must.
         let mut mem = self.mem.lock();
         let Memory { ept, slots, .. } = &mut *mem;
         let Some(slot) = slots.iter_mut().find(|s| s.serial == serial) else {
             return Ok(Fault::Mapped);
         };
-        if notifier.changed_since(seq) || slot.pinned.get(&index).is_some() {
+        if notifier.changed_since(seq) || ept.is_mapped(page_gpa) {
             return Ok(Fault::Mapped);
         }
-        let page_gpa = slot.page_gpa(index);
         // With dirty logging, a page that was only read is mapped read-only,
         // so that its first write faults and is recorded.
-        // INVARIANT: a page in `pinned` is mapped in EPT; otherwise the next
-        // fault would take it for mapped and the guest would fault for ever.
-        // So on an error it is not inserted, and `node` unpins it.
-        let mapped = ept.map(page_gpa, hpa, writable && (write || slot.dirty.is_none()), cache);
+        let w = writable && (write || slot.dirty.is_none());
+        let mapped = ept.map(page_gpa, hpa, w, cache);
         // Tables it added stay, mapped or not.
         self.counts.ept_tables.store(ept.tables(), Ordering::Relaxed);
         mapped?;
-        slot.pinned.insert(node);
-        self.counts.pages_pinned.fetch_add(1, Ordering::Relaxed);
+        page_ref.dirty = w;
+        self.counts.pages_4k.fetch_add(1, Ordering::Relaxed);
         if write {
-            slot.mark_dirty(index);
+            slot.mark_dirty(slot.index_of(gpa));
         }
         Ok(Fault::Mapped)
     }
@@ -861,7 +878,9 @@ impl Vm {
                 let mut m = word;
                 while m != 0 {
                     let index = w as u64 * 64 + u64::from(m.trailing_zeros());
-                    ept.set_writable(slot.page_gpa(index), false);
+                    if let Some(was) = ept.set_writable(slot.page_gpa(index), false) {
+                        mapping_gone(was);
+                    }
                     m &= m - 1;
                     any = true;
                 }
@@ -946,9 +965,15 @@ impl PinnedDrop for Vm {
         // drops them now, before the tables and pages go. No lock of ours
         // is held, and this is once per VM.
         invept_everywhere(self.eptp);
+        // The guest may have written the pages it has mapped writable: mark
+        // them dirty while the slots' notifiers still guarantee that EPT
+        // maps only live pages of the VMM (the tables go with `mem`).
+        {
+            let mut mem = self.mem.lock();
+            mem.ept.for_each_mapped(Gpa(0), Gpa(u64::MAX), |_, e| mapping_gone(Mapping::of(e.load(Ordering::Acquire))));
+        }
         // The slots go first, before any other field: their notifiers call back
-        // into this `Vm` until removed, and their pages are accounted to
-        // `mm`. Dropped outside the lock (see `SlotNotifier`).
+        // into this `Vm` until removed. Dropped outside the lock (see `SlotNotifier`).
         let slots = core::mem::take(&mut self.mem.lock().slots);
         drop(slots);
     }
@@ -956,11 +981,11 @@ impl PinnedDrop for Vm {
 
 /// Called by a slot's MMU interval notifier (kglue/memory.c) when the VMM's
 /// mapping of part of the slot changes. `Vm::invalidate` never sleeps (a
-/// spinlock, IPIs, unpinning without folio locks), so it runs for callers
-/// that cannot sleep too (`blockable` false: the OOM reaper), and the
-/// pages the guest pinned are freed with the rest of the victim's memory.
+/// spinlock, IPIs, marking pages dirty without folio locks), so it runs for
+/// callers that cannot sleep too (`blockable` false: the OOM reaper), and
+/// the guest's pages are freed with the rest of the victim's memory.
 #[no_mangle]
-extern "C" fn rvmx_slot_invalidate(
+pub(crate) extern "C" fn rvmx_slot_invalidate(
     vm: *const core::ffi::c_void,
     mni: *mut kglue::mmu_interval_notifier,
     start: u64,

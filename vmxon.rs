@@ -145,7 +145,7 @@ fn this_cpu() -> Option<(&'static PerCpuVmx, &'static CpuVmx)> {
 
 /// CPU-hotplug "online" callback: enter VMX root operation on this CPU.
 #[no_mangle]
-extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
+pub(crate) extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
     let Some((root, me)) = this_cpu() else { return 0 };
     if REBOOTING.load(Ordering::Acquire) {
         return 0;
@@ -196,9 +196,10 @@ extern "C" fn rvmx_cpu_online(cpu: u32) -> core::ffi::c_int {
 /// first every VMCS it holds active (kglue/vmcs.c): their state goes to
 /// memory, and their vCPUs load them on another CPU with VMLAUNCH.
 fn leave_vmx(me: &CpuVmx) {
+    // SAFETY: this CPU's list; if VMX is off here already (a VMXON that
+    // failed), the VMCLEARs fault, caught, and the list is emptied anyway.
+    unsafe { crate::kglue::rvmx_glue_vmclear_local() };
     if me.in_vmx.swap(false, Ordering::AcqRel) {
-        // SAFETY: this CPU's list, in VMX operation still.
-        unsafe { crate::kglue::rvmx_glue_vmclear_local() };
         // VMXOFF cannot fail in VMX root operation outside SMX (SDM Vol. 3C
         // §31.3, "VMXOFF"); were it to fault, VMX is off all the same.
         let _ = vmx::vmxoff();
@@ -208,7 +209,7 @@ fn leave_vmx(me: &CpuVmx) {
 
 /// CPU-hotplug "offline" callback: leave VMX root operation on this CPU.
 #[no_mangle]
-extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
+pub(crate) extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
     if let Some((_, me)) = this_cpu() {
         leave_vmx(me);
         crate::msrs::cpu_offline();
@@ -220,7 +221,7 @@ extern "C" fn rvmx_cpu_offline(_cpu: u32) -> core::ffi::c_int {
 /// VMX on this CPU, VMCLEARing the VMCSs it holds (every task is frozen by
 /// now, so none is current in a guest section).
 #[no_mangle]
-extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
+pub(crate) extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
     if let Some((_, me)) = this_cpu() {
         if me.in_vmx.load(Ordering::Acquire) {
             // SAFETY: reads this CPU's number.
@@ -236,7 +237,7 @@ extern "C" fn rvmx_cpu_suspend() -> core::ffi::c_int {
 /// VMX again, as at load. A failure is logged; that CPU then runs no
 /// guest (a VM entry there fails, and the guest's KVM_RUN says so).
 #[no_mangle]
-extern "C" fn rvmx_cpu_resume() {
+pub(crate) extern "C" fn rvmx_cpu_resume() {
     // SAFETY: reads this CPU's number.
     let cpu = unsafe { rvmx_glue_raw_cpu_id() };
     if rvmx_cpu_online(cpu) == 0 && this_cpu().is_some_and(|(_, me)| me.in_vmx.load(Ordering::Acquire)) {
@@ -248,7 +249,7 @@ extern "C" fn rvmx_cpu_resume() {
 /// kernel) can send INIT to the application processors, which VMX root
 /// operation blocks.
 #[no_mangle]
-extern "C" fn rvmx_reboot() {
+pub(crate) extern "C" fn rvmx_reboot() {
     REBOOTING.store(true, Ordering::Release);
     pr_info!("leaving VMX operation for reboot\n");
     extern "C" fn off(_: *mut core::ffi::c_void) {
@@ -267,7 +268,7 @@ extern "C" fn rvmx_reboot() {
 /// while rvmx is loaded, VMXE is set only by rvmx, and a VMXOFF outside VMX
 /// operation is caught by its exception-table entry instead of oopsing.
 #[no_mangle]
-extern "C" fn rvmx_emergency_vmxoff() {
+pub(crate) extern "C" fn rvmx_emergency_vmxoff() {
     if hw::cr4_raw() & CR4_VMXE == 0 {
         return;
     }

@@ -136,8 +136,6 @@ bool rvmx_glue_kvm_loaded(void)
  * kvm_suspend/kvm_resume do. The other CPUs leave and enter through the
  * hotplug callbacks (rvmx_cpu_offline/online).
  */
-extern int rvmx_cpu_suspend(void);
-extern void rvmx_cpu_resume(void);
 
 #ifdef RVMX_SYSCORE_WITH_DATA	/* Kbuild: the newer syscore interface */
 static int rvmx_syscore_suspend(void *data)

@@ -55,9 +55,9 @@ struct mm_struct *rvmx_glue_mm_grab_current(void);
 bool rvmx_glue_mm_is_current(struct mm_struct *mm);
 void rvmx_glue_mm_drop(struct mm_struct *mm);
 bool rvmx_glue_access_ok(u64 uaddr, u64 size);
-int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page);
-void rvmx_glue_unpin_user_page(struct mm_struct *mm, struct page *page,
-			       bool dirty, bool nolock);
+int rvmx_glue_get_user_page(u64 uaddr, bool write, struct page **page);
+void rvmx_glue_release_page(struct page *page, bool dirty);
+void rvmx_glue_set_pfn_dirty(u64 hpa);
 struct rvmx_slot_notifier;
 struct mmu_interval_notifier;
 struct rvmx_slot_notifier *rvmx_glue_slot_notifier_new(const void *vm,
@@ -94,6 +94,7 @@ void rvmx_glue_active_vmcs_init(void);
 struct rvmx_active_vmcs *rvmx_glue_active_vmcs_new(u64 pa);
 void rvmx_glue_active_vmcs_free(struct rvmx_active_vmcs *a);
 int rvmx_glue_active_vmcs_load(struct rvmx_active_vmcs *a);
+void rvmx_glue_active_vmcs_unload(struct rvmx_active_vmcs *a);
 bool rvmx_glue_active_vmcs_launched(const struct rvmx_active_vmcs *a);
 void rvmx_glue_active_vmcs_set_launched(struct rvmx_active_vmcs *a);
 void rvmx_glue_vmclear_local(void);
@@ -132,18 +133,27 @@ void rvmx_glue_trace_userspace_exit(u32 vcpu, u32 reason, int err);
 void rvmx_glue_trace_inject(u32 vcpu, u8 vector, u8 type, bool has_error_code,
 			    u32 error_code);
 
-/* C → Rust (dev.rs, vmxon.rs, vm.rs, vcpu/, hw/vmx.rs). */
+/*
+ * C → Rust: the functions the C files call back (dev.rs, vmxon.rs, vm.rs,
+ * vmcs/mod.rs). Each Rust definition is checked against its declaration
+ * here when the module is built (kglue/mod.rs, `same_signature!`).
+ */
+struct mmu_interval_notifier;
 int rvmx_vmclear(u64 pa);
 int rvmx_vmptrld(u64 pa);
-long rvmx_vm_ioctl(void *vm, unsigned int cmd, unsigned long arg);
-void rvmx_vm_release(void *vm);
-long rvmx_vcpu_ioctl(void *vcpu, unsigned int cmd, unsigned long arg);
-void rvmx_vcpu_release(void *vcpu);
-ssize_t rvmx_vm_stats_read(void *vm, char __user *buf, size_t size, loff_t *pos);
-void rvmx_vm_stats_release(void *vm);
-ssize_t rvmx_vcpu_stats_read(void *vcpu, char __user *buf, size_t size, loff_t *pos);
-void rvmx_vcpu_stats_release(void *vcpu);
-struct page *rvmx_vcpu_page(void *vcpu, unsigned long index);
+int rvmx_cpu_suspend(void);
+void rvmx_cpu_resume(void);
+void rvmx_slot_invalidate(const void *vm, struct mmu_interval_notifier *mni,
+			  u64 start, u64 end, unsigned long cur_seq);
+long rvmx_vm_ioctl(const void *vm, unsigned int cmd, unsigned long arg);
+void rvmx_vm_release(const void *vm);
+long rvmx_vcpu_ioctl(const void *vcpu, unsigned int cmd, unsigned long arg);
+void rvmx_vcpu_release(const void *vcpu);
+ssize_t rvmx_vm_stats_read(const void *vm, char __user *buf, size_t size, loff_t *pos);
+void rvmx_vm_stats_release(const void *vm);
+ssize_t rvmx_vcpu_stats_read(const void *vcpu, char __user *buf, size_t size, loff_t *pos);
+void rvmx_vcpu_stats_release(const void *vcpu);
+struct page *rvmx_vcpu_page(const void *vcpu, unsigned long index);
 long rvmx_dev_ioctl(struct file *filp, unsigned int cmd, unsigned long arg);
 int rvmx_cpu_online(unsigned int cpu);
 int rvmx_cpu_offline(unsigned int cpu);

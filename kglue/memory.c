@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * kglue/memory.c - memory: kernel pages and their addresses, the VM
- * process's mm, pinning its pages (accounted as pinned memory), the MMU
+ * process's mm, faulting its pages in for EPT (no long-term pins), the MMU
  * interval notifier of each memory slot, and compare-and-exchange on the
  * VMM's memory for the guest page walk (vm.rs, ept.rs, kpage.rs).
  */
@@ -11,6 +11,7 @@
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/swap.h>
 #include <linux/uaccess.h>
 
 #include "kglue.h"
@@ -61,51 +62,55 @@ bool rvmx_glue_access_ok(u64 uaddr, u64 size)
 }
 
 /*
- * Pin one page of the current process at uaddr (for write unless
- * read-only). Returns 0 and the page, or a negative errno.
- *
- * Pinned pages are accounted in mm->pinned_vm (VmPin in /proc/PID/status)
- * and limited by RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK, as
- * RDMA's ib_umem and io_uring do: -ENOMEM beyond it.
+ * Fault in one page of the current process at uaddr (for write unless
+ * read-only) and take a reference on it, for as long as it takes to map it
+ * in EPT: the reference is dropped right after (rvmx_glue_release_page),
+ * and the MMU notifier keeps EPT coherent from then on, as KVM's
+ * hva_to_pfn/kvm_release_faultin_page do. No long-term pin: the kernel may
+ * swap, migrate, compact or merge (KSM) the page; nothing is counted
+ * against RLIMIT_MEMLOCK. May sleep (swap-in, userfaultfd). Returns 0 and
+ * the page, or a negative errno.
  */
-int rvmx_glue_pin_user_page(u64 uaddr, bool write, struct page **page)
+int rvmx_glue_get_user_page(u64 uaddr, bool write, struct page **page)
 {
-	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
-	struct mm_struct *mm = current->mm;
-	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
-	int r;
+	int r = get_user_pages_fast(uaddr, 1, write ? FOLL_WRITE : 0, page);
 
-	if (atomic64_add_return(1, &mm->pinned_vm) > limit &&
-	    !capable(CAP_IPC_LOCK)) {
-		atomic64_dec(&mm->pinned_vm);
-		return -ENOMEM;
-	}
-	r = pin_user_pages_fast(uaddr, 1, gup, page);
 	if (r == 1)
 		return 0;
-	atomic64_dec(&mm->pinned_vm);
 	return r < 0 ? r : -EFAULT;
 }
 
 /*
- * Unpin a page rvmx_glue_pin_user_page() pinned for mm. With nolock, the
- * page is only flagged dirty instead of taking its folio lock: from an MMU
- * notifier, which reclaim calls with the folio locked. The pages a
- * FOLL_LONGTERM pin can hold (anonymous, shmem, hugetlbfs: GUP refuses
- * long-term pins of file pages that need writeback) need no lock for that,
- * which is also what KVM does (kvm_set_page_dirty).
+ * Drop the reference rvmx_glue_get_user_page() took. A page mapped
+ * writable in EPT may be written by the guest behind the VMM's page tables,
+ * whose dirty bit the CPU then never sets: it is marked dirty here, and
+ * again when the writable mapping goes (rvmx_glue_set_pfn_dirty), so that
+ * reclaim writes it to swap or its file instead of dropping it (KVM:
+ * kvm_release_page_dirty, kvm_set_pfn_dirty).
  */
-void rvmx_glue_unpin_user_page(struct mm_struct *mm, struct page *page,
-			       bool dirty, bool nolock)
+void rvmx_glue_release_page(struct page *page, bool dirty)
 {
-	if (nolock) {
-		if (dirty)
-			set_page_dirty(page);
-		unpin_user_page(page);
-	} else {
-		unpin_user_pages_dirty_lock(&page, 1, dirty);
-	}
-	atomic64_dec(&mm->pinned_vm);
+	if (dirty && !PageReserved(page))
+		SetPageDirty(page);
+	if (!PageReserved(page))
+		mark_page_accessed(page);
+	put_page(page);
+}
+
+/*
+ * A writable EPT mapping of host physical address hpa goes away (MMU
+ * notifier, slot deletion, write protection for dirty logging, VM end):
+ * the page may have been written. Never sleeps, takes no lock (the callers
+ * hold the VM's memory spinlock, inside reclaim). The page is still
+ * mapped by the VMM (EPT maps only what the VMM maps: the MMU notifier
+ * removes the EPT entry first), so it cannot be freed under us.
+ */
+void rvmx_glue_set_pfn_dirty(u64 hpa)
+{
+	unsigned long pfn = hpa >> PAGE_SHIFT;
+
+	if (pfn_valid(pfn) && !PageReserved(pfn_to_page(pfn)))
+		SetPageDirty(pfn_to_page(pfn));
 }
 
 /*
@@ -113,20 +118,17 @@ void rvmx_glue_unpin_user_page(struct mm_struct *mm, struct page *page,
  * the VMM's address space. When that range changes (munmap, mremap,
  * MADV_DONTNEED, a new mapping on top, fork's copy-on-write, the process
  * exiting), the core calls rvmx_slot_invalidate() (vm.rs), which unmaps
- * the pages from EPT, flushes the CPUs and unpins them: the guest then
- * faults on the VMM's new pages, as under KVM. vm.rs's fault path uses the
- * notifier's sequence count so that a page pinned while an invalidation
- * ran is never mapped.
+ * the pages from EPT and flushes the CPUs before returning: only then may
+ * the kernel free or reuse them. The guest then faults on the VMM's new
+ * pages, as under KVM. vm.rs's fault path uses the notifier's sequence
+ * count so that a page looked up while an invalidation ran is never
+ * mapped.
  */
 struct rvmx_slot_notifier {
 	/* First: vm.rs identifies a slot by this address. */
 	struct mmu_interval_notifier mni;
 	const void *vm;
 };
-
-extern void rvmx_slot_invalidate(const void *vm,
-				 struct mmu_interval_notifier *mni, u64 start,
-				 u64 end, unsigned long cur_seq);
 
 /*
  * Never sleeps (vm.rs's memory lock is a spinlock), so it also serves the

@@ -134,11 +134,27 @@ int rvmx_glue_active_vmcs_load(struct rvmx_active_vmcs *a)
 		/* Before VMPTRLD: an IPI that clears `a` here resets it. */
 		this_cpu_write(rvmx_current_vmcs, a);
 		if (rvmx_vmptrld(a->pa)) {
-			this_cpu_write(rvmx_current_vmcs, NULL);
+			/* VMX is off here: `a` must not stay recorded as active. */
+			rvmx_glue_active_vmcs_unload(a);
 			return -EIO;
 		}
 	}
 	return ret;
+}
+
+/*
+ * Preemption off, `a` recorded as active on this CPU: VMCLEAR it here and
+ * forget it, so that the next load starts afresh (after a failed VMPTRLD,
+ * or host state that could not be written). A VMCLEAR that fails (VMX off)
+ * is caught; the record is undone all the same.
+ */
+void rvmx_glue_active_vmcs_unload(struct rvmx_active_vmcs *a)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	rvmx_active_vmcs_clear_here(a);
+	local_irq_restore(flags);
 }
 
 /* Whether `a` was VMLAUNCHed on its CPU (preemption off, `a` current). */
@@ -155,7 +171,9 @@ void rvmx_glue_active_vmcs_set_launched(struct rvmx_active_vmcs *a)
 /*
  * This CPU leaves VMX operation (offline, suspend, reboot, unload):
  * VMCLEAR every VMCS it holds, so that their state is in memory and
- * another CPU may load them, as KVM's vmclear_local_loaded_vmcss.
+ * another CPU may load them, as KVM's vmclear_local_loaded_vmcss. Also
+ * called when VMX is off already: the VMCLEARs fail (caught), and the
+ * list is emptied all the same.
  */
 void rvmx_glue_vmclear_local(void)
 {

@@ -32,7 +32,7 @@ use crate::hw::vmx::{self, VmxError};
 use crate::hw::{self, msr};
 use crate::kglue::{
     rvmx_active_vmcs, rvmx_glue_active_vmcs_free, rvmx_glue_active_vmcs_launched, rvmx_glue_active_vmcs_load,
-    rvmx_glue_active_vmcs_new, rvmx_glue_active_vmcs_set_launched, rvmx_glue_page_to_phys, rvmx_glue_preempt_disable,
+    rvmx_glue_active_vmcs_new, rvmx_glue_active_vmcs_set_launched, rvmx_glue_active_vmcs_unload, rvmx_glue_page_to_phys, rvmx_glue_preempt_disable,
     rvmx_glue_preempt_enable, RVMX_GLUE_VMCS_ARRIVED,
 };
 use core::ptr::NonNull;
@@ -95,7 +95,13 @@ impl Vmcs {
         }
         let mut v = Loaded { vmcs: self };
         if r == RVMX_GLUE_VMCS_ARRIVED as i32 {
-            write_host_cpu_state(&mut v)?;
+            if let Err(e) = write_host_cpu_state(&mut v) {
+                // Not recorded as active here, or the next load would
+                // take the host state for written.
+                // SAFETY: the VMCS is current on this CPU (preemption off).
+                unsafe { rvmx_glue_active_vmcs_unload(v.vmcs.active.as_ptr()) };
+                return Err(e);
+            }
         }
         Ok(v)
     }
@@ -128,7 +134,7 @@ fn write_host_cpu_state(v: &mut Loaded<'_>) -> Result {
 /// offline or reboot path, or the emergency path in NMI context: so no
 /// logging here). 0, or -EIO if it failed (VMX already off).
 #[no_mangle]
-extern "C" fn rvmx_vmclear(pa: u64) -> core::ffi::c_int {
+pub(crate) extern "C" fn rvmx_vmclear(pa: u64) -> core::ffi::c_int {
     // SAFETY: kglue/vmcs.c passes the region of a live `Vmcs` that this
     // CPU holds active; a fault (VMX off) is caught.
     match unsafe { vmx::vmclear(Hpa(pa)) } {
@@ -139,7 +145,7 @@ extern "C" fn rvmx_vmclear(pa: u64) -> core::ffi::c_int {
 
 /// kglue/vmcs.c's VMPTRLD, from `Vmcs::load` (preemption off).
 #[no_mangle]
-extern "C" fn rvmx_vmptrld(pa: u64) -> core::ffi::c_int {
+pub(crate) extern "C" fn rvmx_vmptrld(pa: u64) -> core::ffi::c_int {
     // SAFETY: the region of the `Vmcs` being loaded, which kglue/vmcs.c
     // has made sure is active on no other CPU.
     match unsafe { vmx::vmptrld(Hpa(pa)) } {

@@ -152,9 +152,9 @@ fn main() {
         let vmfd = stats_fd(vm.vm.as_raw_fd()).and_then(read_stats);
         let v = |n: &str| vmfd.as_ref().ok().and_then(|s| s.values.get(n).copied());
         t.check(
-            v("memory_slots") == Some(1) && v("pages_pinned").is_some_and(|n| n >= 1) && v("ept_tables").is_some_and(|n| n >= 4),
-            "KVM_GET_STATS_FD on the VM: 1 slot, pages pinned, EPT tables",
-            format!("slots {:?} pinned {:?} tables {:?}", v("memory_slots"), v("pages_pinned"), v("ept_tables")),
+            v("memory_slots") == Some(1) && v("pages_4k").is_some_and(|n| n >= 1) && v("ept_tables").is_some_and(|n| n >= 4),
+            "KVM_GET_STATS_FD on the VM: 1 slot, pages mapped, EPT tables",
+            format!("slots {:?} pages_4k {:?} tables {:?}", v("memory_slots"), v("pages_4k"), v("ept_tables")),
         );
     }
     if let Ok(fd) = fd {
@@ -180,27 +180,27 @@ fn main() {
                 // page tables.
                 let big_stats = read_stats(big);
                 let v = |n: &str| big_stats.as_ref().ok().and_then(|s| s.values.get(n).copied());
-                t.expect_eq((v("pages_pinned"), v("ept_tables"), v("memory_slots")), (Some(16384), Some(35), Some(1)),
-                            "64 MiB touched: pages_pinned 16384, ept_tables 35, memory_slots 1");
+                t.expect_eq((v("pages_4k"), v("ept_tables"), v("memory_slots")), (Some(16384), Some(35), Some(1)),
+                            "64 MiB touched: pages_4k 16384, ept_tables 35, memory_slots 1");
                 let small_stats = read_stats(small);
                 let v = |n: &str| small_stats.as_ref().ok().and_then(|s| s.values.get(n).copied());
-                t.expect_eq((v("pages_pinned"), v("ept_tables")), (Some(16), Some(4)), "64 KiB touched: pages_pinned 16, ept_tables 4");
+                t.expect_eq((v("pages_4k"), v("ept_tables")), (Some(16), Some(4)), "64 KiB touched: pages_4k 16, ept_tables 4");
                 let gone = kvm_userspace_memory_region { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: 0, userspace_addr: 0 };
                 // SAFETY: deletes the slot.
                 let del = unsafe { big_vm.set_user_memory_region(gone) }.map_err(|e| e.to_string());
                 let after = read_stats(big);
                 let v = |n: &str| after.as_ref().ok().and_then(|s| s.values.get(n).copied());
-                t.expect_eq((del, v("pages_pinned"), v("ept_tables"), v("memory_slots")), (Ok(()), Some(0), Some(35), Some(0)),
-                            "slot deleted: pages_pinned 0, memory_slots 0 (EPT tables stay until the VM goes)");
+                t.expect_eq((del, v("pages_4k"), v("ept_tables"), v("memory_slots")), (Ok(()), Some(0), Some(35), Some(0)),
+                            "slot deleted: pages_4k 0, memory_slots 0 (EPT tables stay until the VM goes)");
             }
         }
         (a, b) => {
             let e = format!("{:?} / {:?}", a.err(), b.err());
             t.check(false, "a VM stats read costs the same with 64 MiB mapped as with 64 KiB", &e);
             if rvmx {
-                t.check(false, "64 MiB touched: pages_pinned 16384, ept_tables 35, memory_slots 1", &e);
-                t.check(false, "64 KiB touched: pages_pinned 16, ept_tables 4", &e);
-                t.check(false, "slot deleted: pages_pinned 0, memory_slots 0 (EPT tables stay until the VM goes)", &e);
+                t.check(false, "64 MiB touched: pages_4k 16384, ept_tables 35, memory_slots 1", &e);
+                t.check(false, "64 KiB touched: pages_4k 16, ept_tables 4", &e);
+                t.check(false, "slot deleted: pages_4k 0, memory_slots 0 (EPT tables stay until the VM goes)", &e);
             }
         }
     }
