@@ -23,7 +23,7 @@ use super::{Action, EmulCtx, ExitCtx, Pending};
 use crate::addr::Linear;
 use crate::gmem::{self, Paging};
 use crate::walk;
-use crate::uapi::{self, RunPage};
+use crate::uapi::{self, PioPage, RunPage};
 use crate::guest::reg;
 use crate::vm::Vm;
 use crate::vmcs::fields::*;
@@ -167,17 +167,15 @@ pub(crate) fn start_string(cx: &mut EmulCtx<'_>, s: &StringIo) -> Result<bool> {
 
 /// OUTS: copies `bytes` of guest memory at `linear` into the port-I/O page,
 /// through a small bounce buffer (the kernel stack has no room for a page,
-/// and the PIO page is shared with userspace: only raw copies touch it).
-fn copy_to_pio(vm: &Vm, p: &Paging, linear: Linear, bytes: u16, pio: *mut u8) -> Result<(), gmem::LinearError> {
+/// and the PIO page is shared with userspace: only `PioPage` touches it).
+fn copy_to_pio(vm: &Vm, p: &Paging, linear: Linear, bytes: u16, pio: PioPage) -> Result<(), gmem::LinearError> {
     let mut buf = [0u8; BOUNCE];
     let mut done = 0usize;
     while done < usize::from(bytes) {
         let n = (usize::from(bytes) - done).min(BOUNCE);
         let at = p.wrap(linear.wrapping_add(done as u64));
         gmem::read_linear(vm, p, at, &mut buf[..n], false)?;
-        // SAFETY: the PIO page is ours and 4096 bytes long, and
-        // `done + n <= bytes <= 4096`.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), pio.add(done), n) };
+        pio.write(done, &buf[..n]);
         done += n;
     }
     Ok(())
@@ -195,9 +193,7 @@ pub(crate) fn complete_string_in(cx: &mut EmulCtx<'_>, p: &StringIn) -> Result<b
     let mut done = 0usize;
     while done < usize::from(p.bytes) {
         let n = (usize::from(p.bytes) - done).min(BOUNCE);
-        // SAFETY: the PIO page is ours and 4096 bytes long, and
-        // `done + n <= bytes <= 4096`.
-        unsafe { core::ptr::copy_nonoverlapping(cx.pio.add(done), buf.as_mut_ptr(), n) };
+        cx.pio.read(done, &mut buf[..n]);
         let at = p.paging.wrap(p.linear.wrapping_add(done as u64));
         if let Err(e) = gmem::write_linear(cx.vm, &p.paging, at, &buf[..n]) {
             cx.regs[reg::RDI] = p.old_rdi;
@@ -261,8 +257,7 @@ pub(crate) fn io_instruction(ctx: &mut ExitCtx<'_, '_>) -> Result<Action> {
         *ctx.pending = Pending::PioIn { size };
     } else {
         let data = ctx.regs[reg::RAX].to_le_bytes();
-        // SAFETY: the PIO page is ours and holds at least 4 bytes.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ctx.pio, usize::from(size)) };
+        ctx.pio.write(0, &data[..usize::from(size)]);
     }
     fill_io(ctx.run, is_in, size, port, 1);
     ctx.skip_instruction()?;

@@ -56,7 +56,7 @@ pub(crate) mod xsetbv;
 
 use crate::gmem;
 use crate::kglue::rvmx_glue_raw_cpu_id;
-use crate::uapi::{self, RunPage};
+use crate::uapi::{self, PioPage, RunPage};
 use crate::guest::{reg, Guest};
 use crate::vm::Vm;
 use crate::vmcs::intr::{kind, IntrInfo};
@@ -110,7 +110,7 @@ pub(crate) struct ExitCtx<'a, 'b> {
     pub(crate) guest: &'a mut Guest,
     pub(crate) run: RunPage,
     /// The port-I/O data page (kvm_run + KVM_PIO_PAGE_OFFSET pages).
-    pub(crate) pio: *mut u8,
+    pub(crate) pio: PioPage,
     pub(crate) pending: &'a mut Pending,
     pub(crate) vcpu_id: u32,
     /// IA32_VMX_BASIC[54]: INS/OUTS exits report instruction information.
@@ -203,7 +203,7 @@ pub(crate) struct EmulCtx<'a> {
     pub(crate) vm: &'a Vm,
     pub(crate) run: RunPage,
     /// The port-I/O data page.
-    pub(crate) pio: *mut u8,
+    pub(crate) pio: PioPage,
 }
 
 impl EmulCtx<'_> {
@@ -379,8 +379,7 @@ pub(crate) fn complete_pending(cx: &mut EmulCtx<'_>) -> Result<bool> {
         Pending::None => {}
         Pending::PioIn { size } => {
             let mut data = [0u8; 8];
-            // SAFETY: the PIO page holds at least `size` (<= 4) bytes.
-            unsafe { core::ptr::copy_nonoverlapping(cx.pio, data.as_mut_ptr(), usize::from(size)) };
+            cx.pio.read(0, &mut data[..usize::from(size)]);
             let v = u64::from_le_bytes(data);
             cx.regs[reg::RAX] = mmio::merge(cx.regs[reg::RAX], v, size, false);
         }

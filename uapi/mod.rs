@@ -24,7 +24,7 @@
 include!("uapi_generated.rs");
 
 mod run;
-pub(crate) use run::RunPage;
+pub(crate) use run::{PioPage, RunPage};
 
 use kernel::ioctl::{_IO, _IOR, _IOW, _IOWR};
 use kernel::types::{AsBytes, FromBytes};

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `RunPage`: the one way rvmx reads and writes a vCPU's `struct kvm_run`,
-//! the page it shares with the VMM (mmap of the vCPU fd, page 0). Another
+//! the page it shares with the VMM (mmap of the vCPU fd, page 0); and
+//! `PioPage`, the same for the port-I/O data page beside it (page
+//! KVM_PIO_PAGE_OFFSET, where `kvm_run.io.data_offset` points). Another
 //! thread of the VMM may write any byte of it at any moment, so rvmx never
 //! makes a Rust reference into it (that would promise the compiler nobody
 //! else changes it): every access is one volatile load or store of one
@@ -36,6 +38,54 @@ macro_rules! get {
         // SAFETY: as for `put!`.
         unsafe { addr_of_mut!((*$p.ptr).$($f).+).read_volatile() }
     };
+}
+
+/// A vCPU's port-I/O data page: the data of an IN or OUT (up to 4 bytes),
+/// or of a string instruction (up to a page), as KVM's.
+///
+/// # Invariants
+///
+/// `ptr` points at the vCPU's PIO page, a kernel page of `PIO_PAGE_SIZE`
+/// bytes the vCPU owns for as long as it lives (userspace maps it too).
+#[derive(Clone, Copy)]
+pub(crate) struct PioPage {
+    ptr: *mut u8,
+}
+
+/// The PIO page's size.
+pub(crate) const PIO_PAGE_SIZE: usize = 4096;
+
+impl PioPage {
+    /// # Safety
+    ///
+    /// `ptr` must be a vCPU's PIO page, live as long as the value is used.
+    pub(crate) unsafe fn new(ptr: *mut u8) -> Self {
+        // INVARIANT: guaranteed by the caller.
+        Self { ptr }
+    }
+
+    /// Writes `data` at byte `offset`. Panics never: a range past the page
+    /// is cut (callers keep to it: a string instruction moves at most a
+    /// page).
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) {
+        let end = offset.saturating_add(data.len()).min(PIO_PAGE_SIZE);
+        for (i, &b) in (offset..end).zip(data) {
+            // SAFETY: `i` is within the page (type invariant); one volatile
+            // byte store: userspace may change the page at any time.
+            unsafe { self.ptr.add(i).write_volatile(b) };
+        }
+    }
+
+    /// Reads bytes from `offset` into `buf` (what lies past the page reads
+    /// as 0).
+    pub(crate) fn read(&self, offset: usize, buf: &mut [u8]) {
+        buf.fill(0);
+        let end = offset.saturating_add(buf.len()).min(PIO_PAGE_SIZE);
+        for (i, b) in (offset..end).zip(buf.iter_mut()) {
+            // SAFETY: as in `write`; one volatile byte load.
+            *b = unsafe { self.ptr.add(i).read_volatile() };
+        }
+    }
 }
 
 impl RunPage {

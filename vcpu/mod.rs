@@ -328,7 +328,7 @@ impl Vcpu {
 impl VcpuState {
     /// Lends exits/ what the second half of an exit works on (registers,
     /// pending work, the VMCS, guest memory), outside the guest section.
-    pub(crate) fn emul<'a>(&'a mut self, vm: &'a Vm, run: RunPage, pio: *mut u8) -> exits::EmulCtx<'a> {
+    pub(crate) fn emul<'a>(&'a mut self, vm: &'a Vm, run: RunPage, pio: uapi::PioPage) -> exits::EmulCtx<'a> {
         exits::EmulCtx {
             vmcs: &mut self.vmcs,
             regs: &mut self.regs,

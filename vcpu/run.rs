@@ -193,8 +193,10 @@ impl Vcpu {
         }
     }
 
-    fn pio_page(&self) -> *mut u8 {
-        self.pages[PIO_PAGE].as_ptr()
+    fn pio_page(&self) -> uapi::PioPage {
+        // SAFETY: page PIO_PAGE is the vCPU's port-I/O page and lives as
+        // long as the vCPU, which outlives every use of the value.
+        unsafe { uapi::PioPage::new(self.pages[PIO_PAGE].as_ptr()) }
     }
 
     /// One guest section (see the module comment): load the VMCS and the
