@@ -9,6 +9,10 @@
 #
 #   qemu.sh [HYPERVISOR:MACHINE ...]   default: kvm:isapc rvmx:isapc kvm:pc rvmx:pc
 #
+# QEMU_DEMO=1 (make demo) shows the boot as a product, not a test: no TAP,
+# no check of the wrapper, a line on each QEMU warning that remains, and
+# one verdict at the end.
+#
 # QEMU_TIMEOUT (emulated seconds per boot, default 600), QEMU_APPEND (more
 # guest kernel parameters) and QEMU_ARGS (more QEMU options, say
 # "-D /tmp/trace.log -trace kvm_run_exit") help with experiments. Prints TAP:
@@ -17,8 +21,11 @@
 MODDIR=/lib/modules/$(uname -r)/extra
 CD=/cdrom
 n=0; fails=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $1"; [ -n "$2" ] && echo "# $2"; }
+ok() { n=$((n + 1)); [ -n "${QEMU_DEMO:-}" ] || echo "ok $n - $1"; }
+not_ok() {
+	n=$((n + 1)); fails=$((fails + 1))
+	if [ -n "${QEMU_DEMO:-}" ]; then echo "demo: failed: $1${2:+ ($2)}"; else echo "not ok $n - $1"; [ -n "$2" ] && echo "# $2"; fi
+}
 # expect NAME FILE PATTERN...: FILE contains every PATTERN (grep -F).
 expect() {
 	name=$1; file=$2; shift 2
@@ -83,6 +90,7 @@ boot() {
 		not_ok "$hv $m: sleep 1 in the guest took about 1 s by its clock" "took: '$slept'"
 	fi
 	expect "$hv $m: the guest kernel's log has no WARN, BUG, oops, soft lockup or unstable TSC" $out "guest: kernel log clean"
+	[ -z "${QEMU_DEMO:-}" ] || explain_warnings $out
 	# With -smp 2, QEMU's userspace local APIC delivers the guest's INIT
 	# and SIPI to the second vCPU, which QEMU then starts (KVM_SET_REGS,
 	# KVM_SET_SREGS, KVM_RUN from its own thread).
@@ -108,12 +116,31 @@ wrapper_check() {
 	fi
 }
 
+# explain_warnings FILE: a line on each warning QEMU printed that remains
+# on rvmx, for make demo.
+explain_warnings() {
+	if grep -q "Userspace local APIC is deprecated" "$1"; then
+		echo "demo: QEMU's APIC warning: rvmx has no local APIC in the kernel yet (issue 25), so QEMU emulates it (kernel-irqchip=off)."
+	fi
+	if grep -q "doesn't support requested feature" "$1"; then
+		echo "demo: QEMU's CPU feature warnings: its default CPU asks for KVM's paravirtual features (kvmclock and others), which rvmx does not offer yet; the guest runs without them."
+	fi
+}
+
 # checks MACHINE: how many TAP checks boot prints for MACHINE.
 checks() { case $1 in *-smp) echo 4 ;; *) echo 3 ;; esac; }
 
-echo "TAP version 13"
-[ -d $CD/qemu ] || { echo "1..0 # no QEMU bundle on the CD-ROM"; exit 1; }
+[ -d $CD/qemu ] || { echo "no QEMU bundle on the CD-ROM"; exit 1; }
 set -- ${@:-kvm:isapc rvmx:isapc kvm:pc rvmx:pc}
+if [ -n "${QEMU_DEMO:-}" ]; then
+	for hm in "$@"; do boot "${hm%%:*}" "${hm#*:}"; done
+	if [ $fails -eq 0 ]; then
+		echo "demo: Debian's QEMU booted Linux to user mode on rvmx and exited cleanly."
+	fi
+	[ $fails -eq 0 ]
+	exit
+fi
+echo "TAP version 13"
 plan=1
 for hm in "$@"; do plan=$((plan + $(checks "${hm#*:}"))); done
 echo "1..$plan"
