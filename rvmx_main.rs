@@ -86,3 +86,38 @@ impl Drop for Rvmx {
         pr_info!("leaving VMX root operation and unloading\n");
     }
 }
+
+/// Fails the build unless the Rust definition `$def` of a function the C
+/// files call back has exactly the signature kglue.h declares for it
+/// (`$decl`, as bindgen generated it in kglue/): both become function pointers
+/// whose argument and return types are inferred from each, and an array
+/// holds only one type. `$arg` is a `_` per argument.
+macro_rules! same_signature {
+    ($decl:path = $def:path; $($arg:tt),*) => {
+        let _ = [$decl as unsafe extern "C" fn($($arg),*) -> _, $def as unsafe extern "C" fn($($arg),*) -> _];
+    };
+}
+
+/// Never called: it only has to type-check (see `same_signature!`).
+#[allow(dead_code, clippy::fn_to_numeric_cast_any)]
+fn callbacks_match_kglue_h() {
+    same_signature!(kglue::rvmx_dev_ioctl = crate::dev::rvmx_dev_ioctl; _, _, _);
+    same_signature!(kglue::rvmx_vm_ioctl = crate::dev::rvmx_vm_ioctl; _, _, _);
+    same_signature!(kglue::rvmx_vm_release = crate::dev::rvmx_vm_release; _);
+    same_signature!(kglue::rvmx_vcpu_ioctl = crate::dev::rvmx_vcpu_ioctl; _, _, _);
+    same_signature!(kglue::rvmx_vcpu_release = crate::dev::rvmx_vcpu_release; _);
+    same_signature!(kglue::rvmx_vm_stats_read = crate::dev::rvmx_vm_stats_read; _, _, _, _);
+    same_signature!(kglue::rvmx_vm_stats_release = crate::dev::rvmx_vm_stats_release; _);
+    same_signature!(kglue::rvmx_vcpu_stats_read = crate::dev::rvmx_vcpu_stats_read; _, _, _, _);
+    same_signature!(kglue::rvmx_vcpu_stats_release = crate::dev::rvmx_vcpu_stats_release; _);
+    same_signature!(kglue::rvmx_vcpu_page = crate::dev::rvmx_vcpu_page; _, _);
+    same_signature!(kglue::rvmx_cpu_online = crate::vmxon::rvmx_cpu_online; _);
+    same_signature!(kglue::rvmx_cpu_offline = crate::vmxon::rvmx_cpu_offline; _);
+    same_signature!(kglue::rvmx_cpu_suspend = crate::vmxon::rvmx_cpu_suspend;);
+    same_signature!(kglue::rvmx_cpu_resume = crate::vmxon::rvmx_cpu_resume;);
+    same_signature!(kglue::rvmx_reboot = crate::vmxon::rvmx_reboot;);
+    same_signature!(kglue::rvmx_emergency_vmxoff = crate::vmxon::rvmx_emergency_vmxoff;);
+    same_signature!(kglue::rvmx_slot_invalidate = crate::vm::rvmx_slot_invalidate; _, _, _, _, _);
+    same_signature!(kglue::rvmx_vmclear = crate::vmcs::rvmx_vmclear; _);
+    same_signature!(kglue::rvmx_vmptrld = crate::vmcs::rvmx_vmptrld; _);
+}
