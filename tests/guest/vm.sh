@@ -29,7 +29,7 @@ sub "interrupts, MSRs, CPUID on rvmx (subtests)" events /dev/rvmx
 sub "what QEMU 7.2 needs: capabilities, MP state, its MSRs, firmware instructions on rvmx (subtests)" qemu_abi /dev/rvmx
 sub "the CPU the supported CPUID promises, string-I/O segment types, CR4.MCE on rvmx (subtests)" cpu_rules /dev/rvmx
 sub "dirty logging, slot changes, FPU state on rvmx (subtests)" memory /dev/rvmx
-sub "guest memory follows the VMM's mapping; pinning accounted on rvmx (subtests)" mapping /dev/rvmx
+sub "guest memory follows the VMM's mapping, is not pinned, and can be swapped out, on rvmx (subtests)" mapping /dev/rvmx
 sub "exit-path benchmark on rvmx" bench /dev/rvmx
 sub "failed VM entries named by their SDM check on rvmx (subtests)" entry_checks /dev/rvmx
 sub "binary statistics (KVM_GET_STATS_FD) on rvmx (subtests)" stats /dev/rvmx
@@ -94,7 +94,7 @@ sub "the same events on KVM (subtests)" events /dev/kvm
 sub "the same QEMU needs on KVM (subtests)" qemu_abi /dev/kvm
 sub "the same CPU promises on KVM (subtests)" cpu_rules /dev/kvm
 sub "the same memory tests on KVM (subtests)" memory /dev/kvm
-sub "the same mapping changes on KVM (subtests)" mapping /dev/kvm
+sub "the same mapping changes, no pins and swap on KVM (subtests)" mapping /dev/kvm
 sub "the same benchmark on KVM" bench /dev/kvm
 sub "the same failed VM entries on KVM (subtests)" entry_checks /dev/kvm
 sub "the same statistics on KVM (subtests)" stats /dev/kvm
