@@ -83,9 +83,14 @@ impl Vm {
 
 /// VmPin of this process, in kB.
 fn vm_pin_kb() -> u64 {
+    status_kb("VmPin:")
+}
+
+/// A "Field: N kB" line of /proc/self/status, in kB (0 if absent).
+fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmPin:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -201,11 +206,7 @@ fn swap_off() {
 /// VmSwap of this process, in kB: the VMM's pages whose page-table entry
 /// is a swap entry (sent to swap, whether or not the write is done yet).
 fn vm_swap_kb() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmSwap:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kb("VmSwap:")
 }
 
 /// The guest stores into 1 MiB of its memory, the VMM pages that memory
